@@ -1,0 +1,262 @@
+"""Batches sliced from tensors kept in memory, shuffled by a permutation.
+
+For data of MNIST size a per-sample ``DataLoader`` costs more than the model, so the default source,
+:class:`TensorBatches`, keeps the whole set as one tensor (on the training device) and slices it by a
+``randperm``; augmentation (:func:`jitter`) acts on whole batches. :class:`MixedBatches` draws a fixed
+share of every batch from a chosen subset of examples (the specialists' training mix), and
+:class:`DatasetBatches` wraps a ``torch.utils.data.Dataset`` for data that does not fit in memory.
+
+Every source yields :class:`Batch` items that carry the examples' positions (``idx``) in the
+source, so a distillation objective can look the teachers' cached logits up by position. An epoch is
+fully determined by the ``torch.Generator`` passed to :meth:`epoch`, which makes resumed runs
+reproduce uninterrupted ones bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import NamedTuple, Protocol
+
+import torch
+
+
+class Batch(NamedTuple):
+    x: torch.Tensor  # (B, *input_shape) on the training device
+    y: torch.Tensor | None  # (B,) int64, or None for unlabelled data
+    idx: torch.Tensor  # (B,) int64 positions in the source (CPU)
+
+
+class BatchSource(Protocol):
+    """What :func:`ensemble_kd.train.train` iterates over."""
+
+    def __len__(self) -> int: ...  # batches per epoch
+
+    def epoch(self, generator: torch.Generator) -> Iterator[Batch]: ...
+
+    def to(self, device: torch.device) -> BatchSource: ...
+
+
+def jitter(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Shift each image of a batch by a random integer offset in [-k, k] pixels (zero padded).
+
+    Args:
+        x: (B, C, H, W) images.
+        max_shift: k >= 0, the largest shift in pixels along each axis.
+        generator: CPU generator that draws the offsets.
+
+    Returns:
+        (B, C, H, W) shifted images.
+    """
+    if max_shift <= 0:
+        return x
+    if x.dim() != 4:
+        raise ValueError(f"jitter needs image batches (B, C, H, W), got shape {tuple(x.shape)}")
+    b, _, h, w = x.shape
+    k = int(max_shift)
+    off = torch.randint(0, 2 * k + 1, (2, b), generator=generator).to(x.device)  # (2, B)
+    padded = torch.nn.functional.pad(x, (k, k, k, k))  # (B, C, H+2k, W+2k)
+    rows = off[0][:, None] + torch.arange(h, device=x.device)  # (B, H)
+    cols = off[1][:, None] + torch.arange(w, device=x.device)  # (B, W)
+    bi = torch.arange(b, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+class TensorBatches:
+    """Mini-batches of in-memory tensors, shuffled each epoch by a permutation.
+
+    Args:
+        x: (N, *input_shape) inputs.
+        y: (N,) int64 labels, or None (unlabelled transfer set).
+        batch_size: examples per batch.
+        shuffle: draw a new permutation each epoch (False: the original order).
+        jitter: largest random shift in pixels applied to each training batch (images only).
+        drop_last: drop the last, smaller batch.
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        batch_size: int = 128,
+        shuffle: bool = True,
+        jitter: int = 0,
+        drop_last: bool = False,
+    ):
+        if len(x) == 0:
+            raise ValueError("cannot make batches from an empty data set")
+        if y is not None and len(y) != len(x):
+            raise ValueError(f"inputs have {len(x)} rows but labels have {len(y)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if jitter and x.dim() != 4:
+            raise ValueError(
+                f"jitter needs image inputs (N, C, H, W); these inputs have shape {tuple(x.shape)}"
+            )
+        self.x, self.y = x, y
+        self.batch_size, self.shuffle, self.jitter, self.drop_last = (
+            int(batch_size),
+            shuffle,
+            int(jitter),
+            drop_last,
+        )
+
+    def __len__(self) -> int:
+        n = len(self.x)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def to(self, device: torch.device) -> TensorBatches:
+        out = TensorBatches.__new__(TensorBatches)
+        out.__dict__.update(self.__dict__)
+        out.x = self.x.to(device)
+        out.y = None if self.y is None else self.y.to(device)
+        return out
+
+    def epoch(self, generator: torch.Generator) -> Iterator[Batch]:
+        n = len(self.x)
+        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            yield self._batch(idx, generator)
+
+    def _batch(self, idx: torch.Tensor, generator: torch.Generator) -> Batch:
+        dev_idx = idx.to(self.x.device)
+        x = self.x[dev_idx]
+        if self.jitter:
+            x = jitter(x, self.jitter, generator)
+        return Batch(x, None if self.y is None else self.y[dev_idx], idx)
+
+
+class MixedBatches(TensorBatches):
+    """Batches with a fixed share of examples drawn from a chosen subset (the rest from the others).
+
+    Used to train specialists: ``share`` of each batch comes from the examples whose ``mask`` is True
+    (the specialist's classes), the rest from the other examples. Both pools are visited in a fresh
+    permutation each epoch, cycling when exhausted; an epoch is one pass over the masked pool.
+
+    Args:
+        x: (N, *input_shape); y: (N,) labels.
+        mask: (N,) bool, the examples of the special subset.
+        share: fraction of each batch from the masked pool, in (0, 1).
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None,
+        mask: torch.Tensor,
+        *,
+        share: float = 0.5,
+        batch_size: int = 128,
+        jitter: int = 0,
+    ):
+        super().__init__(x, y, batch_size=batch_size, jitter=jitter)
+        if not 0.0 < share < 1.0:
+            raise ValueError(f"share must lie strictly between 0 and 1, got {share}")
+        mask = torch.as_tensor(mask, dtype=torch.bool).cpu()
+        if mask.shape != (len(x),):
+            raise ValueError(f"mask must have shape ({len(x)},), got {tuple(mask.shape)}")
+        self.inside = mask.nonzero().flatten()
+        self.outside = (~mask).nonzero().flatten()
+        if len(self.inside) == 0 or len(self.outside) == 0:
+            raise ValueError("the subset must have examples both inside and outside it")
+        self.share = float(share)
+        self.n_in = max(1, min(self.batch_size - 1, round(self.share * self.batch_size)))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.inside) / self.n_in)
+
+    def to(self, device: torch.device) -> MixedBatches:
+        out = super().to(device)
+        out.__class__ = MixedBatches
+        return out
+
+    @property
+    def training_share(self) -> float:
+        """Share of subset examples in a training batch (after rounding to whole examples)."""
+        return self.n_in / self.batch_size
+
+    def epoch(self, generator: torch.Generator) -> Iterator[Batch]:
+        n_out = self.batch_size - self.n_in
+        steps = len(self)
+        ins = self._cycled(self.inside, steps * self.n_in, generator)
+        outs = self._cycled(self.outside, steps * n_out, generator)
+        for i in range(steps):
+            idx = torch.cat(
+                [ins[i * self.n_in : (i + 1) * self.n_in], outs[i * n_out : (i + 1) * n_out]]
+            )
+            yield self._batch(idx, generator)
+
+    @staticmethod
+    def _cycled(pool: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+        reps = math.ceil(n / len(pool))
+        perms = [pool[torch.randperm(len(pool), generator=generator)] for _ in range(reps)]
+        return torch.cat(perms)[:n]
+
+
+class _Indexed(torch.utils.data.Dataset):
+    """Wraps a dataset of ``(x, y)`` or ``x`` items to also return the item's index."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        item = self.ds[i]
+        if isinstance(item, (tuple, list)):
+            x, y = item[0], item[1] if len(item) > 1 else -1
+        else:
+            x, y = item, -1
+        return x, torch.as_tensor(y, dtype=torch.long), i
+
+
+class DatasetBatches:
+    """Batches from a ``torch.utils.data.Dataset`` (for data that does not fit in memory).
+
+    Items are ``(x, y)`` pairs (or bare ``x`` for unlabelled data). Shuffling uses the generator
+    passed to :meth:`epoch`, so runs stay reproducible; ``num_workers`` loads in parallel.
+    """
+
+    def __init__(
+        self,
+        dataset,
+        *,
+        batch_size: int = 128,
+        shuffle: bool = True,
+        jitter: int = 0,
+        num_workers: int = 0,
+        labelled: bool = True,
+    ):
+        if len(dataset) == 0:
+            raise ValueError("cannot make batches from an empty data set")
+        self.dataset, self.batch_size, self.shuffle = dataset, int(batch_size), shuffle
+        self.jitter, self.num_workers, self.labelled = int(jitter), num_workers, labelled
+        self.device = torch.device("cpu")
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.dataset) / self.batch_size)
+
+    def to(self, device: torch.device) -> DatasetBatches:
+        out = DatasetBatches.__new__(DatasetBatches)
+        out.__dict__.update(self.__dict__)
+        out.device = torch.device(device)
+        return out
+
+    def epoch(self, generator: torch.Generator) -> Iterator[Batch]:
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        loader = torch.utils.data.DataLoader(
+            _Indexed(self.dataset),
+            batch_size=self.batch_size,
+            shuffle=self.shuffle,
+            generator=torch.Generator().manual_seed(seed),
+            num_workers=self.num_workers,
+        )
+        for x, y, idx in loader:
+            x = x.to(self.device, non_blocking=True)
+            if self.jitter:
+                x = jitter(x, self.jitter, generator)
+            yield Batch(x, y.to(self.device) if self.labelled else None, idx.long())

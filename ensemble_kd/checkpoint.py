@@ -1,0 +1,97 @@
+"""Saving and loading models and training state, safely.
+
+A saved model is a ``torch.save`` dict of tensors and strings only: the architecture is a JSON
+``spec`` (see :mod:`ensemble_kd.models`), never a pickled class, and loading uses
+``weights_only=True``, so a file from a stranger cannot run code. Writes are atomic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .io import FormatError, load_tensors, save_tensors
+from .models import model_from_spec
+
+MODEL_FORMAT = "ensemble-kd/model"
+CHECKPOINT_FORMAT = "ensemble-kd/train-checkpoint"
+
+
+def save_model(path: str | os.PathLike, model: nn.Module, meta: dict | None = None) -> None:
+    """Save a model built by :func:`ensemble_kd.models.build_model` with JSON metadata.
+
+    Args:
+        path: destination file (written atomically).
+        model: a module with a ``spec`` attribute.
+        meta: JSON-able facts stored beside the weights (data fingerprint, class names, subset...).
+    """
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        raise ValueError(
+            "only models built by ensemble_kd.models.build_model (which carry a 'spec') can be saved"
+        )
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    save_tensors(
+        path,
+        {
+            "format": MODEL_FORMAT,
+            "version": 1,
+            "spec": json.dumps(spec),
+            "meta": json.dumps(meta or {}),
+            "state_dict": state,
+        },
+    )
+
+
+def load_model(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict]:
+    """Load a model saved by :func:`save_model`, in eval mode.
+
+    Returns:
+        (model, meta).
+
+    Raises:
+        FileNotFoundError: no such file.
+        FormatError: truncated/corrupt/unsafe file, not an ensemble-kd model, or weights that do not
+            fit the stated architecture.
+    """
+    obj = load_tensors(path)
+    if obj.get("format") != MODEL_FORMAT:
+        raise FormatError(f"{path}: not an ensemble-kd model file (format {obj.get('format')!r})")
+    try:
+        spec = json.loads(obj["spec"])
+        meta = json.loads(obj.get("meta", "{}"))
+        model = model_from_spec(spec)
+        model.load_state_dict(obj["state_dict"])
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise FormatError(f"{path}: malformed model file ({e})") from None
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise FormatError(f"{path}: weights do not match the architecture: {first[:200]}") from None
+    return model.to(device).eval(), meta
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    """Write a training checkpoint (model/optimizer/scheduler state + counters) atomically."""
+    save_tensors(path, {"format": CHECKPOINT_FORMAT, **state})
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a training checkpoint written by :func:`save_checkpoint` (safe, weights only)."""
+    obj = load_tensors(path)
+    if obj.get("format") != CHECKPOINT_FORMAT:
+        raise FormatError(f"{path}: not an ensemble-kd training checkpoint")
+    return obj
+
+
+def model_meta(path: str | os.PathLike) -> dict:
+    """The metadata of a saved model without building it."""
+    obj = load_tensors(Path(path))
+    if obj.get("format") != MODEL_FORMAT:
+        raise FormatError(f"{path}: not an ensemble-kd model file")
+    return {"spec": json.loads(obj["spec"]), **json.loads(obj.get("meta", "{}"))}

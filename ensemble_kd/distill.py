@@ -1,0 +1,177 @@
+"""Distillation: train a student on soft targets from cached (default) or online teachers.
+
+The student is trained by the shared loop in :mod:`ensemble_kd.train`; this module only supplies the
+objective, which looks the teachers' logits for each batch up in a :class:`~ensemble_kd.cache.TeacherCache`
+(by the batch's positions in the transfer set) or runs the teachers on the batch (needed when the
+inputs are augmented, since cached logits describe the un-augmented inputs).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .batching import Batch, TensorBatches
+from .cache import TeacherCache, ensure_cache, teachers_fingerprint
+from .data import TransferSet
+from .losses import COMBINE_MODES, LossParts, distillation_loss_parts
+from .train import Objective, TrainConfig, TrainResult, train
+
+
+@dataclass
+class DistillConfig:
+    """How the student learns from the teachers (Hinton et al. 2015, sections 2 and 3)."""
+
+    temperature: float = 4.0  # T of the soft targets; the saved student predicts at T = 1
+    alpha: float = 0.9  # weight of the soft term; 1 - alpha weighs the hard labels (if any)
+    combine: str = "sum"  # "sum" (per-teacher KL, the multi-task loss), "mean_probs", "mean_logits"
+    teacher_weights: list[float] | None = None  # one weight per teacher, normalised; None = uniform
+    online: bool = False  # run the teachers every step instead of reading the cache
+    cache_dtype: str = "float32"  # "float32" or "float16" storage of cached logits
+    cache_topk: int = 0  # 0 = dense cache; k > 0 keeps only each example's k largest logits
+    jitter: int = 0  # random input shifts in pixels during distillation (requires online=True)
+    extra: dict = field(default_factory=dict)  # free-form notes saved with the run
+
+    def validate(self, n_teachers: int | None = None) -> DistillConfig:
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be finite and > 0, got {self.temperature}")
+        if not 0 <= self.alpha <= 1:
+            raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
+        if self.combine not in COMBINE_MODES:
+            raise ValueError(f"combine must be one of {', '.join(COMBINE_MODES)}, got {self.combine!r}")
+        if self.cache_dtype not in ("float16", "float32"):
+            raise ValueError(f"cache_dtype must be float16 or float32, got {self.cache_dtype!r}")
+        if self.cache_topk < 0:
+            raise ValueError(f"cache_topk must be >= 0, got {self.cache_topk}")
+        if self.jitter and not self.online:
+            raise ValueError(
+                "jitter changes the inputs at every step, so cached teacher logits would not match "
+                "them: distil with online teachers (online=True / --online) to use jitter"
+            )
+        if self.teacher_weights is not None:
+            w = list(self.teacher_weights)
+            if n_teachers is not None and len(w) != n_teachers:
+                raise ValueError(f"teacher_weights has {len(w)} entries but there are {n_teachers} teachers")
+            if any((not math.isfinite(v)) or v < 0 for v in w):
+                raise ValueError("teacher_weights must be finite and non-negative")
+            if sum(w) <= 0:
+                raise ValueError("teacher_weights must not all be zero")
+        return self
+
+
+def cached_objective(cache: TeacherCache, cfg: DistillConfig) -> Objective:
+    """Distillation objective reading the teachers' logits for each batch from ``cache``."""
+
+    def objective(logits: torch.Tensor, batch: Batch) -> LossParts:
+        v = cache.batch(batch.idx).to(logits.device, non_blocking=True)  # (K, B, C)
+        return distillation_loss_parts(
+            logits, v, batch.y, temperature=cfg.temperature, alpha=cfg.alpha,
+            combine=cfg.combine, teacher_weights=cfg.teacher_weights,
+        )
+
+    return objective
+
+
+def online_objective(teachers: Sequence[nn.Module], cfg: DistillConfig) -> Objective:
+    """Distillation objective running every teacher (eval mode, no grad) on each batch's inputs."""
+    for t in teachers:
+        t.eval()
+
+    def objective(logits: torch.Tensor, batch: Batch) -> LossParts:
+        with torch.no_grad():
+            v = torch.stack([t(batch.x) for t in teachers])  # (K, B, C)
+        return distillation_loss_parts(
+            logits, v, batch.y, temperature=cfg.temperature, alpha=cfg.alpha,
+            combine=cfg.combine, teacher_weights=cfg.teacher_weights,
+        )
+
+    return objective
+
+
+def check_compatible(teachers: Sequence[nn.Module], student: nn.Module, x: torch.Tensor) -> int:
+    """Check that teachers and student map ``x`` to the same number of classes; return it."""
+    if not teachers:
+        raise ValueError("distillation needs at least one teacher")
+    with torch.no_grad():
+        sizes = []
+        for m in [*teachers, student]:
+            was = m.training
+            m.eval()
+            dev = next(m.parameters()).device
+            sizes.append(int(m(x[:2].to(dev)).shape[-1]))
+            m.train(was)
+    if len(set(sizes[:-1])) > 1:
+        raise ValueError(f"the teachers disagree on the number of classes: {sizes[:-1]}")
+    if sizes[-1] != sizes[0]:
+        raise ValueError(
+            f"the student has {sizes[-1]} outputs but the teachers have {sizes[0]} classes"
+        )
+    return sizes[0]
+
+
+def distill(
+    student: nn.Module,
+    teachers: Sequence[nn.Module],
+    transfer: TransferSet,
+    train_config: TrainConfig,
+    distill_config: DistillConfig | None = None,
+    *,
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    run_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool | None = None,
+) -> TrainResult:
+    """Distil ``teachers`` into ``student`` on the transfer set.
+
+    Args:
+        student: the model to train (its current weights are the start).
+        teachers: K trained models with the student's number of classes.
+        transfer: transfer set; its labels (if any) feed the hard term with weight 1 - alpha.
+        train_config: optimiser, epochs, batch size... (as for the teachers).
+        distill_config: temperature, alpha, combine mode, teacher weights, cache settings.
+        val: validation (x, y) evaluated each epoch.
+        run_dir: checkpoints and ``metrics.jsonl``; the cache goes to ``run_dir/cache`` by default.
+        cache_dir: where to keep the teacher cache (overrides the default).
+        device: "auto", "cpu" or "cuda".
+        progress: show a progress bar (None: when on a terminal).
+    """
+    cfg = (distill_config or DistillConfig()).validate(len(teachers))
+    check_compatible(teachers, student, transfer.x)
+    batches = TensorBatches(
+        transfer.x, transfer.y, batch_size=train_config.batch_size, jitter=cfg.jitter
+    )
+    if cfg.online:
+        from .predict import resolve_device
+
+        dev = resolve_device(device)
+        teachers = [t.to(dev) for t in teachers]
+        objective = online_objective(teachers, cfg)
+        source = "online:" + teachers_fingerprint(teachers)
+    else:
+        if cache_dir is None:
+            cache_dir = Path(run_dir) / "cache" if run_dir is not None else None
+        if cache_dir is None:
+            import tempfile
+
+            cache_dir = tempfile.mkdtemp(prefix="ensemble-kd-cache-")
+        cache = ensure_cache(
+            teachers, transfer.x, cache_dir, dtype=cfg.cache_dtype, topk=cfg.cache_topk, device=device
+        )
+        objective = cached_objective(cache, cfg)
+        source = cache.fingerprint
+    extra = {
+        "distill": {k: v for k, v in vars(cfg).items() if k != "extra"},
+        "teachers": source,
+        "transfer": len(transfer.x),
+    }
+    return train(
+        student, batches, train_config, objective=objective, val=val, run_dir=run_dir,
+        device=device, progress=progress, desc="distill", extra_state=extra,
+    )

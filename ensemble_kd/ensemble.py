@@ -1,0 +1,167 @@
+"""Ensembles: train N teachers that differ by seed (and optionally architecture), save, load, predict.
+
+Each teacher is trained by the shared loop and saved to ``<out>/teacher_<k>/model.pt`` with its
+checkpoints and ``metrics.jsonl`` beside it, so an interrupted ensemble resumes: finished teachers
+are loaded, the interrupted one continues from its last epoch, the rest start fresh. The ensemble's
+prediction is the mean of the teachers' probabilities.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .batching import TensorBatches
+from .checkpoint import load_model, save_model
+from .data import Splits
+from .metrics import disagreement, evaluate
+from .models import build_model
+from .predict import ensemble_logits
+from .train import TrainConfig, train
+
+
+@dataclass
+class TeacherSpec:
+    """One teacher architecture (the builder name and its options)."""
+
+    arch: str = "mlp"  # a registered model name: "mlp" or "convnet"
+    widths: tuple[int, ...] = (256, 256)  # mlp hidden sizes (convnet: channels)
+    dropout: float = 0.0  # dropout after each hidden layer
+
+    def build(self, input_shape, n_classes: int) -> nn.Module:
+        key = "channels" if self.arch == "convnet" else "widths"
+        return build_model(
+            self.arch, input_shape, n_classes, **{key: list(self.widths), "dropout": self.dropout}
+        )
+
+
+def teacher_dir(out_dir: str | os.PathLike, k: int) -> Path:
+    return Path(out_dir) / f"teacher_{k}"
+
+
+def data_meta(splits: Splits) -> dict:
+    """What a saved model records about the data it was trained on."""
+    return {
+        "dataset": splits.name,
+        "data_fingerprint": splits.fingerprint(),
+        "class_names": list(splits.class_names),
+        "n_classes": splits.n_classes,
+        "input_shape": list(splits.input_shape),
+    }
+
+
+def train_ensemble(
+    splits: Splits,
+    specs: TeacherSpec | Sequence[TeacherSpec],
+    n_teachers: int,
+    config: TrainConfig,
+    out_dir: str | os.PathLike,
+    *,
+    jitter: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool | None = None,
+    ranks: tuple[int, int] = (0, 1),
+) -> list[nn.Module]:
+    """Train ``n_teachers`` teachers on ``splits`` that differ by seed (``config.seed + k``).
+
+    Args:
+        splits: the data (training part for fitting, validation part for monitoring).
+        specs: one architecture for all, or one per teacher (cycled).
+        n_teachers: ensemble size N >= 1.
+        config: training hyperparameters; teacher k uses seed ``config.seed + k``.
+        out_dir: folder receiving ``teacher_<k>/``.
+        jitter: random input shifts (pixels) for the teachers' training batches.
+        device, progress: as for :func:`ensemble_kd.train.train`.
+        ranks: (rank, world size): this process trains teachers k with k % world == rank.
+
+    Returns:
+        The teachers trained (or loaded) by this process, in order, in eval mode.
+    """
+    if n_teachers < 1:
+        raise ValueError(f"n_teachers must be >= 1, got {n_teachers}")
+    specs = [specs] if isinstance(specs, TeacherSpec) else list(specs)
+    if not specs:
+        raise ValueError("no teacher architecture given")
+    rank, world = ranks
+    meta_base = data_meta(splits)
+    teachers = []
+    for k in range(n_teachers):
+        if k % world != rank:
+            continue
+        folder = teacher_dir(out_dir, k)
+        if (folder / "model.pt").exists():
+            model, meta = load_model(folder / "model.pt", device)
+            if meta.get("data_fingerprint") != meta_base["data_fingerprint"]:
+                raise ValueError(f"{folder / 'model.pt'} was trained on other data; use a new folder")
+            teachers.append(model)
+            continue
+        seed = config.seed + k
+        cfg = TrainConfig(**{**vars(config), "seed": seed})
+        torch.manual_seed(seed)
+        model = specs[k % len(specs)].build(splits.input_shape, splits.n_classes)
+        batches = TensorBatches(
+            splits.x_train, splits.y_train, batch_size=cfg.batch_size, jitter=jitter
+        )
+        result = train(
+            model, batches, cfg, val=(splits.x_val, splits.y_val), run_dir=folder,
+            device=device, progress=progress, desc=f"teacher {k + 1}/{n_teachers}",
+            extra_state={"data": meta_base["data_fingerprint"], "jitter": jitter, "spec": model.spec},
+        )
+        save_model(folder / "model.pt", result.model, {**meta_base, "seed": seed, "role": "teacher"})
+        teachers.append(result.model)
+    return teachers
+
+
+def find_teachers(folder: str | os.PathLike) -> list[Path]:
+    """The ``model.pt`` files of the teachers under ``folder``, in teacher order."""
+    folder = Path(folder)
+    paths = sorted(
+        folder.glob("teacher_*/model.pt"), key=lambda p: int(p.parent.name.split("_")[1])
+    )
+    if not paths:
+        raise FileNotFoundError(f"{folder}: no trained teachers (expected teacher_<k>/model.pt)")
+    return paths
+
+
+def load_teachers(
+    paths: Sequence[str | os.PathLike], device: str | torch.device = "cpu", *, splits: Splits | None = None
+) -> tuple[list[nn.Module], list[dict]]:
+    """Load saved teachers and check that they belong together (and to ``splits`` if given)."""
+    models, metas = [], []
+    for p in paths:
+        m, meta = load_model(p, device)
+        models.append(m)
+        metas.append(meta)
+    classes = {m.get("n_classes") for m in metas}
+    if len(classes) > 1:
+        raise ValueError(f"the teachers have different numbers of classes: {sorted(classes)}")
+    if splits is not None:
+        for p, meta in zip(paths, metas, strict=True):
+            if meta.get("n_classes") != splits.n_classes:
+                raise ValueError(
+                    f"{p}: teacher has {meta.get('n_classes')} classes but data set "
+                    f"{splits.name!r} has {splits.n_classes}"
+                )
+            if meta.get("data_fingerprint") not in (None, splits.fingerprint()):
+                raise ValueError(
+                    f"{p}: teacher was trained on other data ({meta.get('dataset')!r}, "
+                    f"fingerprint differs) than the data set given ({splits.name!r})"
+                )
+    return models, metas
+
+
+def ensemble_report(models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, **kw) -> dict:
+    """Metrics of each member, of the ensemble (mean probabilities), and the members' disagreement."""
+    logits = ensemble_logits(models, x, **kw)  # (K, N, C)
+    probs = torch.softmax(logits, -1)
+    return {
+        "members": [evaluate(p, y) for p in probs],
+        "ensemble": evaluate(probs.mean(0), y),
+        "disagreement": disagreement(probs),
+        "probs": probs.mean(0),
+    }

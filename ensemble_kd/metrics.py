@@ -1,0 +1,300 @@
+"""Classification metrics on predicted distributions, and a Markdown table printer.
+
+Inputs are ``probs (N, C)`` (rows sum to 1) or, where said, logits or hard
+predictions, with integer labels ``y (N,)``. Tensors or numpy arrays are
+accepted; results are python floats so they go straight into JSON and tables.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+ArrayLike = torch.Tensor | np.ndarray
+
+# Rows of probabilities may come from float16 autocast; logits passed by
+# mistake are off by far more than this.
+_ROW_SUM_TOL = 1e-2
+
+
+def _tensor(a: ArrayLike, name: str) -> torch.Tensor:
+    t = torch.as_tensor(a).detach().cpu()
+    if t.is_complex():
+        raise ValueError(f"{name} must be real, got {t.dtype}")
+    return t
+
+
+def _labels(y: ArrayLike, n: int, n_classes: int | None = None) -> torch.Tensor:
+    y = _tensor(y, "y")
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-D (N,), got shape {tuple(y.shape)}")
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise ValueError(f"y must hold integer labels, got {y.dtype}")
+    if y.shape[0] != n:
+        raise ValueError(f"y has {y.shape[0]} labels but there are {n} predictions")
+    if n == 0:
+        raise ValueError("no examples: metrics of an empty set are undefined")
+    if int(y.min()) < 0 or (n_classes is not None and int(y.max()) >= n_classes):
+        hi = "" if n_classes is None else f" [0, {n_classes})"
+        raise ValueError(f"y holds labels in [{int(y.min())}, {int(y.max())}], outside{hi}")
+    return y.long()
+
+
+def _scores(scores: ArrayLike, name: str) -> torch.Tensor:
+    s = _tensor(scores, name)
+    if s.ndim != 2 or s.shape[1] == 0:
+        raise ValueError(f"{name} must be 2-D (N, C) with C >= 1, got shape {tuple(s.shape)}")
+    return s.float()
+
+
+def _probs(probs: ArrayLike) -> torch.Tensor:
+    p = _scores(probs, "probs")
+    if p.numel() and (not torch.isfinite(p).all() or float(p.min()) < -1e-6 or float(p.max()) > 1 + 1e-6):
+        raise ValueError("probs must be probabilities in [0, 1]; pass softmax(logits)")
+    err = (p.sum(1) - 1).abs()  # (N,)
+    if p.numel() and float(err.max()) > _ROW_SUM_TOL:
+        row = int(err.argmax())
+        raise ValueError(
+            f"probs rows must sum to 1, row {row} sums to {float(p[row].sum()):.4g}; pass softmax(logits)"
+        )
+    return p
+
+
+def _predictions(pred_or_scores: ArrayLike, name: str) -> tuple[torch.Tensor, int | None]:
+    """Hard predictions (N,) from predictions (N,) or scores (N, C); also C when known."""
+    t = _tensor(pred_or_scores, name)
+    if t.ndim == 2:
+        return _scores(t, name).argmax(1), t.shape[1]
+    if t.ndim == 1 and not (t.is_floating_point() or t.dtype == torch.bool):
+        return t.long(), None
+    raise ValueError(
+        f"{name} must be scores (N, C) or integer predictions (N,), "
+        f"got shape {tuple(t.shape)} dtype {t.dtype}"
+    )
+
+
+def accuracy(probs_or_logits: ArrayLike, y: ArrayLike) -> float:
+    """Fraction of examples whose top-scoring class is the label.
+
+    Args:
+        probs_or_logits: ``(N, C)`` probabilities or logits (argmax is the same),
+            or ``(N,)`` integer predictions.
+        y: ``(N,)`` integer labels.
+    """
+    pred, n_classes = _predictions(probs_or_logits, "probs_or_logits")
+    y = _labels(y, pred.shape[0], n_classes)
+    return float((pred == y).double().mean())
+
+
+def top_k_accuracy(probs: ArrayLike, y: ArrayLike, k: int = 5) -> float:
+    """Fraction of examples whose label is among the ``k`` highest scores (k clipped to C).
+
+    Args:
+        probs: ``(N, C)`` probabilities or logits.
+        y: ``(N,)`` integer labels.
+        k: how many top classes count as a hit, at least 1.
+    """
+    p = _scores(probs, "probs")
+    y = _labels(y, p.shape[0], p.shape[1])
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    top = p.topk(min(k, p.shape[1]), dim=1).indices  # (N, k)
+    return float((top == y[:, None]).any(1).double().mean())
+
+
+def nll(probs: ArrayLike, y: ArrayLike) -> float:
+    """Mean negative log-likelihood ``-log p_y`` in nats; ``p_y`` clamped at 1e-12.
+
+    Args:
+        probs: ``(N, C)`` probabilities.
+        y: ``(N,)`` integer labels.
+    """
+    p = _probs(probs)
+    y = _labels(y, p.shape[0], p.shape[1])
+    p_y = p.double().gather(1, y[:, None]).squeeze(1)  # (N,)
+    return float(-p_y.clamp_min(1e-12).log().mean())
+
+
+def expected_calibration_error(probs: ArrayLike, y: ArrayLike, n_bins: int = 15) -> float:
+    """Expected calibration error over equal-width confidence bins (Guo et al. 2017).
+
+    ``sum_b |B_b| / N * |acc(B_b) - conf(B_b)|`` where the confidence is the top
+    probability and bin b holds confidences in ``(b/n_bins, (b+1)/n_bins]``
+    (confidence 0 joins the first bin).
+
+    Args:
+        probs: ``(N, C)`` probabilities.
+        y: ``(N,)`` integer labels.
+        n_bins: number of bins on [0, 1].
+    """
+    p = _probs(probs)
+    y = _labels(y, p.shape[0], p.shape[1])
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be at least 1, got {n_bins}")
+    conf, pred = p.double().max(1)  # (N,), (N,)
+    correct = (pred == y).double()
+    bins = (torch.ceil(conf * n_bins).long() - 1).clamp(0, n_bins - 1)  # (N,)
+    sum_conf = torch.bincount(bins, weights=conf, minlength=n_bins)
+    sum_acc = torch.bincount(bins, weights=correct, minlength=n_bins)
+    # |B| * |acc_b - conf_b| = |sum_acc - sum_conf|: empty bins contribute 0.
+    return float((sum_acc - sum_conf).abs().sum() / p.shape[0])
+
+
+def per_class_accuracy(pred_or_probs: ArrayLike, y: ArrayLike, n_classes: int) -> list[float]:
+    """Accuracy on the examples of each class (recall); nan for a class with no example.
+
+    Args:
+        pred_or_probs: ``(N,)`` integer predictions or ``(N, C)`` scores.
+        y: ``(N,)`` integer labels in ``[0, n_classes)``.
+        n_classes: number of classes C.
+
+    Returns:
+        ``n_classes`` floats.
+    """
+    pred, c = _predictions(pred_or_probs, "pred_or_probs")
+    if c is not None and c != n_classes:
+        raise ValueError(f"pred_or_probs has {c} columns but n_classes is {n_classes}")
+    y = _labels(y, pred.shape[0], n_classes)
+    total = torch.bincount(y, minlength=n_classes).double()  # (C,)
+    hits = torch.bincount(y[pred == y], minlength=n_classes).double()
+    return [h / t if t else math.nan for h, t in zip(hits.tolist(), total.tolist(), strict=True)]
+
+
+def evaluate(probs: ArrayLike, y: ArrayLike) -> dict[str, float | int]:
+    """The standard summary of predicted distributions.
+
+    Args:
+        probs: ``(N, C)`` probabilities.
+        y: ``(N,)`` integer labels.
+
+    Returns:
+        ``{"accuracy", "error", "top5", "nll", "ece", "n"}``: fractions in [0, 1],
+        NLL in nats, ``n`` the number of examples.
+    """
+    p = _probs(probs)
+    y = _labels(y, p.shape[0], p.shape[1])
+    acc = accuracy(p, y)
+    return {
+        "accuracy": acc,
+        "error": 1.0 - acc,
+        "top5": top_k_accuracy(p, y, k=5),
+        "nll": nll(p, y),
+        "ece": expected_calibration_error(p, y),
+        "n": int(p.shape[0]),
+    }
+
+
+def disagreement(member_probs: ArrayLike) -> float:
+    """Mean pairwise disagreement of an ensemble's hard predictions.
+
+    For each pair of members, the fraction of examples on which their argmax
+    differs, averaged over all ``K (K - 1) / 2`` pairs; 0 for a single member.
+
+    Args:
+        member_probs: ``(K, N, C)`` probabilities or logits of K members.
+    """
+    t = _tensor(member_probs, "member_probs")
+    if t.ndim != 3 or t.shape[1] == 0 or t.shape[2] == 0:
+        raise ValueError(f"member_probs must be (K, N, C) with N, C >= 1, got {tuple(t.shape)}")
+    k, n, c = t.shape
+    if k < 2:
+        return 0.0
+    pred = t.float().argmax(2)  # (K, N)
+    votes = torch.zeros(n, c, dtype=torch.float64).scatter_add_(
+        1, pred.T, torch.ones(n, k, dtype=torch.float64)
+    )  # (N, C): members voting for each class
+    # Agreeing pairs on an example: sum_c votes_c choose 2; the rest disagree.
+    agree = (votes * (votes - 1) / 2).sum(1)  # (N,)
+    pairs = k * (k - 1) / 2
+    return float((pairs - agree).mean() / pairs)
+
+
+def _scalar(value: Any) -> Any:
+    """One-element tensors and arrays -> python scalars; anything else unchanged."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if isinstance(value, np.ndarray) and value.size == 1:
+        return value.item()
+    return value
+
+
+def _cell(value: Any, floatfmt: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value))
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        return format(float(value), floatfmt)
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+        value, bool | np.bool_
+    )
+
+
+def format_table(
+    rows: Sequence[dict],
+    columns: Sequence[str],
+    *,
+    floatfmt: str = ".4f",
+    title: str | None = None,
+) -> str:
+    """An aligned GitHub-style Markdown table, readable as plain text in a terminal.
+
+    Floats use ``floatfmt``; columns holding only numbers are right-aligned
+    (``---:``); a key missing from a row, or None, gives an empty cell.
+
+    Args:
+        rows: one dict per table row.
+        columns: the keys to show, in order (also the header).
+        floatfmt: format spec for floats, e.g. ``".4f"`` or ``".2%"``.
+        title: a line printed above the table, separated by a blank line.
+
+    Returns:
+        The table, without a trailing newline.
+    """
+    columns = list(columns)
+    if not columns:
+        raise ValueError("format_table needs at least one column")
+    if len(set(columns)) != len(columns):
+        raise ValueError(f"format_table columns repeat a name: {columns}")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"rows[{i}] must be a dict, got {type(row).__name__}")
+    try:
+        format(1.0, floatfmt)
+    except ValueError:
+        raise ValueError(f"floatfmt {floatfmt!r} is not a valid float format spec") from None
+    header = [str(c).replace("|", "\\|") for c in columns]
+    values = [[_scalar(row.get(c)) for c in columns] for row in rows]
+    body = [[_cell(v, floatfmt) for v in vals] for vals in values]
+    # A column is numeric (right-aligned) when every non-empty cell holds a number.
+    numeric = [
+        any(vals[j] is not None for vals in values)
+        and all(_is_number(vals[j]) for vals in values if vals[j] is not None)
+        for j in range(len(columns))
+    ]
+    widths = [max(3, len(h), *(len(line[j]) for line in body)) for j, h in enumerate(header)]
+
+    def line(cells: list[str]) -> str:
+        padded = [s.rjust(w) if num else s.ljust(w) for s, w, num in zip(cells, widths, numeric, strict=True)]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = (
+        "|"
+        + "|".join(
+            "-" * (w + 1) + ":" if num else "-" * (w + 2) for w, num in zip(widths, numeric, strict=True)
+        )
+        + "|"
+    )
+    out = [line(header), rule, *(line(cells) for cells in body)]
+    table = "\n".join(out)
+    return f"{title}\n\n{table}" if title else table

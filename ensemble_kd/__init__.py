@@ -1,0 +1,32 @@
+"""ensemble-kd: ensemble and specialist knowledge distillation (Hinton, Vinyals & Dean, 2015).
+
+The public API; see README.md for a tour.
+"""
+
+__version__ = "0.1.0"
+
+from .batching import Batch, DatasetBatches, MixedBatches, TensorBatches, jitter  # noqa: E402
+from .cache import TeacherCache, ensure_cache, open_cache, write_cache  # noqa: E402
+from .checkpoint import load_model, save_model  # noqa: E402
+from .data import Splits, TransferSet, load_dataset, make_transfer_set  # noqa: E402
+from .distill import DistillConfig, distill  # noqa: E402
+from .ensemble import TeacherSpec, load_teachers, train_ensemble  # noqa: E402
+from .losses import (  # noqa: E402
+    LossParts,
+    distillation_loss,
+    distillation_loss_parts,
+    logit_matching_loss,
+    soft_targets,
+)
+from .models import build_model  # noqa: E402
+from .predict import ensemble_probs, predict_logits, predict_probs  # noqa: E402
+from .train import TrainConfig, TrainResult, seed_everything, train  # noqa: E402
+
+__all__ = [
+    "Batch", "DatasetBatches", "DistillConfig", "LossParts", "MixedBatches", "Splits",
+    "TeacherCache", "TeacherSpec", "TensorBatches", "TrainConfig", "TrainResult", "TransferSet",
+    "build_model", "distill", "distillation_loss", "distillation_loss_parts", "ensemble_probs",
+    "ensure_cache", "jitter", "load_dataset", "load_model", "load_teachers", "logit_matching_loss",
+    "make_transfer_set", "open_cache", "predict_logits", "predict_probs", "save_model",
+    "seed_everything", "soft_targets", "train", "train_ensemble", "write_cache",
+]

@@ -40,7 +40,7 @@ def tensor_digest(h: hashlib._Hash, t: torch.Tensor) -> None:
     """Feed a tensor's dtype, shape and raw bytes to a hash."""
     t = t.detach().cpu().contiguous()
     h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
 
 
 def teachers_fingerprint(teachers: Sequence[nn.Module]) -> str:
@@ -200,10 +200,9 @@ def write_cache(
                     out["logits"][t, i : i + len(logits)] = logits.numpy()
                     continue
                 vals, ind = logits.topk(topk, dim=-1)
-                lse_all = torch.logsumexp(logits, -1)
-                lse_top = torch.logsumexp(vals, -1)
-                # log of the mass outside the top k, computed stably: log(e^a - e^b) = a + log1p(-e^(b-a))
-                rest_lse = lse_all + torch.log1p(-torch.exp((lse_top - lse_all).clamp(max=-1e-7)))
+                # log of the mass outside the top k, summed directly (no cancellation when the
+                # teacher is confident and that mass is tiny)
+                rest_lse = torch.logsumexp(logits.scatter(-1, ind, float("-inf")), -1)
                 out["topk_values"][t, i : i + len(logits)] = vals.numpy()
                 out["topk_indices"][t, i : i + len(logits)] = ind.numpy()
                 out["rest"][t, i : i + len(logits)] = (rest_lse - np.log(c - topk)).numpy()

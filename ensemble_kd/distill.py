@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .batching import Batch, TensorBatches
-from .cache import TeacherCache, ensure_cache, teachers_fingerprint
+from .cache import TeacherCache, ensure_cache, inputs_fingerprint, teachers_fingerprint
 from .data import TransferSet
 from .losses import COMBINE_MODES, LossParts, distillation_loss_parts
 from .train import Objective, TrainConfig, TrainResult, train
@@ -169,7 +169,8 @@ def distill(
     extra = {
         "distill": {k: v for k, v in vars(cfg).items() if k != "extra"},
         "teachers": source,
-        "transfer": len(transfer.x),
+        "transfer": inputs_fingerprint(transfer.x)
+        + ("" if transfer.y is None else inputs_fingerprint(transfer.y)),
     }
     return train(
         student, batches, train_config, objective=objective, val=val, run_dir=run_dir,

@@ -168,7 +168,7 @@ def distillation_loss_parts(
 
     if labels is None:
         return LossParts(soft, soft, None)
-    hard = F.cross_entropy(student_logits, labels)
+    hard = F.cross_entropy(student_logits, labels.long())
     return LossParts(a * soft + (1.0 - a) * hard, soft, hard)
 
 
@@ -235,5 +235,5 @@ def logit_matching_loss(student_logits: torch.Tensor, teacher_logits: torch.Tens
 
 def hard_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> LossParts:
     """Plain cross-entropy on labels, as :class:`LossParts` (soft = 0) so training logs look alike."""
-    hard = F.cross_entropy(student_logits, labels)
+    hard = F.cross_entropy(student_logits, labels.long())
     return LossParts(hard, torch.zeros((), device=hard.device), hard)

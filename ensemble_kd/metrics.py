@@ -53,13 +53,16 @@ def _scores(scores: ArrayLike, name: str) -> torch.Tensor:
 
 def _probs(probs: ArrayLike) -> torch.Tensor:
     p = _scores(probs, "probs")
-    if p.numel() and (not torch.isfinite(p).all() or float(p.min()) < -1e-6 or float(p.max()) > 1 + 1e-6):
+    if p.numel() and (
+        not torch.isfinite(p).all() or float(p.min()) < -1e-6 or float(p.max()) > 1 + 1e-6
+    ):
         raise ValueError("probs must be probabilities in [0, 1]; pass softmax(logits)")
     err = (p.sum(1) - 1).abs()  # (N,)
     if p.numel() and float(err.max()) > _ROW_SUM_TOL:
         row = int(err.argmax())
         raise ValueError(
-            f"probs rows must sum to 1, row {row} sums to {float(p[row].sum()):.4g}; pass softmax(logits)"
+            f"probs rows must sum to 1, row {row} sums to {float(p[row].sum()):.4g}; "
+            "pass softmax(logits)"
         )
     return p
 
@@ -285,13 +288,17 @@ def format_table(
     widths = [max(3, len(h), *(len(line[j]) for line in body)) for j, h in enumerate(header)]
 
     def line(cells: list[str]) -> str:
-        padded = [s.rjust(w) if num else s.ljust(w) for s, w, num in zip(cells, widths, numeric, strict=True)]
+        padded = [
+            s.rjust(w) if num else s.ljust(w)
+            for s, w, num in zip(cells, widths, numeric, strict=True)
+        ]
         return "| " + " | ".join(padded) + " |"
 
     rule = (
         "|"
         + "|".join(
-            "-" * (w + 1) + ":" if num else "-" * (w + 2) for w, num in zip(widths, numeric, strict=True)
+            "-" * (w + 1) + ":" if num else "-" * (w + 2)
+            for w, num in zip(widths, numeric, strict=True)
         )
         + "|"
     )

@@ -35,7 +35,7 @@ def predict_logits(
         model: maps (B, *input_shape) to (B, C).
         x: (N, *input_shape) tensor, or a Dataset of ``x`` or ``(x, y)`` items.
         batch_size: inputs per forward pass.
-        device: where to run; default the model's device.
+        device: where to run (the model is moved there); default the model's device.
 
     Returns:
         (N, C) float32 logits.
@@ -44,6 +44,7 @@ def predict_logits(
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
     device = resolve_device(device)
+    model.to(device)
     was_training = model.training
     model.eval()
     outs = []

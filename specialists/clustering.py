@@ -138,8 +138,9 @@ def _affinity(matrix: object, kind: str) -> tuple[np.ndarray, np.ndarray]:
     return arr, covariance_affinity(arr)
 
 
-def subset_mass(matrix: object, subsets: Sequence[Sequence[int]], *, kind: str = "confusion"
-                ) -> np.ndarray:
+def subset_mass(
+    matrix: object, subsets: Sequence[Sequence[int]], *, kind: str = "confusion"
+) -> np.ndarray:
     """Confusion mass inside each subset: how much the subset's classes mix with each other.
 
     For ``kind="confusion"`` this is the sum of the off-diagonal entries of
@@ -159,7 +160,8 @@ def subset_mass(matrix: object, subsets: Sequence[Sequence[int]], *, kind: str =
         np.fill_diagonal(sym, 0.0)
     else:
         sym = covariance_affinity(matrix)
-    return np.array([float(sym[np.ix_(list(s), list(s))].sum()) for s in subsets], dtype=float)
+    subsets = _check_partial_subsets(subsets, sym.shape[0])
+    return np.array([float(sym[np.ix_(s, s)].sum()) for s in subsets], dtype=float)
 
 
 def _rank(subsets: list[list[int]], mass: np.ndarray) -> list[int]:
@@ -219,9 +221,12 @@ def _cluster_labels(matrix: np.ndarray, affinity: np.ndarray, n_clusters: int, m
         # Columns of the normalised confusion, with each class's own entry set to its
         # strongest affinity (a self-loop): with the diagonal left at the accuracy (or at
         # zero) it dominates the distance between columns and hides the groups, whereas
-        # this way the columns of a clean block become nearly identical.
+        # this way the columns of a clean block become nearly identical. A class confused
+        # with nothing gets the overall maximum: an island of its own, not a zero column
+        # that k-means would lump with every other such class.
         points = affinity.copy()
-        np.fill_diagonal(points, affinity.max(axis=1))
+        loop = affinity.max(axis=1)
+        np.fill_diagonal(points, np.where(loop > 0, loop, affinity.max()))
         points = points.T
     model = KMeans(n_clusters=n_clusters, n_init=10, random_state=random_state)
     with warnings.catch_warnings():

@@ -29,6 +29,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix as _sk_confusion_matrix
 
 from ensemble_kd.io import FormatError, atomic_path
+from specialists.clustering import cluster_classes
 
 __all__ = [
     "ConfusionAnalysis",
@@ -332,7 +333,7 @@ def default_n_clusters(n_classes: int) -> int:
 # the bundle
 
 
-@dataclass
+@dataclass(eq=False)  # array fields: == would be ambiguous, so identity it is
 class ConfusionAnalysis:
     """Everything the confusion report shows, for C classes and n examples.
 
@@ -438,7 +439,8 @@ def analyse(
         n_clusters: number of class clusters; default :func:`default_n_clusters`
             (round(sqrt(C)) clipped to [2, C - 1]).
         method: clustering method passed to
-            :func:`specialists.clustering.cluster_classes`.
+            :func:`specialists.clustering.cluster_classes` ("spectral",
+            "agglomerative" or "kmeans").
         top: how many confused pairs to list.
         kind: what to cluster: ``"confusion"`` (the labelled confusion counts) or
             ``"covariance"`` (the label-free prediction covariance).
@@ -512,10 +514,11 @@ def _clusters(counts: np.ndarray, covariance: np.ndarray | None, n_clusters: int
         notes.append("Fewer than 2 examples: no prediction covariance to cluster, so every "
                      "class is its own cluster.")
         return [[i] for i in range(c)]
-    # Imported here so this module stays importable on its own and to avoid an
-    # import cycle should the clustering module use the functions above.
-    from specialists.clustering import cluster_classes
-
+    if kind == "covariance" and not np.any(covariance[~np.eye(c, dtype=bool)] > 0):
+        # The covariance affinity keeps only positive covariances: none means no signal.
+        notes.append("No two classes have positively covarying predictions: nothing to "
+                     "cluster, so every class is its own cluster.")
+        return [[i] for i in range(c)]
     matrix = counts if kind == "confusion" else covariance
     return [sorted(int(i) for i in s) for s in
             cluster_classes(matrix, n_clusters, method=method, random_state=random_state,

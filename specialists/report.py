@@ -22,11 +22,12 @@ import base64
 import html
 import io
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.colors import LogNorm
+from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from scipy.cluster.hierarchy import dendrogram, linkage
@@ -101,6 +102,11 @@ def _label_inches(names: list[str], fontsize: float) -> float:
     return 0.6 * fontsize / 72 * longest + 0.2
 
 
+def _no_white(name: str) -> ListedColormap:
+    """``name`` without its near-white start: a single confusion must stand out from blank 0."""
+    return ListedColormap(colormaps[name](np.linspace(0.15, 1.0, 256)), name=f"{name}_nw")
+
+
 def _heatmap(a: ConfusionAnalysis, order: list[int], blocks: list[tuple], *,
              normalised: bool) -> Figure:
     """Confusion heatmap with rows/columns in cluster order and cluster blocks outlined.
@@ -116,26 +122,33 @@ def _heatmap(a: ConfusionAnalysis, order: list[int], blocks: list[tuple], *,
     fs = _label_fontsize(c)
     cell = 0.55 if c <= _ANNOTATE_MAX else max(0.2, min(0.4, 12.0 / c))
     lab = _label_inches(names, fs)
-    fig = Figure(figsize=(c * cell + lab + 1.8, c * cell + lab + 1.0), dpi=_DPI,
+    fig = Figure(figsize=(max(c * cell + lab + 1.8, 5.5), c * cell + lab + 1.2), dpi=_DPI,
                  layout="constrained")
     ax = fig.add_subplot()
     off = ~np.eye(c, dtype=bool)
     if normalised:
         shown = np.ma.masked_array(m, mask=~off | (m == 0))
-        vmax = max(float(m[off].max()) if c > 1 else 0.0, 1e-9)
-        im = ax.imshow(shown, cmap="Reds", vmin=0, vmax=vmax, interpolation="nearest")
+        vmax = float(m[off].max()) if c > 1 else 0.0
+        vmax = vmax if vmax > 0 else 1.0  # no confusion at all: any positive scale will do
+        im = ax.imshow(shown, cmap=_no_white("Reds"), vmin=0, vmax=vmax, interpolation="nearest")
         ax.imshow(np.ma.masked_array(np.ones_like(m), mask=off), cmap="Greys", vmin=0, vmax=4,
                   interpolation="nearest")
         cbar_label = "rate (share of the true class), off-diagonal"
     else:
         shown = np.ma.masked_array(m, mask=m == 0)
         vmax = max(float(m.max()), 1.0)
-        im = ax.imshow(shown, cmap="Blues", norm=LogNorm(vmin=1, vmax=max(vmax, 1.5)),
+        im = ax.imshow(shown, cmap=_no_white("Blues"), norm=LogNorm(vmin=1, vmax=max(vmax, 1.5)),
                        interpolation="nearest")
         cbar_label = "count (log scale; blank = 0)"
     ax.set_facecolor("white")
     cb = fig.colorbar(im, ax=ax, shrink=min(1.0, 0.4 + 4.0 / max(c, 1)), pad=0.02)
     cb.set_label(cbar_label)
+    if not normalised:
+        # Plain 1-2-5 ticks: a reader should not have to decode "3 x 10^0".
+        ticks = [m_ * 10**e for e in range(int(np.log10(vmax)) + 1) for m_ in (1, 2, 5)]
+        ticks = [t for t in ticks if t <= vmax]
+        cb.ax.minorticks_off()
+        cb.set_ticks(ticks, labels=[f"{t:g}" for t in ticks])
     ax.set_xticks(range(c), names, rotation=60 if c <= 40 else 90, ha="right",
                   rotation_mode="anchor", fontsize=fs)
     ax.set_yticks(range(c), names, fontsize=fs)
@@ -148,7 +161,7 @@ def _heatmap(a: ConfusionAnalysis, order: list[int], blocks: list[tuple], *,
     if c <= _ANNOTATE_MAX:
         _annotate(ax, m, im, normalised)
     kind = "row-normalised rates" if normalised else "counts"
-    ax.set_title(f"Confusion ({kind}), {a.n} examples; boxes = clusters", fontsize=11)
+    ax.set_title(f"Confusion ({kind})\n{a.n} examples; boxes = clusters", fontsize=11)
     return fig
 
 
@@ -199,8 +212,13 @@ def _dendrogram(a: ConfusionAnalysis) -> Figure:
     lab = _label_inches(a.class_names, fs)
     fig = Figure(figsize=(6.5 + lab, max(2.5, 0.24 * c + 1.2)), dpi=_DPI, layout="constrained")
     ax = fig.add_subplot()
-    tree = dendrogram(z, labels=list(a.class_names), orientation="left", ax=ax,
-                      leaf_font_size=fs, color_threshold=0.0, above_threshold_color="#444")
+    with warnings.catch_warnings():
+        # All merges at one height (e.g. C = 2) make scipy warn about a flat x range;
+        # the fixed limits below replace that range anyway.
+        warnings.filterwarnings("ignore", message="Attempting to set identical")
+        tree = dendrogram(z, labels=list(a.class_names), orientation="left", ax=ax,
+                          leaf_font_size=fs, color_threshold=0.0, above_threshold_color="#444")
+    ax.set_xlim(1.05, 0.0)  # distances lie in [0, 1]; the leaves sit at 0 on the right
     colours = _cluster_colours(a.clusters, c)
     for label, i in zip(ax.get_yticklabels(), tree["leaves"], strict=True):
         label.set_color(colours[i])

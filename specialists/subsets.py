@@ -129,7 +129,9 @@ def _check_last_dim(x: torch.Tensor, name: str) -> int:
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} is {type(x).__name__}, expected a torch.Tensor")
     if x.ndim < 1 or not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating tensor (..., C), got {x.dtype} {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must be a floating tensor (..., C), got {x.dtype} {tuple(x.shape)}"
+        )
     return x.shape[-1]
 
 

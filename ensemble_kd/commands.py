@@ -1,0 +1,413 @@
+"""What each ``ensemble-kd`` subcommand does, step by step, in a run directory.
+
+Run directory layout (every file written atomically)::
+
+    OUT/config.json          the resolved configuration and command
+    OUT/teachers/teacher_k/  model.pt, checkpoint.pt, metrics.jsonl of teacher k
+    OUT/baseline/            the student architecture trained on hard labels (same budget)
+    OUT/student/             the distilled student (+ cache/ of teacher logits)
+    OUT/report/              confusion report of the generalist (validation data)
+    OUT/specialists/         specialist_m/ + subsets.json
+    OUT/summary.json, OUT/summary.md   every number and the comparison table
+
+Every step skips work whose result is already on disk, so ``--resume`` continues a killed run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_model, save_model
+from .config import RunConfig
+from .data import Splits, TransferSet, load_dataset, make_transfer_set
+from .distill import distill
+from .ensemble import data_meta, ensemble_report, find_teachers, load_teachers, train_ensemble
+from .io import atomic_write_json, atomic_write_text, read_json
+from .metrics import evaluate, format_table
+from .models import count_parameters
+from .predict import predict_logits, resolve_device
+from .train import train
+
+
+class Ctx:
+    """Per-command context: config, device, output folder, messages."""
+
+    def __init__(self, cfg: RunConfig, out: Path | None):
+        self.cfg, self.out = cfg, out
+        self.device = resolve_device(cfg.device)
+        self.progress = False if cfg.quiet else None
+        self.t0 = time.perf_counter()
+
+    def say(self, msg: str) -> None:
+        if not self.cfg.quiet:
+            print(f"[{time.perf_counter() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def load_data(cfg: RunConfig) -> Splits:
+    return load_dataset(cfg.dataset, **cfg.data_options())
+
+
+def transfer_of(cfg: RunConfig, splits: Splits) -> TransferSet:
+    return make_transfer_set(
+        splits, fraction=cfg.transfer_fraction, omit_classes=cfg.omit_classes,
+        labelled=not cfg.unlabelled, seed=cfg.data_seed,
+    )
+
+
+# ---------------------------------------------------------------- steps
+
+
+def step_teachers(ctx: Ctx, splits: Splits, out: Path) -> list[torch.nn.Module]:
+    cfg = ctx.cfg
+    ctx.say(f"training {cfg.teachers} teacher(s) ({cfg.teacher_arch} {cfg.teacher_widths}) on "
+            f"{splits.describe()}")
+    return train_ensemble(
+        splits, cfg.teacher_spec(), cfg.teachers, cfg.train_config(cfg.teacher_epochs),
+        out / "teachers", jitter=cfg.teacher_jitter, device=ctx.device, progress=ctx.progress,
+    )
+
+
+def _train_student(ctx: Ctx, splits: Splits, transfer: TransferSet, folder: Path, teachers=None):
+    """The baseline (teachers=None, hard labels) or the distilled student, saved in ``folder``."""
+    cfg = ctx.cfg
+    if (folder / "model.pt").exists():
+        return load_model(folder / "model.pt", ctx.device)[0]
+    torch.manual_seed(cfg.seed + 10_000)  # same initial weights for baseline and student
+    student = cfg.student_spec().build(splits.input_shape, splits.n_classes)
+    tcfg = cfg.train_config()
+    val = (splits.x_val, splits.y_val)
+    if teachers is None:
+        if transfer.y is None:
+            raise ValueError("the hard-label baseline needs a labelled transfer set")
+        from .batching import TensorBatches
+
+        result = train(
+            student, TensorBatches(transfer.x, transfer.y, batch_size=tcfg.batch_size), tcfg,
+            val=val, run_dir=folder, device=ctx.device, progress=ctx.progress, desc="baseline",
+            extra_state={"data": splits.fingerprint(), "transfer": transfer.indices.tolist()[:50]},
+        )
+        role = "baseline"
+    else:
+        result = distill(
+            student, teachers, transfer, tcfg, cfg.distill_config(), val=val, run_dir=folder,
+            device=ctx.device, progress=ctx.progress,
+        )
+        role = "student"
+    meta = {**data_meta(splits), "role": role, "temperature": cfg.temperature if teachers else None}
+    save_model(folder / "model.pt", result.model, meta)
+    return result.model
+
+
+def step_students(ctx: Ctx, splits: Splits, teachers, out: Path):
+    cfg = ctx.cfg
+    transfer = transfer_of(cfg, splits)
+    ctx.say(f"transfer set: {len(transfer)} examples"
+            + (f", without classes {cfg.omit_classes}" if cfg.omit_classes else "")
+            + (", unlabelled" if transfer.y is None else ""))
+    baseline = None
+    if transfer.y is not None:
+        ctx.say(f"training the baseline student ({cfg.student_arch} {cfg.student_widths}) on hard labels")
+        baseline = _train_student(ctx, splits, transfer, out / "baseline")
+    ctx.say(f"distilling {len(teachers)} teacher(s) into the student at T={cfg.temperature}, "
+            f"alpha={cfg.alpha}, combine={cfg.combine} ({'online' if cfg.online else 'cached'} teachers)")
+    student = _train_student(ctx, splits, transfer, out / "student", teachers)
+    return baseline, student
+
+
+def _row(name: str, probs: torch.Tensor, y: torch.Tensor, params: int | None) -> dict:
+    return {"model": name, "params": params, **evaluate(probs, y)}
+
+
+def comparison(ctx: Ctx, splits: Splits, teachers, baseline, student) -> tuple[list[dict], dict]:
+    """Test-set rows for every teacher, the ensemble, the baseline and the distilled student."""
+    x, y = splits.x_test, splits.y_test
+    rows, extra = [], {}
+    if teachers:
+        rep = ensemble_report(teachers, x, y, device=ctx.device)
+        for k, (m, r) in enumerate(zip(teachers, rep["members"], strict=True)):
+            rows.append({"model": f"teacher {k}", "params": count_parameters(m), **r})
+        accs = torch.tensor([r["accuracy"] for r in rep["members"]])
+        extra["teacher_accuracy_mean"] = float(accs.mean())
+        extra["teacher_accuracy_std"] = float(accs.std()) if len(accs) > 1 else 0.0
+        extra["teacher_disagreement"] = rep["disagreement"]
+        rows.append({"model": f"ensemble of {len(teachers)}",
+                     "params": sum(count_parameters(m) for m in teachers), **rep["ensemble"]})
+    for name, m in (("baseline student (hard labels)", baseline), ("distilled student", student)):
+        if m is not None:
+            probs = torch.softmax(predict_logits(m, x, device=ctx.device), -1)
+            rows.append(_row(name, probs, y, count_parameters(m)))
+    return rows, extra
+
+
+COLUMNS = ["model", "params", "accuracy", "error", "top5", "nll", "ece"]
+
+
+def write_summary(ctx: Ctx, out: Path, rows: list[dict], extra: dict, title: str) -> str:
+    table = format_table(rows, COLUMNS, title=title)
+    notes = [f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in extra.items()
+             if not isinstance(v, (dict, list))]
+    text = f"# {title}\n\n{table}\n\n" + "\n".join(notes) + "\n"
+    for k, v in extra.items():
+        if isinstance(v, str) and "\n" in v:
+            text += f"\n{v}\n"
+    atomic_write_json(out / "summary.json", {"rows": rows, **extra,
+                                             "seconds": time.perf_counter() - ctx.t0})
+    atomic_write_text(out / "summary.md", text)
+    return table
+
+
+# ---------------------------------------------------------------- specialists (uses `specialists`)
+
+
+def _generalist_path(ctx: Ctx, out: Path) -> Path:
+    if ctx.cfg.specialists_from == "teacher":
+        return find_teachers(out / "teachers")[0]
+    if ctx.cfg.specialists_from == "student":
+        return out / "student" / "model.pt"
+    raise ValueError(f"generalist must be 'student' or 'teacher', got {ctx.cfg.specialists_from!r}")
+
+
+def step_report(ctx: Ctx, splits: Splits, model, folder: Path, *, split: str = "val", title=None):
+    from specialists.confusion import analyse
+    from specialists.report import write_confusion_report
+
+    x, y = (splits.x_val, splits.y_val) if split == "val" else (splits.x_test, splits.y_test)
+    probs = torch.softmax(predict_logits(model, x, device=ctx.device), -1) if not isinstance(
+        model, torch.Tensor) else model
+    analysis = analyse(probs, y, class_names=splits.class_names, n_clusters=ctx.cfg.n_clusters,
+                       method=ctx.cfg.cluster_method)
+    html = write_confusion_report(analysis, folder, title=title or f"Confusion report ({split} split)")
+    ctx.say(f"confusion report: {html}")
+    return analysis
+
+
+def _choose_subsets(ctx: Ctx, analysis) -> list[list[int]]:
+    from specialists.clustering import select_subsets
+
+    cfg = ctx.cfg
+    return select_subsets(
+        analysis.counts, analysis.clusters, max_size=cfg.max_subset_size,
+        max_subsets=cfg.max_specialists, overlap=cfg.overlap,
+    )
+
+
+def _spec_config(cfg: RunConfig):
+    from specialists.specialist import SpecialistConfig
+
+    return SpecialistConfig(share=cfg.specialist_share, alpha=cfg.specialist_alpha,
+                            temperature=cfg.specialist_temperature)
+
+
+def step_specialists(ctx: Ctx, splits: Splits, generalist, subsets, folder: Path):
+    from specialists.specialist import train_specialists
+
+    names = [[splits.class_names[c] for c in s] for s in subsets]
+    ctx.say(f"training {len(subsets)} specialist(s): " + "; ".join(", ".join(n) for n in names))
+    return train_specialists(
+        generalist, subsets, splits, ctx.cfg.train_config(ctx.cfg.specialist_epochs),
+        _spec_config(ctx.cfg), folder, device=ctx.device, progress=ctx.progress,
+    )
+
+
+def specialist_rows(ctx: Ctx, splits: Splits, generalist, specs) -> tuple[list[dict], dict]:
+    from specialists.combine import combine_predictions
+    from specialists.evaluate import evaluate_specialists, format_coverage_table
+    from specialists.specialist import specialist_probs
+
+    x, y = splits.x_test, splits.y_test
+    pg = torch.softmax(predict_logits(generalist, x, device=ctx.device), -1)
+    ps = specialist_probs(specs, x, device=ctx.device)
+    subsets = [s.subset for s in specs]
+    res = evaluate_specialists(pg, ps, subsets, y, top_n=ctx.cfg.top_n)
+    q = combine_predictions(pg, ps, subsets, top_n=ctx.cfg.top_n)
+    rows = [
+        _row(f"generalist ({ctx.cfg.specialists_from})", pg, y, count_parameters(generalist)),
+        _row(f"generalist + {len(specs)} specialists", q, y,
+             count_parameters(generalist) + sum(count_parameters(s.model) for s in specs)),
+    ]
+    return rows, {"specialists": res, "coverage_table": format_coverage_table(res)}
+
+
+# ---------------------------------------------------------------- subcommands
+
+
+def cmd_train_ensemble(ctx: Ctx, splits: Splits) -> int:
+    teachers = step_teachers(ctx, splits, ctx.out)
+    rows, extra = comparison(ctx, splits, teachers, None, None)
+    print(write_summary(ctx, ctx.out, rows, extra, f"Teachers on {splits.name} (test set)"))
+    return 0
+
+
+def cmd_distill(ctx: Ctx, splits: Splits, teachers_arg: str) -> int:
+    src = Path(teachers_arg)
+    paths = find_teachers(src / "teachers" if (src / "teachers").is_dir() else src)
+    teachers, _ = load_teachers(paths, ctx.device, splits=splits)
+    baseline, student = step_students(ctx, splits, teachers, ctx.out)
+    rows, extra = comparison(ctx, splits, teachers, baseline, student)
+    print(write_summary(ctx, ctx.out, rows, extra, f"Distillation on {splits.name} (test set)"))
+    return 0
+
+
+def cmd_run(ctx: Ctx, splits: Splits) -> int:
+    cfg, out = ctx.cfg, ctx.out
+    teachers = step_teachers(ctx, splits, out)
+    baseline, student = step_students(ctx, splits, teachers, out)
+    rows, extra = comparison(ctx, splits, teachers, baseline, student)
+    if cfg.specialists:
+        gpath = _generalist_path(ctx, out)
+        generalist = load_model(gpath, ctx.device)[0]
+        analysis = step_report(ctx, splits, generalist, out / "report")
+        subsets = _choose_subsets(ctx, analysis)
+        if subsets:
+            specs = step_specialists(ctx, splits, generalist, subsets, out / "specialists")
+            srows, sextra = specialist_rows(ctx, splits, generalist, specs)
+            rows += srows
+            extra.update(sextra)
+        else:
+            ctx.say("no class subset with confusion to train a specialist on")
+    print(write_summary(ctx, out, rows, extra, f"ensemble-kd run on {splits.name} (test set)"))
+    if "coverage_table" in extra:
+        print("\n" + extra["coverage_table"])
+    ctx.say(f"done: {out / 'summary.md'}")
+    return 0
+
+
+def cmd_evaluate(ctx: Ctx, run: Path) -> int:
+    teachers = []
+    if (run / "teachers").is_dir():
+        teachers, _ = load_teachers(find_teachers(run / "teachers"), ctx.device)
+    splits = ctx.splits
+    if teachers:
+        teachers, _ = load_teachers(find_teachers(run / "teachers"), ctx.device, splits=splits)
+    get = lambda name: load_model(run / name / "model.pt", ctx.device)[0] if (  # noqa: E731
+        run / name / "model.pt").exists() else None
+    baseline, student = get("baseline"), get("student")
+    if not teachers and baseline is None and student is None:
+        raise FileNotFoundError(f"{run}: no trained models (teachers/, baseline/ or student/)")
+    rows, extra = comparison(ctx, splits, teachers, baseline, student)
+    if (run / "specialists" / "subsets.json").exists():
+        from specialists.specialist import load_specialist
+
+        generalist = load_model(_generalist_path(ctx, run), ctx.device)[0]
+        paths = sorted((run / "specialists").glob("specialist_*/model.pt"),
+                       key=lambda p: int(p.parent.name.split("_")[1]))
+        specs = [load_specialist(p, ctx.device) for p in paths]
+        if specs:
+            srows, sextra = specialist_rows(ctx, splits, generalist, specs)
+            rows += srows
+            extra.update(sextra)
+    out = ctx.out or run
+    print(write_summary(ctx, out, rows, extra, f"Evaluation of {run} on {splits.name} (test set)"))
+    if "coverage_table" in extra:
+        print("\n" + extra["coverage_table"])
+    return 0
+
+
+def cmd_confusion_report(ctx: Ctx, args: argparse.Namespace) -> int:
+    from specialists.confusion import analyse, load_predictions
+    from specialists.report import write_confusion_report
+
+    if args.predictions:
+        probs, labels, names = load_predictions(args.predictions)
+        analysis = analyse(probs, labels, class_names=names, n_clusters=ctx.cfg.n_clusters,
+                           method=ctx.cfg.cluster_method)
+        html = write_confusion_report(analysis, ctx.out)
+    else:
+        splits = load_data(ctx.cfg)
+        if args.model:
+            model, meta = load_model(args.model, ctx.device)
+            _check_model_data(args.model, meta, splits)
+            models = [model]
+        else:
+            models, _ = load_teachers(find_teachers(args.teachers), ctx.device, splits=splits)
+        x, y = (splits.x_val, splits.y_val) if args.split == "val" else (splits.x_test, splits.y_test)
+        probs = torch.stack(
+            [torch.softmax(predict_logits(m, x, device=ctx.device), -1) for m in models]
+        ).mean(0)
+        analysis = analyse(probs, y, class_names=splits.class_names, n_clusters=ctx.cfg.n_clusters,
+                           method=ctx.cfg.cluster_method)
+        html = write_confusion_report(
+            analysis, ctx.out, title=f"Confusion report: {splits.name}, {args.split} split"
+        )
+    print(html)
+    return 0
+
+
+def _check_model_data(path, meta: dict, splits: Splits) -> None:
+    if meta.get("n_classes") not in (None, splits.n_classes):
+        raise ValueError(f"{path}: model has {meta['n_classes']} classes but {splits.name!r} has "
+                         f"{splits.n_classes}")
+    if meta.get("data_fingerprint") not in (None, splits.fingerprint()):
+        raise ValueError(f"{path}: model was trained on other data ({meta.get('dataset')!r}) than "
+                         f"the data set given ({splits.name!r})")
+
+
+def read_subsets(path: str | Path) -> list[list[int]]:
+    obj = read_json(path)
+    subsets = obj.get("subsets") if isinstance(obj, dict) else obj
+    if not isinstance(subsets, list) or not all(isinstance(s, list) for s in subsets):
+        raise ValueError(f"{path}: expected a JSON list of class lists (or {{\"subsets\": [...]}})")
+    return subsets
+
+
+def cmd_train_specialists(ctx: Ctx, splits: Splits, args: argparse.Namespace) -> int:
+    generalist, meta = load_model(args.generalist, ctx.device)
+    _check_model_data(args.generalist, meta, splits)
+    if args.subsets:
+        from specialists.subsets import validate_subsets
+
+        subsets = validate_subsets(read_subsets(args.subsets), splits.n_classes)
+    else:
+        analysis = step_report(ctx, splits, generalist, ctx.out / "report")
+        subsets = _choose_subsets(ctx, analysis)
+        if not subsets:
+            raise ValueError("the generalist's validation confusion has no subset worth a specialist")
+    specs = step_specialists(ctx, splits, generalist, subsets, ctx.out / "specialists")
+    rows, extra = specialist_rows(ctx, splits, generalist, specs)
+    print(write_summary(ctx, ctx.out, rows, extra, f"Specialists on {splits.name} (test set)"))
+    print("\n" + extra["coverage_table"])
+    return 0
+
+
+def dispatch(args: argparse.Namespace, cfg: RunConfig) -> int:
+    from .cli import prepare_out
+
+    cmd = args.command
+    out = Path(args.out) if args.out else None
+    if cmd == "evaluate":
+        run = Path(args.run)
+        if not run.is_dir():
+            raise FileNotFoundError(f"{run}: no such run folder")
+        saved = run / "config.json"
+        if saved.exists():  # the run's own data and specialist settings, unless flags say otherwise
+            old = json.loads(saved.read_text()).get("config", {})
+            defaults = RunConfig()
+            merged = {k: (getattr(cfg, k) if getattr(cfg, k) != getattr(defaults, k) else old.get(k, v))
+                      for k, v in vars(cfg).items()}
+            cfg = RunConfig(**merged)
+        ctx = Ctx(cfg, out)
+        ctx.splits = load_data(cfg)
+        return cmd_evaluate(ctx, run)
+    ctx = Ctx(cfg, out)
+    if cmd == "confusion-report":
+        out.mkdir(parents=True, exist_ok=True)
+        return cmd_confusion_report(ctx, args)
+    splits = load_data(cfg)  # fail on bad data before touching the output folder
+    cfg.train_config()
+    if cmd in ("distill", "run"):
+        cfg.distill_config()
+    prepare_out(out, cfg, cmd, resume=getattr(args, "resume", False),
+                overwrite=getattr(args, "overwrite", False))
+    if cmd == "train-ensemble":
+        return cmd_train_ensemble(ctx, splits)
+    if cmd == "distill":
+        return cmd_distill(ctx, splits, args.teachers)
+    if cmd == "train-specialists":
+        return cmd_train_specialists(ctx, splits, args)
+    return cmd_run(ctx, splits)

@@ -1,0 +1,213 @@
+"""The command line's configuration: one commented dataclass, filled from a TOML file and flags.
+
+Every option of every subcommand is a field of :class:`RunConfig`; its comment is the ``--help``
+text. A TOML config file (``--config run.toml``, flat ``key = value`` pairs, dashes or underscores)
+only sets defaults; flags on the command line override it. Unknown keys and values of the wrong
+type are errors that name the key (and, for unknown keys, list the valid ones).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .distill import DistillConfig
+from .ensemble import TeacherSpec
+from .train import TrainConfig
+
+
+def _f(default, help: str, group: str, **kw):
+    if isinstance(default, list):
+        return field(default_factory=lambda d=default: list(d), metadata={"help": help, "group": group, **kw})
+    return field(default=default, metadata={"help": help, "group": group, **kw})
+
+
+@dataclass
+class RunConfig:
+    """All options of the ``ensemble-kd`` subcommands (each uses the groups it needs)."""
+
+    # ---- data ----
+    dataset: str = _f("digits", "data set: digits, fashion-mnist, synthetic or npz", "data")
+    data_dir: str | None = _f(None, "folder of the Fashion-MNIST IDX .gz files "
+                              "(default /usr/share/datasets/fashion-mnist)", "data")
+    data_path: str | None = _f(None, "the .npz file for --dataset npz "
+                               "(X_train, y_train, X_test, y_test, optional class_names)", "data")
+    val_fraction: float = _f(0.1, "share of the training data held out for validation", "data")
+    data_seed: int = _f(0, "seed of the validation split", "data")
+    synthetic_classes: int = _f(30, "synthetic data: number of classes", "data")
+    synthetic_groups: int = _f(6, "synthetic data: number of planted confusable groups", "data")
+    synthetic_train: int = _f(6000, "synthetic data: training examples", "data")
+    synthetic_seed: int = _f(0, "synthetic data: seed of the data itself", "data")
+    # ---- transfer set (what the student learns on) ----
+    transfer_fraction: float = _f(1.0, "share of the training data in the transfer set, in (0, 1]",
+                                  "transfer")
+    omit_classes: list[int] = _f([], "classes left out of the transfer set", "transfer")
+    unlabelled: bool = _f(False, "drop the transfer set's labels (soft targets only)", "transfer")
+    # ---- teachers ----
+    teachers: int = _f(5, "number of teachers in the ensemble (they differ by seed)", "teachers")
+    teacher_arch: str = _f("mlp", "teacher architecture: mlp or convnet", "teachers")
+    teacher_widths: list[int] = _f([256, 256], "teacher hidden sizes (convnet: channels)", "teachers")
+    teacher_dropout: float = _f(0.2, "teacher dropout", "teachers")
+    teacher_jitter: int = _f(0, "random input shifts (pixels) when training teachers", "teachers")
+    teacher_epochs: int | None = _f(None, "teacher epochs (default: --epochs)", "teachers")
+    # ---- student ----
+    student_arch: str = _f("mlp", "student architecture: mlp or convnet", "student")
+    student_widths: list[int] = _f([64], "student hidden sizes (convnet: channels)", "student")
+    student_dropout: float = _f(0.0, "student dropout", "student")
+    # ---- training (teachers, students and specialists) ----
+    epochs: int = _f(20, "training epochs (students and the baseline get the same budget)", "train")
+    batch_size: int = _f(128, "examples per step", "train")
+    optimizer: str = _f("adam", "adam or sgd (Nesterov momentum)", "train")
+    lr: float = _f(1e-3, "peak learning rate", "train")
+    momentum: float = _f(0.9, "SGD momentum", "train")
+    weight_decay: float = _f(0.0, "L2 weight decay", "train")
+    schedule: str = _f("cosine", "learning-rate schedule: constant, cosine or step", "train")
+    early_stopping: int = _f(0, "stop after this many epochs without better validation NLL; 0 = off",
+                             "train")
+    seed: int = _f(0, "training seed (teacher k uses seed + k)", "train")
+    # ---- distillation ----
+    temperature: float = _f(4.0, "softmax temperature T of the soft targets", "distill")
+    alpha: float = _f(0.9, "weight of the soft term; 1 - alpha weighs the hard labels", "distill")
+    combine: str = _f("sum", "several teachers: sum (per-teacher KL), mean_probs or mean_logits",
+                      "distill")
+    teacher_weights: list[float] | None = _f(None, "one weight per teacher (normalised)", "distill")
+    online: bool = _f(False, "run the teachers every step instead of caching their logits", "distill")
+    student_jitter: int = _f(0, "random input shifts (pixels) when distilling (needs --online)",
+                             "distill")
+    cache_dtype: str = _f("float32", "teacher cache storage: float32 or float16", "distill")
+    cache_topk: int = _f(0, "keep only each example's k largest teacher logits (0 = dense)", "distill")
+    # ---- specialists ----
+    specialists: bool = _f(True, "train specialists on the generalist's confusable classes (run)",
+                           "specialists")
+    specialists_from: str = _f("student", "the generalist in run: the distilled student or teacher 0",
+                         "specialists")
+    n_clusters: int | None = _f(None, "number of class clusters (default: about sqrt(classes))",
+                                "specialists")
+    cluster_method: str = _f("spectral", "spectral, agglomerative or kmeans", "specialists")
+    max_specialists: int | None = _f(None, "at most this many specialists", "specialists")
+    max_subset_size: int | None = _f(None, "largest subset a specialist covers", "specialists")
+    overlap: int = _f(0, "extra most-confused classes added to each subset (overlapping specialists)",
+                      "specialists")
+    specialist_epochs: int | None = _f(None, "specialist epochs (default: --epochs)", "specialists")
+    specialist_share: float = _f(0.5, "share of each specialist batch drawn from its subset",
+                                 "specialists")
+    specialist_alpha: float = _f(0.5, "weight of the generalist's folded soft targets for specialists",
+                                 "specialists")
+    specialist_temperature: float = _f(2.0, "temperature of the specialists' soft targets",
+                                       "specialists")
+    top_n: int = _f(1, "a specialist is active when its subset holds one of the generalist's top n",
+                    "specialists")
+    # ---- runtime ----
+    device: str = _f("auto", "auto, cpu or cuda", "runtime")
+    quiet: bool = _f(False, "no progress bars or stage messages", "runtime")
+
+    # -- derived configs --
+    def train_config(self, epochs: int | None = None) -> TrainConfig:
+        return TrainConfig(
+            epochs=epochs or self.epochs, batch_size=self.batch_size, optimizer=self.optimizer,
+            lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+            schedule=self.schedule, early_stopping=self.early_stopping, seed=self.seed,
+        ).validate()
+
+    def teacher_spec(self) -> TeacherSpec:
+        return TeacherSpec(self.teacher_arch, tuple(self.teacher_widths), self.teacher_dropout)
+
+    def student_spec(self) -> TeacherSpec:
+        return TeacherSpec(self.student_arch, tuple(self.student_widths), self.student_dropout)
+
+    def distill_config(self) -> DistillConfig:
+        return DistillConfig(
+            temperature=self.temperature, alpha=self.alpha, combine=self.combine,
+            teacher_weights=self.teacher_weights, online=self.online, cache_dtype=self.cache_dtype,
+            cache_topk=self.cache_topk, jitter=self.student_jitter,
+        ).validate()
+
+    def data_options(self) -> dict:
+        return {
+            "data_dir": self.data_dir, "path": self.data_path, "val_fraction": self.val_fraction,
+            "seed": self.data_seed,
+            **(
+                {"n_classes": self.synthetic_classes, "n_groups": self.synthetic_groups,
+                 "n_train": self.synthetic_train, "synthetic_seed": self.synthetic_seed}
+                if self.dataset == "synthetic" else {}
+            ),
+        }
+
+
+GROUPS = ("data", "transfer", "teachers", "student", "train", "distill", "specialists", "runtime")
+
+
+def fields_of(groups) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(RunConfig) if f.metadata["group"] in groups]
+
+
+def _base_type(tp) -> tuple[type, bool, bool]:
+    """(scalar type, is list, allows None) of a field annotation."""
+    tp = typing.get_type_hints(RunConfig)[tp] if isinstance(tp, str) else tp
+    optional = False
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional, tp = True, args[0]
+    if typing.get_origin(tp) is list:
+        return typing.get_args(tp)[0], True, optional
+    return tp, False, optional
+
+
+def field_type(name: str) -> tuple[type, bool, bool]:
+    return _base_type(typing.get_type_hints(RunConfig)[name])
+
+
+def coerce(name: str, value):
+    """Check a config-file value against the field's type; ValueError naming the key if wrong."""
+    scalar, is_list, optional = field_type(name)
+    if value is None and optional:
+        return None
+
+    def one(v):
+        if scalar is bool:
+            if isinstance(v, bool):
+                return v
+        elif scalar is int:
+            if isinstance(v, int) and not isinstance(v, bool):
+                return v
+        elif scalar is float:
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                return float(v)
+        elif scalar is str:
+            if isinstance(v, str):
+                return v
+        raise ValueError(
+            f"config key {name!r} must be {'a list of ' if is_list else ''}{scalar.__name__}"
+            f"{'s' if is_list else ''}, got {value!r}"
+        )
+
+    if is_list:
+        if not isinstance(value, list):
+            raise ValueError(f"config key {name!r} must be a list of {scalar.__name__}s, got {value!r}")
+        return [one(v) for v in value]
+    return one(value)
+
+
+def read_config_file(path: str | Path, groups) -> dict:
+    """Read a flat TOML config; returns {field name: value}, checking keys and types."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"config file {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"config file {path} is not valid TOML: {e}") from None
+    valid = {f.name for f in fields_of(groups)}
+    out = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in valid:
+            raise ValueError(
+                f"unknown key {key!r} in {path}; valid keys: {', '.join(sorted(valid))}"
+            )
+        out[name] = coerce(name, value)
+    return out

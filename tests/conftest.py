@@ -16,7 +16,7 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def digits() -> Splits:
-    """scikit-learn's 8x8 digits, (N, 1, 8, 8) in [0, 1]; loaded once (the sklearn import is slow)."""
+    """scikit-learn's 8x8 digits, (N, 1, 8, 8) in [0, 1]; loaded once (sklearn imports slowly)."""
     return load_dataset("digits", seed=0)
 
 

@@ -1,4 +1,4 @@
-"""Batches sliced from in-memory tensors: coverage, reproducibility, jitter, mixed pools, datasets."""
+"""Batches sliced from in-memory tensors: reproducibility, jitter, mixed pools, Datasets."""
 
 from __future__ import annotations
 

@@ -45,6 +45,18 @@ def test_dense_cache_equals_teacher_logits(tmp_path):
     assert meta["shape"] == [2, N, C] and meta["dtype"] == "float32" and meta["topk"] == 0
 
 
+def test_convnet_teacher_cache(tmp_path):
+    # batch norm holds a 0-dim buffer (num_batches_tracked): the fingerprint must hash it too
+    torch.manual_seed(0)
+    teacher = build_model("convnet", (1, 6, 6), C, channels=[4])
+    x = torch.randn(9, 1, 6, 6, generator=torch.Generator().manual_seed(2))
+    cache = ensure_cache([teacher], x, tmp_path / "c")
+    assert torch.equal(cache.all()[0], predict_logits(teacher, x))
+    with torch.no_grad():
+        teacher.body[1].num_batches_tracked += 1  # only the scalar buffer changes
+    assert ensure_cache([teacher], x, tmp_path / "c").fingerprint != cache.fingerprint
+
+
 def test_small_write_batches_give_the_same_cache(tmp_path):
     teachers, x = _teachers(), _x()
     cache = write_cache(teachers, x, tmp_path / "c", batch_size=4)  # 10 chunks, last one short

@@ -163,7 +163,8 @@ def test_student_with_wrong_number_of_outputs(tmp_path, teacher, digits):
 
 
 def test_teachers_disagreeing_on_classes(digits):
-    teachers = [*_random_teachers(digits, k=1), build_model("mlp", digits.input_shape, 7, widths=[4])]
+    seven = build_model("mlp", digits.input_shape, 7, widths=[4])
+    teachers = [*_random_teachers(digits, k=1), seven]
     with pytest.raises(ValueError, match="disagree"):
         check_compatible(teachers, _student(digits), digits.x_train)
     with pytest.raises(ValueError, match="at least one teacher"):

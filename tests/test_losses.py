@@ -71,7 +71,7 @@ def test_soft_targets_bad_temperature(t):
         soft_targets(torch.zeros(2, 3), t)
 
 
-# --------------------------------------------------------------------------- soft term: values and gradients
+# --------------------------------------------------------------------------- soft term
 
 
 @pytest.mark.parametrize("combine", COMBINE_MODES)
@@ -189,8 +189,8 @@ def test_teacher_weights_uniform_by_default_and_normalised(combine):
     z, v, w = _three_teachers()
     kw = dict(temperature=2.0, combine=combine)
     default = distillation_loss(z, v, **kw)
-    torch.testing.assert_close(default, distillation_loss(z, v, teacher_weights=torch.ones(3) / 3, **kw))
-    torch.testing.assert_close(default, distillation_loss(z, v, teacher_weights=[5.0, 5.0, 5.0], **kw))
+    for same in (torch.ones(3) / 3, [5.0, 5.0, 5.0]):
+        torch.testing.assert_close(default, distillation_loss(z, v, teacher_weights=same, **kw))
     torch.testing.assert_close(
         distillation_loss(z, v, teacher_weights=2 * w, **kw),
         distillation_loss(z, v, teacher_weights=w, **kw),

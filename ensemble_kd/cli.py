@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shutil
 import sys
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import GROUPS, RunConfig, coerce, field_type, fields_of, read_config_file
-from .io import FormatError
+from .io import FormatError, read_json
 
 COMMANDS = {
     "train-ensemble": (
@@ -58,7 +57,7 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, no usage dump
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def _add_config_flags(p: argparse.ArgumentParser, groups) -> None:
@@ -88,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         p.add_argument("--config", metavar="FILE.toml", help="TOML file of option defaults")
         p.add_argument("--out", metavar="DIR", required=name != "evaluate",
-                       help="run directory to write" + (" (default: the --run folder)" if name == "evaluate" else ""))
+                       help="run directory to write"
+                       + (" (default: the --run folder)" if name == "evaluate" else ""))
         if name in ("run", "train-ensemble", "distill", "train-specialists"):
             g = p.add_mutually_exclusive_group()
             g.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="delete the run in --out and start again")
         if name == "distill":
             p.add_argument("--teachers", metavar="DIR", required=True,
-                           help="a run folder with teachers/ (from train-ensemble) or a folder of teacher_<k>/")
+                           help="a run folder with teachers/ (from train-ensemble) "
+                                "or a folder of teacher_<k>/")
         if name == "evaluate":
             p.add_argument("--run", metavar="DIR", required=True, help="a run folder to evaluate")
         if name == "confusion-report":
@@ -133,7 +134,9 @@ def prepare_out(out: Path, cfg: RunConfig, command: str, *, resume: bool, overwr
         if overwrite:
             shutil.rmtree(out)
         elif resume:
-            old = json.loads(cfg_path.read_text())
+            old = read_json(cfg_path)
+            if not isinstance(old, dict):
+                raise FormatError(f"{cfg_path}: not an ensemble-kd run record")
             ignore = {"quiet", "device"}
             diff = sorted(
                 k for k in set(old.get("config", {})) | set(vars(cfg))
@@ -172,8 +175,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(f"ensemble-kd: error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, FormatError, FloatingPointError, NotADirectoryError) as e:
+    except (ValueError, FloatingPointError) as e:  # FormatError is a ValueError
         msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"ensemble-kd: error: {msg}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a missing, unreadable or misplaced file or folder named by the user
+        msg = " ".join(str(e).split()) or type(e).__name__
+        if e.filename is not None and e.strerror:
+            msg = f"{e.filename}: {e.strerror}"
         print(f"ensemble-kd: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

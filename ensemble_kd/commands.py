@@ -16,7 +16,6 @@ Every step skips work whose result is already on disk, so ``--resume`` continues
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -153,7 +152,7 @@ def write_summary(ctx: Ctx, out: Path, rows: list[dict], extra: dict, title: str
     notes = [f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in extra.items()
              if not isinstance(v, (dict, list))]
     text = f"# {title}\n\n{table}\n\n" + "\n".join(notes) + "\n"
-    for k, v in extra.items():
+    for v in extra.values():
         if isinstance(v, str) and "\n" in v:
             text += f"\n{v}\n"
     atomic_write_json(out / "summary.json", {"rows": rows, **extra,
@@ -244,10 +243,14 @@ def cmd_train_ensemble(ctx: Ctx, splits: Splits) -> int:
     return 0
 
 
-def cmd_distill(ctx: Ctx, splits: Splits, teachers_arg: str) -> int:
+def read_teachers(ctx: Ctx, splits: Splits, teachers_arg: str) -> list[torch.nn.Module]:
+    """The teachers in ``--teachers`` (a run folder, or a folder of teacher_<k>/) that fit ``splits``."""
     src = Path(teachers_arg)
     paths = find_teachers(src / "teachers" if (src / "teachers").is_dir() else src)
-    teachers, _ = load_teachers(paths, ctx.device, splits=splits)
+    return load_teachers(paths, ctx.device, splits=splits)[0]
+
+
+def cmd_distill(ctx: Ctx, splits: Splits, teachers: list[torch.nn.Module]) -> int:
     baseline, student = step_students(ctx, splits, teachers, ctx.out)
     rows, extra = comparison(ctx, splits, teachers, baseline, student)
     print(write_summary(ctx, ctx.out, rows, extra, f"Distillation on {splits.name} (test set)"))
@@ -343,12 +346,17 @@ def _check_model_data(path, meta: dict, splits: Splits) -> None:
     if meta.get("n_classes") not in (None, splits.n_classes):
         raise ValueError(f"{path}: model has {meta['n_classes']} classes but {splits.name!r} has "
                          f"{splits.n_classes}")
+    if meta.get("input_shape") not in (None, list(splits.input_shape)):
+        raise ValueError(f"{path}: model takes inputs of shape {tuple(meta['input_shape'])} but "
+                         f"{splits.name!r} has inputs of shape {splits.input_shape}")
     if meta.get("data_fingerprint") not in (None, splits.fingerprint()):
         raise ValueError(f"{path}: model was trained on other data ({meta.get('dataset')!r}) than "
                          f"the data set given ({splits.name!r})")
 
 
 def read_subsets(path: str | Path) -> list[list[int]]:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"subsets file {path} does not exist")
     obj = read_json(path)
     subsets = obj.get("subsets") if isinstance(obj, dict) else obj
     if not isinstance(subsets, list) or not all(isinstance(s, list) for s in subsets):
@@ -356,14 +364,20 @@ def read_subsets(path: str | Path) -> list[list[int]]:
     return subsets
 
 
-def cmd_train_specialists(ctx: Ctx, splits: Splits, args: argparse.Namespace) -> int:
+def read_generalist(ctx: Ctx, splits: Splits, args: argparse.Namespace):
+    """``--generalist`` checked against the data, and ``--subsets`` (None: from its confusion)."""
     generalist, meta = load_model(args.generalist, ctx.device)
     _check_model_data(args.generalist, meta, splits)
+    subsets = None
     if args.subsets:
         from specialists.subsets import validate_subsets
 
         subsets = validate_subsets(read_subsets(args.subsets), splits.n_classes)
-    else:
+    return generalist, subsets
+
+
+def cmd_train_specialists(ctx: Ctx, splits: Splits, generalist, subsets) -> int:
+    if subsets is None:
         analysis = step_report(ctx, splits, generalist, ctx.out / "report")
         subsets = _choose_subsets(ctx, analysis)
         if not subsets:
@@ -373,6 +387,61 @@ def cmd_train_specialists(ctx: Ctx, splits: Splits, args: argparse.Namespace) ->
     print(write_summary(ctx, ctx.out, rows, extra, f"Specialists on {splits.name} (test set)"))
     print("\n" + extra["coverage_table"])
     return 0
+
+
+def check_options(cfg: RunConfig, splits: Splits, command: str, n_teachers: int | None = None) -> None:
+    """Check every option ``command`` will use against the data, before the output folder is touched.
+
+    A bad value found here costs a second; found by the step that uses it, after the teachers have
+    trained for hours, it would cost the run (and leave a half-made output folder behind).
+
+    Raises:
+        ValueError: naming the option and the problem.
+    """
+    c, shape = splits.n_classes, splits.input_shape
+
+    def jitter_ok(name: str, value: int) -> None:
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0 pixels, got {value}")
+        if value and len(shape) != 3:
+            raise ValueError(f"{name} shifts images, but {splits.name!r} inputs have shape {shape}")
+
+    with torch.random.fork_rng(devices=[]):  # building a model draws weights: leave the seed alone
+        if command in ("train-ensemble", "run"):
+            if cfg.teachers < 1:
+                raise ValueError(f"teachers must be >= 1, got {cfg.teachers}")
+            cfg.train_config(cfg.teacher_epochs)
+            cfg.teacher_spec().build(shape, c)
+            jitter_ok("teacher_jitter", cfg.teacher_jitter)
+        if command in ("distill", "run"):
+            cfg.train_config()
+            cfg.student_spec().build(shape, c)
+            cfg.distill_config().validate(cfg.teachers if command == "run" else n_teachers)
+            if cfg.cache_topk >= c:
+                raise ValueError(f"cache_topk must lie in [0, {c - 1}] for {c} classes, "
+                                 f"got {cfg.cache_topk}")
+            jitter_ok("student_jitter", cfg.student_jitter)
+            transfer_of(cfg, splits)
+    if command == "train-specialists" or (command == "run" and cfg.specialists):
+        from specialists.clustering import METHODS
+
+        cfg.train_config(cfg.specialist_epochs)
+        _spec_config(cfg).validate()
+        if c < 3:
+            raise ValueError(f"specialists need at least 3 classes, {splits.name!r} has {c}")
+        if cfg.n_clusters is not None and not 1 <= cfg.n_clusters <= c:
+            raise ValueError(f"n_clusters must lie in [1, {c}] for {c} classes, got {cfg.n_clusters}")
+        if cfg.cluster_method not in METHODS:
+            raise ValueError(f"cluster_method must be one of {', '.join(METHODS)}, "
+                             f"got {cfg.cluster_method!r}")
+        if cfg.specialists_from not in ("student", "teacher"):
+            raise ValueError(f"specialists_from must be 'student' or 'teacher', "
+                             f"got {cfg.specialists_from!r}")
+        for name, low in (("max_specialists", 1), ("max_subset_size", 2), ("overlap", 0),
+                          ("top_n", 1)):
+            value = getattr(cfg, name)
+            if value is not None and value < low:
+                raise ValueError(f"{name} must be >= {low}, got {value}")
 
 
 def dispatch(args: argparse.Namespace, cfg: RunConfig) -> int:
@@ -386,7 +455,8 @@ def dispatch(args: argparse.Namespace, cfg: RunConfig) -> int:
             raise FileNotFoundError(f"{run}: no such run folder")
         saved = run / "config.json"
         if saved.exists():  # the run's own data and specialist settings, unless flags say otherwise
-            old = json.loads(saved.read_text()).get("config", {})
+            old = read_json(saved)
+            old = old.get("config", {}) if isinstance(old, dict) else {}
             defaults = RunConfig()
             merged = {k: (getattr(cfg, k) if getattr(cfg, k) != getattr(defaults, k) else old.get(k, v))
                       for k, v in vars(cfg).items()}
@@ -396,18 +466,19 @@ def dispatch(args: argparse.Namespace, cfg: RunConfig) -> int:
         return cmd_evaluate(ctx, run)
     ctx = Ctx(cfg, out)
     if cmd == "confusion-report":
-        out.mkdir(parents=True, exist_ok=True)
         return cmd_confusion_report(ctx, args)
-    splits = load_data(cfg)  # fail on bad data before touching the output folder
-    cfg.train_config()
-    if cmd in ("distill", "run"):
-        cfg.distill_config()
+    # Fail on bad data, files or options before touching the output folder.
+    splits = load_data(cfg)
+    teachers = read_teachers(ctx, splits, args.teachers) if cmd == "distill" else None
+    generalist, subsets = read_generalist(ctx, splits, args) if cmd == "train-specialists" else (
+        None, None)
+    check_options(cfg, splits, cmd, n_teachers=len(teachers) if teachers else None)
     prepare_out(out, cfg, cmd, resume=getattr(args, "resume", False),
                 overwrite=getattr(args, "overwrite", False))
     if cmd == "train-ensemble":
         return cmd_train_ensemble(ctx, splits)
     if cmd == "distill":
-        return cmd_distill(ctx, splits, args.teachers)
+        return cmd_distill(ctx, splits, teachers)
     if cmd == "train-specialists":
-        return cmd_train_specialists(ctx, splits, args)
+        return cmd_train_specialists(ctx, splits, generalist, subsets)
     return cmd_run(ctx, splits)

@@ -9,11 +9,12 @@ type are errors that name the key (and, for unknown keys, list the valid ones).
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 from .distill import DistillConfig
 from .ensemble import TeacherSpec
@@ -49,20 +50,20 @@ class RunConfig:
     unlabelled: bool = _f(False, "drop the transfer set's labels (soft targets only)", "transfer")
     # ---- teachers ----
     teachers: int = _f(5, "number of teachers in the ensemble (they differ by seed)", "teachers")
-    teacher_arch: str = _f("mlp", "teacher architecture: mlp or convnet", "teachers")
-    teacher_widths: list[int] = _f([256, 256], "teacher hidden sizes (convnet: channels)", "teachers")
-    teacher_dropout: float = _f(0.2, "teacher dropout", "teachers")
-    teacher_jitter: int = _f(0, "random input shifts (pixels) when training teachers", "teachers")
-    teacher_epochs: int | None = _f(None, "teacher epochs (default: --epochs)", "teachers")
+    teacher_arch: str = _f("convnet", "teacher architecture: mlp or convnet", "teachers")
+    teacher_widths: list[int] = _f([32, 64], "teacher hidden sizes (convnet: channels)", "teachers")
+    teacher_dropout: float = _f(0.0, "teacher dropout", "teachers")
+    teacher_jitter: int = _f(1, "random input shifts (pixels) when training teachers", "teachers")
+    teacher_epochs: int | None = _f(30, "teacher epochs (default: --epochs)", "teachers")
     # ---- student ----
     student_arch: str = _f("mlp", "student architecture: mlp or convnet", "student")
-    student_widths: list[int] = _f([64], "student hidden sizes (convnet: channels)", "student")
+    student_widths: list[int] = _f([32], "student hidden sizes (convnet: channels)", "student")
     student_dropout: float = _f(0.0, "student dropout", "student")
     # ---- training (teachers, students and specialists) ----
-    epochs: int = _f(20, "training epochs (students and the baseline get the same budget)", "train")
-    batch_size: int = _f(128, "examples per step", "train")
+    epochs: int = _f(60, "training epochs (students and the baseline get the same budget)", "train")
+    batch_size: int = _f(32, "examples per step", "train")
     optimizer: str = _f("adam", "adam or sgd (Nesterov momentum)", "train")
-    lr: float = _f(1e-3, "peak learning rate", "train")
+    lr: float = _f(1e-2, "peak learning rate", "train")
     momentum: float = _f(0.9, "SGD momentum", "train")
     weight_decay: float = _f(0.0, "L2 weight decay", "train")
     schedule: str = _f("cosine", "learning-rate schedule: constant, cosine or step", "train")
@@ -70,8 +71,8 @@ class RunConfig:
                              "train")
     seed: int = _f(0, "training seed (teacher k uses seed + k)", "train")
     # ---- distillation ----
-    temperature: float = _f(4.0, "softmax temperature T of the soft targets", "distill")
-    alpha: float = _f(0.9, "weight of the soft term; 1 - alpha weighs the hard labels", "distill")
+    temperature: float = _f(2.0, "softmax temperature T of the soft targets", "distill")
+    alpha: float = _f(0.5, "weight of the soft term; 1 - alpha weighs the hard labels", "distill")
     combine: str = _f("sum", "several teachers: sum (per-teacher KL), mean_probs or mean_logits",
                       "distill")
     teacher_weights: list[float] | None = _f(None, "one weight per teacher (normalised)", "distill")
@@ -108,7 +109,8 @@ class RunConfig:
     # -- derived configs --
     def train_config(self, epochs: int | None = None) -> TrainConfig:
         return TrainConfig(
-            epochs=epochs or self.epochs, batch_size=self.batch_size, optimizer=self.optimizer,
+            epochs=self.epochs if epochs is None else epochs, batch_size=self.batch_size,
+            optimizer=self.optimizer,
             lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
             schedule=self.schedule, early_stopping=self.early_stopping, seed=self.seed,
         ).validate()
@@ -199,6 +201,10 @@ def read_config_file(path: str | Path, groups) -> dict:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ValueError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"config file {path} is a folder, not a TOML file") from None
+    except OSError as e:
+        raise ValueError(f"config file {path} cannot be read: {e.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"config file {path} is not valid TOML: {e}") from None
     valid = {f.name for f in fields_of(groups)}

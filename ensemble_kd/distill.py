@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +18,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import distributed as dist
 from .batching import Batch, TensorBatches
-from .cache import TeacherCache, ensure_cache, inputs_fingerprint, teachers_fingerprint
+from .cache import TeacherCache, ensure_cache, inputs_fingerprint, open_cache, teachers_fingerprint
 from .data import TransferSet
 from .losses import COMBINE_MODES, LossParts, distillation_loss_parts
+from .predict import resolve_device
 from .train import Objective, TrainConfig, TrainResult, train
 
 
@@ -147,23 +150,26 @@ def distill(
     batches = TensorBatches(
         transfer.x, transfer.y, batch_size=train_config.batch_size, jitter=cfg.jitter
     )
+    tmp = None
     if cfg.online:
-        from .predict import resolve_device
-
         dev = resolve_device(device)
         teachers = [t.to(dev) for t in teachers]
         objective = online_objective(teachers, cfg)
         source = "online:" + teachers_fingerprint(teachers)
     else:
-        if cache_dir is None:
-            cache_dir = Path(run_dir) / "cache" if run_dir is not None else None
-        if cache_dir is None:
-            import tempfile
-
-            cache_dir = tempfile.mkdtemp(prefix="ensemble-kd-cache-")
-        cache = ensure_cache(
-            teachers, transfer.x, cache_dir, dtype=cfg.cache_dtype, topk=cfg.cache_topk, device=device
-        )
+        if cache_dir is None and run_dir is not None:
+            cache_dir = Path(run_dir) / "cache"
+        if cache_dir is None:  # nowhere to keep it: a temporary folder, removed after training
+            tmp = tempfile.TemporaryDirectory(prefix="ensemble-kd-cache-")
+            cache_dir = tmp.name
+        if dist.is_main():  # under torchrun rank 0 writes the cache, the others read it
+            cache = ensure_cache(
+                teachers, transfer.x, cache_dir, dtype=cfg.cache_dtype, topk=cfg.cache_topk,
+                device=device,
+            )
+        dist.barrier()
+        if not dist.is_main():
+            cache = open_cache(cache_dir)
         objective = cached_objective(cache, cfg)
         source = cache.fingerprint
     extra = {
@@ -172,7 +178,11 @@ def distill(
         "transfer": inputs_fingerprint(transfer.x)
         + ("" if transfer.y is None else inputs_fingerprint(transfer.y)),
     }
-    return train(
-        student, batches, train_config, objective=objective, val=val, run_dir=run_dir,
-        device=device, progress=progress, desc="distill", extra_state=extra,
-    )
+    try:
+        return train(
+            student, batches, train_config, objective=objective, val=val, run_dir=run_dir,
+            device=device, progress=progress, desc="distill", extra_state=extra,
+        )
+    finally:
+        if tmp is not None:
+            tmp.cleanup()

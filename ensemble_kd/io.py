@@ -42,6 +42,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        # mkstemp makes the file 0600; give it the mode a plain open() would have (reports and
+        # models are meant to be read by others where the umask allows it)
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -68,13 +71,19 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
-    """Append one JSON line to ``path`` (a log: a torn last line is tolerated by readers)."""
+    """Append one JSON line to ``path``, atomically (the log is rewritten under a temporary name).
+
+    Logs are one line per epoch, so rewriting costs nothing and a killed writer can never leave a
+    torn line behind. A torn last line left by an older writer is dropped.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, default=_json_default) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    old = b""
+    if path.exists():
+        old = path.read_bytes()
+        if old and not old.endswith(b"\n"):
+            old = old[: old.rfind(b"\n") + 1]
+    line = json.dumps(record, default=_json_default) + "\n"
+    atomic_write_bytes(path, old + line.encode("utf-8"))
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -127,6 +136,22 @@ def load_tensors(path: str | os.PathLike, map_location: str | torch.device = "cp
     if not isinstance(obj, dict):
         raise FormatError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     return obj
+
+
+def _umask() -> int:
+    """The process umask (e.g. 0o022)."""
+    # Read from /proc where Linux offers it: os.umask both sets and gets, so reading it that way
+    # briefly changes the umask of every thread.
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _json_default(o: Any) -> Any:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed as dist
 from .batching import Batch, BatchSource
 from .checkpoint import load_checkpoint, save_checkpoint
 from .io import append_jsonl, atomic_write_text
@@ -181,6 +182,11 @@ def train(
         if val is None:
             raise ValueError("early stopping needs validation data")
     model = model.to(device)
+    net = model
+    if dist.active():  # torchrun: each rank takes its shard of every batch, DDP averages gradients
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     src = batches.to(device)
     steps_per_epoch = len(src)
     if steps_per_epoch == 0:
@@ -212,8 +218,9 @@ def train(
             bad_epochs = int(ck["bad_epochs"])
             best_state = ck.get("best_state")
             # the log may hold a line for an epoch whose checkpoint never landed: rewrite it
-            atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
-        elif metrics_path.exists():
+            if dist.is_main():
+                atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
+        elif metrics_path.exists() and dist.is_main():
             metrics_path.unlink()  # a log without a checkpoint belongs to no resumable run
 
     stopped = bool(history and history[-1].get("stopped"))
@@ -237,7 +244,10 @@ def train(
             sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, soft, hard
             n_seen = 0
             for batch in src.epoch(gen):
-                logits = model(batch.x)
+                if net is not model:
+                    sl = dist.shard(len(batch.idx))
+                    batch = Batch(batch.x[sl], None if batch.y is None else batch.y[sl], batch.idx[sl])
+                logits = net(batch.x)
                 parts = objective(logits, batch)
                 opt.zero_grad(set_to_none=True)
                 parts.loss.backward()
@@ -247,6 +257,10 @@ def train(
                 hard = parts.hard if parts.hard is not None else torch.zeros((), device=device)
                 sums += torch.stack([parts.loss.detach(), parts.soft.detach(), hard.detach()]) * b
                 n_seen += b
+            if net is not model:
+                sums = torch.cat([sums, sums.new_tensor([n_seen])])
+                torch.distributed.all_reduce(sums)
+                sums, n_seen = sums[:3], int(sums[3].item())
             means = (sums / max(n_seen, 1)).tolist()
             if not all(math.isfinite(m) for m in means):
                 raise FloatingPointError(
@@ -275,7 +289,7 @@ def train(
                     record["stopped"] = True
                     stopped = True
             history.append(record)
-            if ckpt_path is not None:
+            if ckpt_path is not None and dist.is_main():
                 save_checkpoint(
                     ckpt_path,
                     {

@@ -1,0 +1,86 @@
+"""Running under ``torchrun``: process-group set-up and the few rules that keep ranks apart.
+
+* ``train-ensemble`` / ``train-specialists`` share out whole models: rank r trains models
+  k with ``k % world == r``.
+* ``distill`` (and the baseline student) wrap the student in ``DistributedDataParallel``: every rank
+  draws the same permutation, takes its own shard of each batch, and DDP averages the gradients, so
+  each step sees the whole batch.
+* Rank 0 alone writes the run directory's shared files (config, cache, checkpoints, summaries);
+  the others wait at a barrier and then read what rank 0 wrote.
+
+Outside torchrun everything here is a no-op (world size 1, rank 0).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init(device: torch.device) -> torch.device:
+    """Join the process group when launched by torchrun; return this rank's device.
+
+    gloo on CPU, nccl on CUDA (each rank on GPU ``LOCAL_RANK``).
+    """
+    if not launched_by_torchrun() or dist.is_initialized():
+        return device
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    dist.init_process_group(
+        backend="nccl" if device.type == "cuda" else "gloo",
+        timeout=datetime.timedelta(minutes=30),
+    )
+    return device
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def shard(n: int) -> slice:
+    """This rank's contiguous share of ``n`` items (a batch), as a slice."""
+    r, w = rank(), world()
+    base, extra = divmod(n, w)
+    start = r * base + min(r, extra)
+    return slice(start, start + base + (1 if r < extra else 0))
+
+
+def broadcast_flag(flag: bool) -> bool:
+    """Rank 0's value of ``flag`` on every rank (keeps control flow in step)."""
+    if not active():
+        return flag
+    t = torch.tensor([1 if flag else 0])
+    dist.broadcast(t, 0)
+    return bool(t.item())
+
+
+def finish() -> None:
+    if active():
+        dist.barrier()
+        dist.destroy_process_group()

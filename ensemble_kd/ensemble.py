@@ -4,10 +4,17 @@ Each teacher is trained by the shared loop and saved to ``<out>/teacher_<k>/mode
 checkpoints and ``metrics.jsonl`` beside it, so an interrupted ensemble resumes: finished teachers
 are loaded, the interrupted one continues from its last epoch, the rest start fresh. The ensemble's
 prediction is the mean of the teachers' probabilities.
+
+Teachers that share one architecture without buffers (MLPs) can be trained all at once as one
+vectorised model (:mod:`ensemble_kd.vectorized`): the same per-teacher seeds, batches, files and
+formats, with the rounding of batched matrix products. By default that happens where it is faster
+(CUDA; on a CPU the step is compute bound and it gains little, see ``docs/performance.md``);
+``vectorize=False`` forces the one-after-another path.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,8 +28,13 @@ from .checkpoint import load_model, save_model
 from .data import Splits
 from .metrics import disagreement, evaluate
 from .models import build_model
-from .predict import ensemble_logits
-from .train import TrainConfig, train
+from .predict import ensemble_logits, resolve_device
+from .train import TrainConfig, TrainResult, train
+from .vectorized import can_vectorize, checkpoint_epoch, train_vectorized
+
+# Devices where the vectorised ensemble is the default: on CUDA a small MLP's step is launch bound,
+# so N members in one launch cost about one; on the CPU it measured 0.6-1.4x (docs/performance.md).
+VECTORIZE_BY_DEFAULT = ("cuda",)
 
 
 @dataclass
@@ -66,6 +78,7 @@ def train_ensemble(
     device: str | torch.device = "cpu",
     progress: bool | None = None,
     ranks: tuple[int, int] = (0, 1),
+    vectorize: bool | None = None,
 ) -> list[nn.Module]:
     """Train ``n_teachers`` teachers on ``splits`` that differ by seed (``config.seed + k``).
 
@@ -78,6 +91,9 @@ def train_ensemble(
         jitter: random input shifts (pixels) for the teachers' training batches.
         device, progress: as for :func:`ensemble_kd.train.train`.
         ranks: (rank, world size): this process trains teachers k with k % world == rank.
+        vectorize: train the teachers still to train that share one architecture together as one
+            vectorised model (MLPs; convnets hold batch-norm buffers and stay sequential). None
+            (default): on the devices in ``VECTORIZE_BY_DEFAULT``; False: one after another.
 
     Returns:
         The teachers trained (or loaded) by this process, in order, in eval mode.
@@ -89,7 +105,8 @@ def train_ensemble(
         raise ValueError("no teacher architecture given")
     rank, world = ranks
     meta_base = data_meta(splits)
-    teachers = []
+    done: dict[int, nn.Module] = {}
+    pending: dict[int, tuple[nn.Module, TrainConfig]] = {}
     for k in range(n_teachers):
         if k % world != rank:
             continue
@@ -98,23 +115,65 @@ def train_ensemble(
             model, meta = load_model(folder / "model.pt", device)
             if meta.get("data_fingerprint") != meta_base["data_fingerprint"]:
                 raise ValueError(f"{folder / 'model.pt'} was trained on other data; use a new folder")
-            teachers.append(model)
+            done[k] = model
             continue
-        seed = config.seed + k
-        cfg = TrainConfig(**{**vars(config), "seed": seed})
-        torch.manual_seed(seed)
-        model = specs[k % len(specs)].build(splits.input_shape, splits.n_classes)
-        batches = TensorBatches(
-            splits.x_train, splits.y_train, batch_size=cfg.batch_size, jitter=jitter
+        cfg = TrainConfig(**{**vars(config), "seed": config.seed + k})
+        torch.manual_seed(cfg.seed)  # the teacher's initial weights
+        pending[k] = (specs[k % len(specs)].build(splits.input_shape, splits.n_classes), cfg)
+
+    def extra(model: nn.Module) -> dict:
+        return {"data": meta_base["data_fingerprint"], "jitter": jitter, "spec": model.spec}
+
+    def batches(cfg: TrainConfig) -> TensorBatches:
+        return TensorBatches(splits.x_train, splits.y_train, batch_size=cfg.batch_size, jitter=jitter)
+
+    def save(k: int, result: TrainResult) -> None:
+        meta = {**meta_base, "seed": pending[k][1].seed, "role": "teacher"}
+        save_model(teacher_dir(out_dir, k) / "model.pt", result.model, meta)
+        done[k] = result.model
+
+    for group in _vectorizable_groups(pending, out_dir, vectorize, device):
+        models = [pending[k][0] for k in group]
+        results = train_vectorized(
+            models, [batches(pending[k][1]) for k in group], [pending[k][1] for k in group],
+            val=(splits.x_val, splits.y_val), run_dirs=[teacher_dir(out_dir, k) for k in group],
+            device=device, progress=progress,
+            desc=f"teachers {', '.join(str(k + 1) for k in group)}/{n_teachers}",
+            extra_states=[extra(m) for m in models],
         )
+        for k, result in zip(group, results, strict=True):
+            save(k, result)
+    for k, (model, cfg) in pending.items():
+        if k in done:
+            continue
         result = train(
-            model, batches, cfg, val=(splits.x_val, splits.y_val), run_dir=folder,
-            device=device, progress=progress, desc=f"teacher {k + 1}/{n_teachers}",
-            extra_state={"data": meta_base["data_fingerprint"], "jitter": jitter, "spec": model.spec},
+            model, batches(cfg), cfg, val=(splits.x_val, splits.y_val),
+            run_dir=teacher_dir(out_dir, k), device=device, progress=progress,
+            desc=f"teacher {k + 1}/{n_teachers}", extra_state=extra(model),
         )
-        save_model(folder / "model.pt", result.model, {**meta_base, "seed": seed, "role": "teacher"})
-        teachers.append(result.model)
+        save(k, result)
+    teachers = [done[k] for k in sorted(done)]
     return teachers
+
+
+def _vectorizable_groups(
+    pending: dict[int, tuple[nn.Module, TrainConfig]],
+    out_dir: str | os.PathLike,
+    vectorize: bool | None,
+    device: str | torch.device,
+) -> list[list[int]]:
+    """Teachers to train together: same architecture, no buffers, checkpoints at the same epoch."""
+    if vectorize is None:
+        vectorize = resolve_device(device).type in VECTORIZE_BY_DEFAULT
+    if not vectorize:
+        return []
+    groups: dict[tuple[str, int], list[int]] = {}
+    for k, (model, _) in pending.items():
+        # teachers interrupted at different epochs cannot share one stacked run
+        key = (json.dumps(getattr(model, "spec", None), sort_keys=True),
+               checkpoint_epoch(teacher_dir(out_dir, k)))
+        groups.setdefault(key, []).append(k)
+    return [g for g in groups.values() if can_vectorize([pending[k][0] for k in g])]
 
 
 def find_teachers(folder: str | os.PathLike) -> list[Path]:

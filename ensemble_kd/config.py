@@ -71,7 +71,7 @@ class RunConfig:
                              "train")
     seed: int = _f(0, "training seed (teacher k uses seed + k)", "train")
     # ---- distillation ----
-    temperature: float = _f(2.0, "softmax temperature T of the soft targets", "distill")
+    temperature: float = _f(4.0, "softmax temperature T of the soft targets", "distill")
     alpha: float = _f(0.5, "weight of the soft term; 1 - alpha weighs the hard labels", "distill")
     combine: str = _f("sum", "several teachers: sum (per-teacher KL), mean_probs or mean_logits",
                       "distill")

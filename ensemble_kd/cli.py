@@ -127,12 +127,19 @@ def resolve_config(args: argparse.Namespace, groups) -> RunConfig:
 
 
 def prepare_out(out: Path, cfg: RunConfig, command: str, *, resume: bool, overwrite: bool) -> None:
-    """Create the run folder, refusing to mix runs; save the resolved config."""
+    """Create the run folder, refusing to mix runs; save the resolved config.
+
+    Under torchrun every rank makes the (read-only) checks, rank 0 alone writes, the others wait.
+    """
+    from . import distributed as dist
+    from .io import atomic_write_json
+
     cfg_path = out / "config.json"
     record = {"command": command, "version": __version__, "config": vars(cfg)}
+    action = "new"
     if cfg_path.exists():
         if overwrite:
-            shutil.rmtree(out)
+            action = "overwrite"
         elif resume:
             old = read_json(cfg_path)
             if not isinstance(old, dict):
@@ -147,17 +154,20 @@ def prepare_out(out: Path, cfg: RunConfig, command: str, *, resume: bool, overwr
                     f"--resume: {out} holds a {old.get('command')!r} run with other settings "
                     f"({', '.join(diff) or 'command'}); use a new --out"
                 )
-            return
+            action = "resume"
         else:
             raise UsageError(
                 f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it"
             )
     elif out.exists() and any(out.iterdir()) and not (resume or overwrite):
         raise UsageError(f"{out} exists and is not empty; choose a new --out or pass --overwrite")
-    from .io import atomic_write_json
-
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(cfg_path, record)
+    dist.barrier()  # every rank has looked before rank 0 changes anything
+    if dist.is_main() and action != "resume":
+        if action == "overwrite":
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(cfg_path, record)
+    dist.barrier()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -169,9 +179,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         groups = COMMANDS[args.command][1]
         cfg = resolve_config(args, groups)
-        from . import commands
+        from . import commands, distributed
 
-        return commands.dispatch(args, cfg) or 0
+        ok = False
+        try:
+            rc = commands.dispatch(args, cfg) or 0
+            ok = True
+            return rc
+        finally:
+            distributed.finish(wait=ok)
     except UsageError as e:
         print(f"ensemble-kd: error: {e}", file=sys.stderr)
         return 2

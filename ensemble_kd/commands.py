@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed as dist
 from .checkpoint import load_model, save_model
 from .config import RunConfig
 from .data import Splits, TransferSet, load_dataset, make_transfer_set
@@ -39,12 +40,12 @@ class Ctx:
 
     def __init__(self, cfg: RunConfig, out: Path | None):
         self.cfg, self.out = cfg, out
-        self.device = resolve_device(cfg.device)
-        self.progress = False if cfg.quiet else None
+        self.device = dist.init(resolve_device(cfg.device))  # torchrun: join the group
+        self.progress = False if cfg.quiet or not dist.is_main() else None
         self.t0 = time.perf_counter()
 
     def say(self, msg: str) -> None:
-        if not self.cfg.quiet:
+        if not self.cfg.quiet and dist.is_main():
             print(f"[{time.perf_counter() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
@@ -66,10 +67,15 @@ def step_teachers(ctx: Ctx, splits: Splits, out: Path) -> list[torch.nn.Module]:
     cfg = ctx.cfg
     ctx.say(f"training {cfg.teachers} teacher(s) ({cfg.teacher_arch} {cfg.teacher_widths}) on "
             f"{splits.describe()}")
-    return train_ensemble(
+    teachers = train_ensemble(
         splits, cfg.teacher_spec(), cfg.teachers, cfg.train_config(cfg.teacher_epochs),
         out / "teachers", jitter=cfg.teacher_jitter, device=ctx.device, progress=ctx.progress,
+        ranks=(dist.rank(), dist.world()),
     )
+    if dist.active():  # each rank trained its share; all of them read every teacher
+        dist.barrier()
+        teachers = load_teachers(find_teachers(out / "teachers"), ctx.device, splits=splits)[0]
+    return teachers
 
 
 def _train_student(ctx: Ctx, splits: Splits, transfer: TransferSet, folder: Path, teachers=None):
@@ -99,7 +105,9 @@ def _train_student(ctx: Ctx, splits: Splits, transfer: TransferSet, folder: Path
         )
         role = "student"
     meta = {**data_meta(splits), "role": role, "temperature": cfg.temperature if teachers else None}
-    save_model(folder / "model.pt", result.model, meta)
+    if dist.is_main():
+        save_model(folder / "model.pt", result.model, meta)
+    dist.barrier()
     return result.model
 
 
@@ -148,7 +156,10 @@ COLUMNS = ["model", "params", "accuracy", "error", "top5", "nll", "ece"]
 
 
 def write_summary(ctx: Ctx, out: Path, rows: list[dict], extra: dict, title: str) -> str:
-    table = format_table(rows, COLUMNS, title=title)
+    """Write summary.json / summary.md (rank 0 only) and print the table."""
+    table = format_table(rows, COLUMNS)
+    if not dist.is_main():
+        return table
     notes = [f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in extra.items()
              if not isinstance(v, (dict, list))]
     text = f"# {title}\n\n{table}\n\n" + "\n".join(notes) + "\n"
@@ -158,6 +169,9 @@ def write_summary(ctx: Ctx, out: Path, rows: list[dict], extra: dict, title: str
     atomic_write_json(out / "summary.json", {"rows": rows, **extra,
                                              "seconds": time.perf_counter() - ctx.t0})
     atomic_write_text(out / "summary.md", text)
+    print(table)
+    if "coverage_table" in extra:
+        print("\n" + extra["coverage_table"])
     return table
 
 
@@ -181,8 +195,11 @@ def step_report(ctx: Ctx, splits: Splits, model, folder: Path, *, split: str = "
         model, torch.Tensor) else model
     analysis = analyse(probs, y, class_names=splits.class_names, n_clusters=ctx.cfg.n_clusters,
                        method=ctx.cfg.cluster_method)
-    html = write_confusion_report(analysis, folder, title=title or f"Confusion report ({split} split)")
-    ctx.say(f"confusion report: {html}")
+    if dist.is_main():
+        html = write_confusion_report(
+            analysis, folder, title=title or f"Confusion report ({split} split)"
+        )
+        ctx.say(f"confusion report: {html}")
     return analysis
 
 
@@ -190,10 +207,11 @@ def _choose_subsets(ctx: Ctx, analysis) -> list[list[int]]:
     from specialists.clustering import select_subsets
 
     cfg = ctx.cfg
-    return select_subsets(
+    subsets = select_subsets(
         analysis.counts, analysis.clusters, max_size=cfg.max_subset_size,
         max_subsets=cfg.max_specialists, overlap=cfg.overlap,
     )
+    return dist.broadcast_object(subsets)  # every rank trains against rank 0's subsets
 
 
 def _spec_config(cfg: RunConfig):
@@ -208,10 +226,17 @@ def step_specialists(ctx: Ctx, splits: Splits, generalist, subsets, folder: Path
 
     names = [[splits.class_names[c] for c in s] for s in subsets]
     ctx.say(f"training {len(subsets)} specialist(s): " + "; ".join(", ".join(n) for n in names))
-    return train_specialists(
+    specs = train_specialists(
         generalist, subsets, splits, ctx.cfg.train_config(ctx.cfg.specialist_epochs),
         _spec_config(ctx.cfg), folder, device=ctx.device, progress=ctx.progress,
+        ranks=(dist.rank(), dist.world()),
     )
+    if dist.active():  # each rank trained its share; all of them read every specialist
+        from specialists.specialist import load_specialists
+
+        dist.barrier()
+        specs = load_specialists(folder, ctx.device)
+    return specs
 
 
 def specialist_rows(ctx: Ctx, splits: Splits, generalist, specs) -> tuple[list[dict], dict]:
@@ -239,7 +264,7 @@ def specialist_rows(ctx: Ctx, splits: Splits, generalist, specs) -> tuple[list[d
 def cmd_train_ensemble(ctx: Ctx, splits: Splits) -> int:
     teachers = step_teachers(ctx, splits, ctx.out)
     rows, extra = comparison(ctx, splits, teachers, None, None)
-    print(write_summary(ctx, ctx.out, rows, extra, f"Teachers on {splits.name} (test set)"))
+    write_summary(ctx, ctx.out, rows, extra, f"Teachers on {splits.name} (test set)")
     return 0
 
 
@@ -253,7 +278,7 @@ def read_teachers(ctx: Ctx, splits: Splits, teachers_arg: str) -> list[torch.nn.
 def cmd_distill(ctx: Ctx, splits: Splits, teachers: list[torch.nn.Module]) -> int:
     baseline, student = step_students(ctx, splits, teachers, ctx.out)
     rows, extra = comparison(ctx, splits, teachers, baseline, student)
-    print(write_summary(ctx, ctx.out, rows, extra, f"Distillation on {splits.name} (test set)"))
+    write_summary(ctx, ctx.out, rows, extra, f"Distillation on {splits.name} (test set)")
     return 0
 
 
@@ -274,9 +299,7 @@ def cmd_run(ctx: Ctx, splits: Splits) -> int:
             extra.update(sextra)
         else:
             ctx.say("no class subset with confusion to train a specialist on")
-    print(write_summary(ctx, out, rows, extra, f"ensemble-kd run on {splits.name} (test set)"))
-    if "coverage_table" in extra:
-        print("\n" + extra["coverage_table"])
+    write_summary(ctx, out, rows, extra, f"ensemble-kd run on {splits.name} (test set)")
     ctx.say(f"done: {out / 'summary.md'}")
     return 0
 
@@ -306,9 +329,7 @@ def cmd_evaluate(ctx: Ctx, run: Path) -> int:
             rows += srows
             extra.update(sextra)
     out = ctx.out or run
-    print(write_summary(ctx, out, rows, extra, f"Evaluation of {run} on {splits.name} (test set)"))
-    if "coverage_table" in extra:
-        print("\n" + extra["coverage_table"])
+    write_summary(ctx, out, rows, extra, f"Evaluation of {run} on {splits.name} (test set)")
     return 0
 
 
@@ -384,8 +405,7 @@ def cmd_train_specialists(ctx: Ctx, splits: Splits, generalist, subsets) -> int:
             raise ValueError("the generalist's validation confusion has no subset worth a specialist")
     specs = step_specialists(ctx, splits, generalist, subsets, ctx.out / "specialists")
     rows, extra = specialist_rows(ctx, splits, generalist, specs)
-    print(write_summary(ctx, ctx.out, rows, extra, f"Specialists on {splits.name} (test set)"))
-    print("\n" + extra["coverage_table"])
+    write_summary(ctx, ctx.out, rows, extra, f"Specialists on {splits.name} (test set)")
     return 0
 
 
@@ -469,6 +489,7 @@ def dispatch(args: argparse.Namespace, cfg: RunConfig) -> int:
         return cmd_confusion_report(ctx, args)
     # Fail on bad data, files or options before touching the output folder.
     splits = load_data(cfg)
+    cfg = ctx.cfg = cfg.resolve_auto(splits.input_shape)
     teachers = read_teachers(ctx, splits, args.teachers) if cmd == "distill" else None
     generalist, subsets = read_generalist(ctx, splits, args) if cmd == "train-specialists" else (
         None, None)

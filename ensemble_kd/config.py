@@ -9,12 +9,11 @@ type are errors that name the key (and, for unknown keys, list the valid ones).
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import tomllib
 
 from .distill import DistillConfig
 from .ensemble import TeacherSpec
@@ -50,10 +49,13 @@ class RunConfig:
     unlabelled: bool = _f(False, "drop the transfer set's labels (soft targets only)", "transfer")
     # ---- teachers ----
     teachers: int = _f(5, "number of teachers in the ensemble (they differ by seed)", "teachers")
-    teacher_arch: str = _f("convnet", "teacher architecture: mlp or convnet", "teachers")
-    teacher_widths: list[int] = _f([32, 64], "teacher hidden sizes (convnet: channels)", "teachers")
+    teacher_arch: str = _f("auto", "teacher architecture: mlp, convnet, or auto "
+                            "(convnet for images, mlp otherwise)", "teachers")
+    teacher_widths: list[int] | None = _f(None, "teacher hidden sizes (convnet: channels); "
+                                        "default 32 64 for a convnet, 256 256 for an mlp", "teachers")
     teacher_dropout: float = _f(0.0, "teacher dropout", "teachers")
-    teacher_jitter: int = _f(1, "random input shifts (pixels) when training teachers", "teachers")
+    teacher_jitter: int | None = _f(None, "random input shifts (pixels) when training teachers; "
+                                    "default 1 for images, 0 otherwise", "teachers")
     teacher_epochs: int | None = _f(30, "teacher epochs (default: --epochs)", "teachers")
     # ---- student ----
     student_arch: str = _f("mlp", "student architecture: mlp or convnet", "student")
@@ -107,6 +109,18 @@ class RunConfig:
     quiet: bool = _f(False, "no progress bars or stage messages", "runtime")
 
     # -- derived configs --
+    def resolve_auto(self, input_shape) -> RunConfig:
+        """A copy with the "auto" defaults decided for data of this input shape."""
+        image = len(input_shape) == 3
+        arch = self.teacher_arch if self.teacher_arch != "auto" else ("convnet" if image else "mlp")
+        widths = self.teacher_widths
+        if widths is None:
+            widths = [32, 64] if arch == "convnet" else [256, 256]
+        jitter = self.teacher_jitter if self.teacher_jitter is not None else (1 if image else 0)
+        return dataclasses.replace(
+            self, teacher_arch=arch, teacher_widths=list(widths), teacher_jitter=jitter
+        )
+
     def train_config(self, epochs: int | None = None) -> TrainConfig:
         return TrainConfig(
             epochs=self.epochs if epochs is None else epochs, batch_size=self.batch_size,

@@ -80,7 +80,18 @@ def broadcast_flag(flag: bool) -> bool:
     return bool(t.item())
 
 
-def finish() -> None:
-    if active():
-        dist.barrier()
+def broadcast_object(obj):
+    """Rank 0's ``obj`` (a small picklable value we made ourselves) on every rank."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def finish(wait: bool = True) -> None:
+    """Leave the process group (after the others when ``wait``; at once after an error)."""
+    if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()

@@ -155,6 +155,7 @@ def train(
     desc: str = "train",
     on_epoch_end: Callable[[dict], None] | None = None,
     extra_state: dict | None = None,
+    distributed: bool | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``batches`` with ``objective``; checkpoint, log and resume in ``run_dir``.
 
@@ -172,6 +173,9 @@ def train(
         desc: label of the progress bar.
         on_epoch_end: called with each epoch's metrics record (after the checkpoint is written).
         extra_state: JSON-able facts that must match on resume (e.g. which data, which teachers).
+        distributed: wrap the model in DistributedDataParallel (each rank a shard of every batch;
+            rank 0 writes the files). None: when running under torchrun. False: this process
+            trains the model alone (teachers and specialists shared out across ranks).
 
     Returns:
         :class:`TrainResult` with the trained model in eval mode.
@@ -183,7 +187,9 @@ def train(
             raise ValueError("early stopping needs validation data")
     model = model.to(device)
     net = model
-    if dist.active():  # torchrun: each rank takes its shard of every batch, DDP averages gradients
+    use_ddp = dist.active() if distributed is None else distributed
+    writer = not use_ddp or dist.is_main()  # who writes checkpoint and log
+    if use_ddp:  # torchrun: each rank takes its shard of every batch, DDP averages gradients
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
@@ -218,9 +224,9 @@ def train(
             bad_epochs = int(ck["bad_epochs"])
             best_state = ck.get("best_state")
             # the log may hold a line for an epoch whose checkpoint never landed: rewrite it
-            if dist.is_main():
+            if writer:
                 atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
-        elif metrics_path.exists() and dist.is_main():
+        elif metrics_path.exists() and writer:
             metrics_path.unlink()  # a log without a checkpoint belongs to no resumable run
 
     stopped = bool(history and history[-1].get("stopped"))
@@ -289,7 +295,7 @@ def train(
                     record["stopped"] = True
                     stopped = True
             history.append(record)
-            if ckpt_path is not None and dist.is_main():
+            if ckpt_path is not None and writer:
                 save_checkpoint(
                     ckpt_path,
                     {

@@ -342,6 +342,7 @@ def train_specialist(
             progress=progress,
             desc=desc or f"specialist {subset}",
             extra_state=extra,
+            distributed=False,  # under torchrun specialists are shared out whole across ranks
         )
     finally:
         if frozen_hook is not None:
@@ -469,7 +470,8 @@ def train_specialists(
                     f"{manifest_path} belongs to a run with other {key.replace('_', ' ')}; "
                     "use a new output folder"
                 )
-    atomic_write_json(manifest_path, manifest)
+    if rank == 0:  # one writer of the shared manifest under torchrun
+        atomic_write_json(manifest_path, manifest)
 
     result = []
     for m, subset in enumerate(subsets):

@@ -80,6 +80,19 @@ def broadcast_flag(flag: bool) -> bool:
     return bool(t.item())
 
 
+def assert_same_weights(model: torch.nn.Module) -> None:
+    """Check that every rank holds bit-identical parameters (DDP keeps them in step)."""
+    if not active():
+        return
+    flat = torch.cat([p.detach().reshape(-1).double() for p in model.parameters()])
+    weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device)
+    mine = torch.stack([flat.sum(), (flat * weights).sum(), (flat * flat).sum()])
+    every = [torch.empty_like(mine) for _ in range(world())]
+    dist.all_gather(every, mine)
+    if any(not torch.equal(every[0], other) for other in every[1:]):
+        raise RuntimeError("the ranks ended training with different weights")
+
+
 def broadcast_object(obj):
     """Rank 0's ``obj`` (a small picklable value we made ourselves) on every rank."""
     if not active():

@@ -149,7 +149,7 @@ def train_ensemble(
         result = train(
             model, batches(cfg), cfg, val=(splits.x_val, splits.y_val),
             run_dir=teacher_dir(out_dir, k), device=device, progress=progress,
-            desc=f"teacher {k + 1}/{n_teachers}", extra_state=extra(model),
+            desc=f"teacher {k + 1}/{n_teachers}", extra_state=extra(model), distributed=False,
         )
         save(k, result)
     teachers = [done[k] for k in sorted(done)]

@@ -321,6 +321,8 @@ def train(
     finally:
         bar.close()
 
+    if use_ddp:
+        dist.assert_same_weights(model)
     if early and best_state is not None:
         model.load_state_dict(best_state)
     else:

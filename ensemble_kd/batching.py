@@ -89,6 +89,8 @@ class TensorBatches:
             raise ValueError("cannot make batches from an empty data set")
         if y is not None and len(y) != len(x):
             raise ValueError(f"inputs have {len(x)} rows but labels have {len(y)}")
+        if x.is_floating_point() and not torch.isfinite(x).all():
+            raise ValueError("the inputs contain non-finite values (nan or inf)")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if jitter and x.dim() != 4:

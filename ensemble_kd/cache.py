@@ -1,18 +1,25 @@
 """Teacher-output cache: run every teacher once over the transfer set, keep the logits on disk.
 
-Layout of a cache folder:
+Layout of a cache folder (example-major: one example's rows for all K teachers lie together, so a
+random mini-batch is B reads, not K * B):
 
-* dense: ``logits.npy`` (K, N, C) float16 or float32;
-* top-k sparse: ``topk_values.npy`` (K, N, k), ``topk_indices.npy`` (K, N, k) and ``rest.npy`` (K, N):
+* dense: ``logits.npy`` (N, K, C) float16 or float32;
+* top-k sparse: ``topk_values.npy`` (N, K, k), ``topk_indices.npy`` (N, K, k) and ``rest.npy`` (N, K):
   the k largest logits of each example and one fill logit for all other classes, chosen so that at
   T = 1 the other classes share exactly the probability mass the teacher gave them, spread evenly;
-* ``meta.json``: shapes, dtype, k and a *fingerprint* of the teachers' weights, the transfer inputs and
-  these settings. A cache is used only when its fingerprint matches the one asked for; otherwise it is
-  recomputed (never silently reused). ``meta.json`` is removed before new arrays are written and written
-  last, so a crash in between leaves no cache that claims to be valid.
+* ``meta.json``: the logical shape [K, N, C], dtype, k and a *fingerprint* of the teachers' weights,
+  the transfer inputs and these settings. A cache is used only when its fingerprint matches the one
+  asked for; otherwise it is recomputed (never silently reused). ``meta.json`` is removed before new
+  arrays are written and written last, so a crash in between leaves no cache that claims to be valid.
 
-Arrays are written in chunks to a temporary file and renamed into place, and read by memory map, so
-neither writing nor reading holds the whole cache in memory.
+Writing goes chunk by chunk with explicit writes to a temporary file renamed into place, and refuses
+non-finite logits (and logits beyond float16's range in a float16 cache), so a valid cache holds
+finite values only and readers need not re-check them every step. Reading never loads the whole
+cache: arrays up to ``max_mapped_bytes`` (default 512 MiB) are memory-mapped, which is fastest;
+larger ones are read row by row with ``os.preadv``. Memory-mapped pages a random-access epoch touches
+count in the process's resident memory until the kernel reclaims them, so an epoch over an 8 GB
+memory map ends up with gigabytes resident; explicit reads go through the page cache, which does not
+count, and keep the resident memory at one batch (``docs/performance.md`` has the measurements).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +40,9 @@ from .io import FormatError, atomic_path, atomic_write_json, read_json
 from .predict import predict_logits
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: example-major arrays (N, K, ...); finite values guaranteed
+# Arrays larger than this are read with explicit reads instead of a memory map (resident memory).
+MAX_MAPPED_BYTES = 512 * 2**20
 _DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
@@ -65,13 +75,80 @@ def cache_fingerprint(teachers_fp: str, inputs_fp: str, dtype: str, topk: int) -
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+class _Rows:
+    """One ``.npy`` array of rows, (N, *row), read by example position.
+
+    Memory-mapped when it holds at most ``max_mapped_bytes`` (or the platform has no ``preadv``),
+    else read with explicit positioned reads so that no page of it stays mapped.
+    """
+
+    def __init__(self, path: Path, max_mapped_bytes: int):
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)  # checks header and size
+        if not arr.flags.c_contiguous:
+            raise FormatError(f"{path}: stored in Fortran order, expected C order")
+        self.path, self.shape, self.dtype = path, arr.shape, arr.dtype
+        self.nbytes = int(arr.nbytes)
+        self.row_bytes = int(arr.dtype.itemsize * math.prod(arr.shape[1:]))
+        self._map: np.ndarray | None = arr
+        self._fd: int | None = None
+        if self.nbytes > max_mapped_bytes and hasattr(os, "preadv"):
+            self._offset = int(arr.offset)
+            self._map = None
+            del arr  # unmap: the mapping itself costs nothing, but no page should be touched
+            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+
+    @property
+    def streaming(self) -> bool:
+        return self._fd is not None
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        """Rows at positions ``idx`` (B,): (B, *row), a fresh array."""
+        if self._map is not None:
+            return self._map[idx]
+        if len(idx) == 0:
+            return np.empty((0, *self.shape[1:]), self.dtype)
+        order = np.argsort(idx, kind="stable")
+        pos = idx[order]  # ascending: runs of consecutive positions become one read each
+        buf = np.empty((len(idx), *self.shape[1:]), self.dtype)
+        view = memoryview(buf.reshape(-1).view(np.uint8))
+        starts = np.flatnonzero(np.diff(pos, prepend=pos[0] - 2) != 1)
+        ends = np.append(starts[1:], len(pos))
+        rb = self.row_bytes
+        for a, b, p in zip(starts.tolist(), ends.tolist(), pos[starts].tolist(), strict=True):
+            self._read_into(view[a * rb : b * rb], self._offset + p * rb)
+        if np.array_equal(order, np.arange(len(idx))):
+            return buf
+        out = np.empty_like(buf)
+        out[order] = buf
+        return out
+
+    def _read_into(self, view: memoryview, offset: int) -> None:
+        while len(view):
+            got = os.preadv(self._fd, [view], offset)
+            if got <= 0:
+                raise FormatError(f"{self.path}: file is shorter than its header says (truncated)")
+            view, offset = view[got:], offset + got
+
+    def close(self) -> None:
+        self._map = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self):
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
+
+
 class TeacherCache:
     """Read access to a cache folder; :meth:`batch` returns (K, B, C) float32 logits.
 
-    Use :func:`ensure_cache` to get one; :func:`open_cache` opens an existing folder.
+    Use :func:`ensure_cache` to get one; :func:`open_cache` opens an existing folder. Reads are
+    thread safe (a prefetching thread may read the next batch while the model computes).
     """
 
-    def __init__(self, folder: Path, meta: dict, arrays: dict[str, np.ndarray]):
+    def __init__(self, folder: Path, meta: dict, arrays: dict[str, _Rows]):
         self.folder, self.meta, self.arrays = folder, meta, arrays
         self.n_teachers, self.n_examples, self.n_classes = meta["shape"]
         self.topk = int(meta["topk"])
@@ -81,16 +158,33 @@ class TeacherCache:
     def shape(self) -> tuple[int, int, int]:
         return (self.n_teachers, self.n_examples, self.n_classes)
 
-    def batch(self, idx: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Logits of every teacher for the examples at positions ``idx`` (B,): (K, B, C) float32."""
+    @property
+    def streaming(self) -> bool:
+        """True when the arrays are read with explicit reads rather than a memory map."""
+        return any(a.streaming for a in self.arrays.values())
+
+    def batch(self, idx: torch.Tensor | np.ndarray | Sequence[int]) -> torch.Tensor:
+        """Logits of every teacher for the examples at positions ``idx`` (B,): (K, B, C) float32.
+
+        Raises:
+            IndexError: a position outside [0, N).
+        """
         idx = np.asarray(idx.cpu() if isinstance(idx, torch.Tensor) else idx, dtype=np.int64)
+        if idx.ndim != 1:
+            raise IndexError(f"positions must be a 1-d sequence, got shape {idx.shape}")
+        if idx.size and (idx.min() < 0 or idx.max() >= self.n_examples):
+            bad = int(idx[(idx < 0) | (idx >= self.n_examples)][0])
+            raise IndexError(f"position {bad} is outside the cache's {self.n_examples} examples")
+        k, b, c = self.n_teachers, len(idx), self.n_classes
+        out = torch.empty((k, b, c), dtype=torch.float32)
         if not self.topk:
-            return torch.from_numpy(np.ascontiguousarray(self.arrays["logits"][:, idx])).float()
-        vals = torch.from_numpy(np.ascontiguousarray(self.arrays["topk_values"][:, idx])).float()
-        ind = torch.from_numpy(self.arrays["topk_indices"][:, idx].astype(np.int64))
-        rest = torch.from_numpy(np.ascontiguousarray(self.arrays["rest"][:, idx])).float()
-        full = rest[..., None].expand(self.n_teachers, len(idx), self.n_classes).clone()
-        return full.scatter_(-1, ind, vals)  # (K, B, C)
+            rows = torch.from_numpy(self.arrays["logits"].take(idx))  # (B, K, C)
+            return out.copy_(rows.permute(1, 0, 2))  # one copy: transpose and widen to float32
+        vals = torch.from_numpy(self.arrays["topk_values"].take(idx)).permute(1, 0, 2)  # (K, B, k)
+        ind = torch.from_numpy(self.arrays["topk_indices"].take(idx)).permute(1, 0, 2).long()
+        rest = torch.from_numpy(self.arrays["rest"].take(idx)).T  # (K, B)
+        out.copy_(rest[..., None].expand(k, b, c))
+        return out.scatter_(-1, ind, vals.float())  # (K, B, C)
 
     def all(self) -> torch.Tensor:
         """The whole cache as (K, N, C) float32 (small caches only)."""
@@ -99,14 +193,47 @@ class TeacherCache:
     def disk_bytes(self) -> int:
         return sum((self.folder / f"{name}.npy").stat().st_size for name in self.arrays)
 
+    def close(self) -> None:
+        """Release the files (also done when the cache is garbage collected)."""
+        for a in self.arrays.values():
+            a.close()
 
-def open_cache(folder: str | os.PathLike, expect_fingerprint: str | None = None) -> TeacherCache:
+    def __enter__(self) -> TeacherCache:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _array_specs(k: int, n: int, c: int, topk: int, dtype: str) -> dict[str, tuple[tuple, type]]:
+    """Name -> (shape, numpy dtype) of the arrays of a cache."""
+    if not topk:
+        return {"logits": ((n, k, c), _DTYPES[dtype])}
+    return {
+        "topk_values": ((n, k, topk), _DTYPES[dtype]),
+        "topk_indices": ((n, k, topk), np.int16 if c < 2**15 else np.int32),
+        "rest": ((n, k), np.float32),
+    }
+
+
+def open_cache(
+    folder: str | os.PathLike,
+    expect_fingerprint: str | None = None,
+    *,
+    max_mapped_bytes: int = MAX_MAPPED_BYTES,
+) -> TeacherCache:
     """Open an existing cache folder.
+
+    Args:
+        folder: the cache folder.
+        expect_fingerprint: refuse a cache made from other teachers, inputs or settings.
+        max_mapped_bytes: arrays up to this size are memory-mapped, larger ones streamed with
+            explicit reads (bounded resident memory).
 
     Raises:
         FileNotFoundError: no cache there.
-        FormatError: missing or truncated arrays, inconsistent shapes, or a fingerprint other than
-            ``expect_fingerprint``.
+        FormatError: missing or truncated arrays, inconsistent shapes, another format version, or a
+            fingerprint other than ``expect_fingerprint``.
     """
     folder = Path(folder)
     meta_path = folder / "meta.json"
@@ -117,22 +244,25 @@ def open_cache(folder: str | os.PathLike, expect_fingerprint: str | None = None)
         k, n, c = (int(s) for s in meta["shape"])
         topk = int(meta["topk"])
         fp = meta["fingerprint"]
+        dtype = meta["dtype"]
     except (KeyError, TypeError, ValueError):
         raise FormatError(f"{meta_path}: malformed cache metadata") from None
+    if meta.get("version") != CACHE_VERSION:
+        raise FormatError(
+            f"{folder}: cache format version {meta.get('version')}, this version reads "
+            f"{CACHE_VERSION} (the cache is rebuilt)"
+        )
     if expect_fingerprint is not None and fp != expect_fingerprint:
         raise FormatError(
             f"{folder}: cache fingerprint does not match these teachers and inputs (stale cache)"
         )
-    expected = (
-        {"logits": (k, n, c)}
-        if not topk
-        else {"topk_values": (k, n, topk), "topk_indices": (k, n, topk), "rest": (k, n)}
-    )
+    if dtype not in _DTYPES:
+        raise FormatError(f"{meta_path}: unknown cache dtype {dtype!r}")
     arrays = {}
-    for name, shape in expected.items():
+    for name, (shape, _) in _array_specs(k, n, c, topk, dtype).items():
         path = folder / f"{name}.npy"
         try:
-            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            arr = _Rows(path, max_mapped_bytes)
         except FileNotFoundError:
             raise FormatError(f"{path}: missing from the cache") from None
         except (ValueError, OSError) as e:
@@ -141,6 +271,24 @@ def open_cache(folder: str | os.PathLike, expect_fingerprint: str | None = None)
             raise FormatError(f"{path}: shape {arr.shape}, expected {shape}")
         arrays[name] = arr
     return TeacherCache(folder, meta, arrays)
+
+
+def _check_stored(stored: torch.Tensor, first: int, dtype: str) -> None:
+    """Refuse a chunk (b, K, C) holding non-finite values: the cache promises finite logits.
+
+    A float16 chunk is checked after rounding, which also catches logits beyond its range.
+    """
+    if bool(torch.isfinite(stored).all()):
+        return
+    bad = ~torch.isfinite(stored.flatten(2)).all(-1)  # (b, K)
+    row, t = (int(v) for v in bad.nonzero()[0])
+    reason = "non-finite (nan or inf)"
+    if dtype == "float16":
+        reason += " or beyond float16's range (+-65504: use cache dtype float32)"
+    raise ValueError(
+        f"teacher {t} gives logits that are {reason} for transfer example {first + row}; "
+        "a teacher cache holds finite logits only"
+    )
 
 
 def write_cache(
@@ -153,6 +301,7 @@ def write_cache(
     batch_size: int = 4096,
     device: str | torch.device | None = None,
     fingerprint: str | None = None,
+    max_mapped_bytes: int = MAX_MAPPED_BYTES,
 ) -> TeacherCache:
     """Run each teacher over ``x`` (N, ...) in chunks and write the cache folder.
 
@@ -165,6 +314,11 @@ def write_cache(
         batch_size: examples per forward pass and per write.
         device: where to run the teachers.
         fingerprint: precomputed fingerprint (else computed).
+        max_mapped_bytes: passed to :func:`open_cache` for the returned cache.
+
+    Raises:
+        ValueError: bad settings, teachers that disagree on the class count, non-finite logits, or
+            logits beyond float16's range in a float16 cache.
     """
     if dtype not in _DTYPES:
         raise ValueError(f"cache dtype must be float16 or float32, got {dtype!r}")
@@ -182,60 +336,82 @@ def write_cache(
     c = int(predict_logits(teachers[0], x[:1], device=device).shape[-1])
     if topk and not 1 <= topk < c:
         raise ValueError(f"cache_topk must lie in [1, {c - 1}] for {c} classes (0 = dense), got {topk}")
-    np_dtype = _DTYPES[dtype]
-    names = {"logits": ((k, n, c), np_dtype)} if not topk else {
-        "topk_values": ((k, n, topk), np_dtype),
-        "topk_indices": ((k, n, topk), np.int16 if c < 2**15 else np.int32),
-        "rest": ((k, n), np.float32),
-    }
-    with _AtomicArrays(folder, names) as out:
-        for t, model in enumerate(teachers):
-            for i in range(0, n, batch_size):
-                logits = predict_logits(model, x[i : i + batch_size], device=device)  # (b, C)
+    specs = _array_specs(k, n, c, topk, dtype)
+    store = torch.float16 if dtype == "float16" else torch.float32
+    with _AtomicArrays(folder, specs) as out:
+        for i in range(0, n, batch_size):
+            xb = x[i : i + batch_size]
+            # dense: the teachers' logits go straight into the example-major storage buffer,
+            # rounded on the way (one pass); top-k needs them in float32 first
+            v = torch.empty((len(xb), k, c), dtype=store if not topk else torch.float32)
+            for t, model in enumerate(teachers):
+                logits = predict_logits(model, xb, device=device)  # (b, C)
                 if logits.shape[-1] != c:
                     raise ValueError(
                         f"teacher {t} has {logits.shape[-1]} classes, teacher 0 has {c}"
                     )
-                if not topk:
-                    out["logits"][t, i : i + len(logits)] = logits.numpy()
-                    continue
-                vals, ind = logits.topk(topk, dim=-1)
-                # log of the mass outside the top k, summed directly (no cancellation when the
-                # teacher is confident and that mass is tiny)
-                rest_lse = torch.logsumexp(logits.scatter(-1, ind, float("-inf")), -1)
-                out["topk_values"][t, i : i + len(logits)] = vals.numpy()
-                out["topk_indices"][t, i : i + len(logits)] = ind.numpy()
-                out["rest"][t, i : i + len(logits)] = (rest_lse - np.log(c - topk)).numpy()
+                v[:, t] = logits
+            _check_stored(v, i, dtype if not topk else "float32")
+            if not topk:
+                out.write("logits", i, v.numpy())
+                continue
+            vals, ind = v.topk(topk, dim=-1)  # (b, K, k)
+            vals = vals.to(store)
+            _check_stored(vals, i, dtype)
+            # log of the mass outside the top k, summed directly (no cancellation when the
+            # teacher is confident and that mass is tiny)
+            rest_lse = torch.logsumexp(v.scatter(-1, ind, float("-inf")), -1)  # (b, K)
+            out.write("topk_values", i, vals.numpy())
+            out.write("topk_indices", i, ind.numpy().astype(specs["topk_indices"][1]))
+            out.write("rest", i, (rest_lse - np.log(c - topk)).numpy().astype(np.float32))
     meta = {
         "version": CACHE_VERSION,
         "fingerprint": fp,
         "shape": [k, n, c],
         "dtype": dtype,
         "topk": int(topk),
+        "layout": "example-major",  # arrays are (N, K, ...)
     }
     atomic_write_json(folder / "meta.json", meta)
-    return open_cache(folder, fp)
+    return open_cache(folder, fp, max_mapped_bytes=max_mapped_bytes)
 
 
 class _AtomicArrays:
-    """Open several .npy memmaps under temporary names; rename all into place on success."""
+    """Several ``.npy`` files under temporary names, written by explicit positioned writes.
+
+    The header and the file size come from ``open_memmap``; the rows are then written with
+    ``os.pwrite`` rather than through the memory map, whose dirty pages would count in the writer's
+    resident memory. All files are renamed into place on success.
+    """
 
     def __init__(self, folder: Path, specs: dict):
-        self.folder, self.specs, self._ctx, self.arrays = folder, specs, [], {}
+        self.folder, self.specs, self._ctx = folder, specs, []
+        self._files: dict[str, tuple[int, int, int]] = {}  # name -> fd, data offset, row bytes
 
-    def __enter__(self) -> dict[str, np.ndarray]:
+    def __enter__(self) -> _AtomicArrays:
         for name, (shape, dt) in self.specs.items():
             ctx = atomic_path(self.folder / f"{name}.npy")
             tmp = ctx.__enter__()
             self._ctx.append(ctx)
-            self.arrays[name] = np.lib.format.open_memmap(tmp, mode="w+", dtype=dt, shape=shape)
-        return self.arrays
+            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dt, shape=shape)
+            offset, row = int(arr.offset), int(np.dtype(dt).itemsize * math.prod(shape[1:]))
+            del arr
+            self._files[name] = (os.open(tmp, os.O_WRONLY), offset, row)
+        return self
+
+    def write(self, name: str, first_row: int, rows: np.ndarray) -> None:
+        fd, offset, row = self._files[name]
+        data = memoryview(np.ascontiguousarray(rows).reshape(-1).view(np.uint8))
+        pos = offset + first_row * row
+        while len(data):
+            written = os.pwrite(fd, data, pos)
+            data, pos = data[written:], pos + written
 
     def __exit__(self, *exc) -> None:
-        for arr in self.arrays.values():
-            arr.flush()
-        self.arrays.clear()
-        for ctx in self._ctx:
+        for fd, _, _ in self._files.values():
+            os.close(fd)
+        self._files.clear()
+        for ctx in self._ctx:  # fsync and rename (or remove on error)
             ctx.__exit__(*exc)
 
 
@@ -247,13 +423,20 @@ def ensure_cache(
     dtype: str = "float32",
     topk: int = 0,
     device: str | torch.device | None = None,
+    max_mapped_bytes: int = MAX_MAPPED_BYTES,
 ) -> TeacherCache:
-    """Return the cache in ``folder`` if it was made from these teachers and inputs, else rebuild it."""
+    """Return the cache in ``folder`` if it was made from these teachers and inputs, else rebuild it.
+
+    ``max_mapped_bytes``: see :func:`open_cache`.
+    """
     fp = cache_fingerprint(teachers_fingerprint(teachers), inputs_fingerprint(x), dtype, topk)
     try:
-        return open_cache(folder, fp)
+        return open_cache(folder, fp, max_mapped_bytes=max_mapped_bytes)
     except FileNotFoundError:
         pass
     except FormatError as e:
         log.warning("recomputing the teacher cache: %s", e)
-    return write_cache(teachers, x, folder, dtype=dtype, topk=topk, device=device, fingerprint=fp)
+    return write_cache(
+        teachers, x, folder, dtype=dtype, topk=topk, device=device, fingerprint=fp,
+        max_mapped_bytes=max_mapped_bytes,
+    )

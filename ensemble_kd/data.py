@@ -106,6 +106,8 @@ class Splits:
                 raise ValueError(
                     f"x_{part} has input shape {tuple(x.shape[1:])}, x_train has {shape}"
                 )
+            if x.is_floating_point() and not torch.isfinite(x).all():
+                raise ValueError(f"x_{part} holds non-finite values (nan or inf)")
             if y.is_floating_point() or y.is_complex():
                 raise ValueError(f"y_{part} must hold integer labels, got {y.dtype}")
             if y.numel() and (int(y.min()) < 0 or int(y.max()) >= len(self.class_names)):

@@ -161,7 +161,7 @@ def write_summary(ctx: Ctx, out: Path, rows: list[dict], extra: dict, title: str
     if not dist.is_main():
         return table
     notes = [f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in extra.items()
-             if not isinstance(v, (dict, list))]
+             if not isinstance(v, (dict, list)) and not (isinstance(v, str) and "\n" in v)]
     text = f"# {title}\n\n{table}\n\n" + "\n".join(notes) + "\n"
     for v in extra.values():
         if isinstance(v, str) and "\n" in v:

@@ -399,6 +399,14 @@ def test_train_specialists_ranks_split_the_work(generalist, splits, tmp_path):
     assert [s.subset for s in mine] == [SUBSETS[1]]
     assert not (out / "specialist_0").exists()
     assert (out / "specialist_1" / "model.pt").exists()
+    with pytest.raises(FileNotFoundError, match="no subsets.json"):  # rank 0 writes the manifest
+        load_specialists(out)
+    theirs = train_specialists(
+        generalist, SUBSETS, splits, SMALL_CFG, None, out, progress=False, ranks=(0, 2)
+    )
+    assert [s.subset for s in theirs] == [SUBSETS[0]]
+    assert [s.subset for s in load_specialists(out)] == SUBSETS
+    (out / "specialist_0" / "model.pt").unlink()
     with pytest.raises(FileNotFoundError, match="specialist 0 has not been trained"):
         load_specialists(out)
     with pytest.raises(ValueError, match="ranks"):

@@ -9,6 +9,7 @@ does create the marker, so the other tests can fail.
 
 from __future__ import annotations
 
+import ast
 import json
 import pickle
 from pathlib import Path
@@ -38,6 +39,7 @@ from specialists.confusion import load_predictions
 from specialists.specialist import load_specialist, load_specialists, train_specialists
 
 REFUSED = "cannot be loaded safely"
+REPO = Path(__file__).resolve().parents[1]
 
 
 class Payload:
@@ -106,6 +108,54 @@ def test_npy_payload_runs_under_an_unsafe_loader(tmp_path):
     live = tmp_path / "live"
     np.load(evil_npy(tmp_path / "a.npy", live), allow_pickle=True)
     assert live.exists()
+
+
+# ---------------------------------------------------------------- every reader in the code
+
+
+def _unsafe_loads(tree: ast.AST) -> list[str]:
+    """``torch.load`` without ``weights_only=True``, ``np.load`` without ``allow_pickle=False``,
+    and any ``pickle.load(s)``."""
+    required = {"torch": ("weights_only", True), "np": ("allow_pickle", False),
+                "numpy": ("allow_pickle", False)}
+    hits = []
+    for node in ast.walk(tree):
+        f = node.func if isinstance(node, ast.Call) else None
+        if not (isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name)):
+            continue
+        owner = f.value.id
+        if owner == "pickle" and f.attr in ("load", "loads", "Unpickler"):
+            hits.append(f"line {node.lineno}: {ast.unparse(node)[:80]}")
+        elif f.attr == "load" and owner in required:
+            key, value = required[owner]
+            ok = any(k.arg == key and isinstance(k.value, ast.Constant) and k.value.value is value
+                     for k in node.keywords)
+            if not ok:
+                hits.append(f"line {node.lineno}: {ast.unparse(node)[:80]}")
+    return hits
+
+
+def test_every_reader_refuses_pickles():
+    """A static check: the package and scripts load tensors and arrays only without pickle."""
+    found = []
+    for folder in ("ensemble_kd", "specialists", "scripts"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            hits = _unsafe_loads(ast.parse(path.read_text(encoding="utf-8")))
+            found += [f"{path.relative_to(REPO)} {h}" for h in hits]
+    assert not found, "loads that could unpickle code:\n" + "\n".join(found)
+
+
+def test_the_reader_check_flags_unsafe_loads():
+    code = """
+torch.load(p)
+torch.load(p, weights_only=False)
+np.load(p, allow_pickle=True)
+pickle.loads(b)
+torch.load(p, map_location="cpu", weights_only=True)
+np.load(p, mmap_mode="r", allow_pickle=False)
+"""
+    assert [h.split(":")[0] for h in _unsafe_loads(ast.parse(code))] == [
+        "line 2", "line 3", "line 4", "line 5"]
 
 
 # ---------------------------------------------------------------- Python API
@@ -256,8 +306,8 @@ def test_cli_train_specialists_refuses_a_pickled_generalist(tmp_path, marker, di
 def _prepared_run(command: str, argv: list[str], out: Path) -> None:
     """Write ``out/config.json`` as the command would, so that ``--resume`` gets to the checkpoint."""
     args = build_parser().parse_args([command, *argv, "--out", str(out)])
-    prepare_out(out, resolve_config(args, COMMANDS[command][1]), command, resume=False,
-                overwrite=False)
+    cfg = resolve_config(args, COMMANDS[command][1]).resolve_auto((1, 8, 8))  # digits images
+    prepare_out(out, cfg, command, resume=False, overwrite=False)
 
 
 def test_cli_resume_refuses_a_pickled_teacher_checkpoint(tmp_path, marker, capsys):

@@ -29,7 +29,7 @@ from .data import Splits, TransferSet, load_dataset, make_transfer_set
 from .distill import distill
 from .ensemble import data_meta, ensemble_report, find_teachers, load_teachers, train_ensemble
 from .io import atomic_write_json, atomic_write_text, read_json
-from .metrics import evaluate, format_table
+from .metrics import evaluate, format_table, per_class_accuracy
 from .models import count_parameters
 from .predict import predict_logits, resolve_device
 from .train import train
@@ -131,6 +131,11 @@ def _row(name: str, probs: torch.Tensor, y: torch.Tensor, params: int | None) ->
     return {"model": name, "params": params, **evaluate(probs, y)}
 
 
+def _per_class(probs: torch.Tensor, y: torch.Tensor, n_classes: int) -> list[float | None]:
+    """Per-class accuracy, None for a class without test examples (JSON has no NaN)."""
+    return [None if a != a else a for a in per_class_accuracy(probs, y, n_classes)]
+
+
 def comparison(ctx: Ctx, splits: Splits, teachers, baseline, student) -> tuple[list[dict], dict]:
     """Test-set rows for every teacher, the ensemble, the baseline and the distilled student."""
     x, y = splits.x_test, splits.y_test
@@ -145,10 +150,14 @@ def comparison(ctx: Ctx, splits: Splits, teachers, baseline, student) -> tuple[l
         extra["teacher_disagreement"] = rep["disagreement"]
         rows.append({"model": f"ensemble of {len(teachers)}",
                      "params": sum(count_parameters(m) for m in teachers), **rep["ensemble"]})
+        extra["per_class_accuracy"] = {f"ensemble of {len(teachers)}": _per_class(
+            rep["probs"], y, splits.n_classes)}
     for name, m in (("baseline student (hard labels)", baseline), ("distilled student", student)):
         if m is not None:
             probs = torch.softmax(predict_logits(m, x, device=ctx.device), -1)
             rows.append(_row(name, probs, y, count_parameters(m)))
+            extra.setdefault("per_class_accuracy", {})[name] = _per_class(probs, y, splits.n_classes)
+    extra["class_names"] = list(splits.class_names)
     return rows, extra
 
 

@@ -13,6 +13,7 @@ duration, so a loaded machine only stretches the timing instead of breaking it.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -27,7 +28,14 @@ import torch
 from ensemble_kd.checkpoint import load_checkpoint, save_model
 from ensemble_kd.data import load_dataset
 from ensemble_kd.ensemble import TeacherSpec, data_meta, train_ensemble
-from ensemble_kd.io import atomic_write_json, load_tensors, read_jsonl
+from ensemble_kd.io import (
+    append_jsonl,
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    load_tensors,
+    read_jsonl,
+)
 from ensemble_kd.train import TrainConfig
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
@@ -180,3 +188,107 @@ def test_specialist_training_survives_sigkill(tmp_path, trained):
     ]  # fmt: skip
     _kill_resume_compare(args, tmp_path, "specialists/specialist_0/checkpoint.pt",
                          "specialists/specialist_0/model.pt")
+
+
+# ---------------------------------------------------------------- the atomic writers themselves
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_debris(tmp_path):
+    path = tmp_path / "summary.json"
+    atomic_write_json(path, {"old": 1})
+    with pytest.raises(RuntimeError), atomic_path(path) as tmp:
+        tmp.write_text('{"new": ')  # half written when the writer dies
+        raise RuntimeError("killed")
+    assert json.loads(path.read_text()) == {"old": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_files_honour_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "report.md", "# hi\n")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "report.md").stat().st_mode & 0o777 == mode
+
+
+def test_append_jsonl_drops_a_torn_line_and_appends_whole_lines(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 1}\n{"epoch": 2, "lo')  # left by an old, killed, appending writer
+    append_jsonl(path, {"epoch": 2})
+    append_jsonl(path, {"epoch": 3})
+    assert path.read_text() == '{"epoch": 1}\n{"epoch": 2}\n{"epoch": 3}\n'
+
+
+_WRITERS = {"save", "savez", "savez_compressed", "savefig", "write_text", "write_bytes", "to_csv",
+            "dump", "tofile"}
+
+
+def _is_atomic_path(node: ast.AST) -> bool:
+    f = node.func if isinstance(node, ast.Call) else None
+    return isinstance(f, ast.Name | ast.Attribute) and getattr(f, "id", getattr(f, "attr", "")) == (
+        "atomic_path")
+
+
+class _Writers(ast.NodeVisitor):
+    """Calls that write files outside an ``atomic_path`` block (or an in-memory buffer)."""
+
+    def __init__(self):
+        self.depth, self.buffers, self.found = 0, set(), []
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        f = node.value.func if isinstance(node.value, ast.Call) else None
+        if getattr(f, "attr", getattr(f, "id", None)) == "BytesIO":
+            self.buffers |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+        self.generic_visit(node)
+
+    def visit_With(self, node: ast.With) -> None:
+        atomic = any(_is_atomic_path(item.context_expr) for item in node.items)
+        self.depth += atomic
+        self.generic_visit(node)
+        self.depth -= atomic
+
+    def visit_Call(self, node: ast.Call) -> None:
+        f = node.func
+        writes = isinstance(f, ast.Attribute) and f.attr in _WRITERS
+        if isinstance(f, ast.Name) and f.id == "open":
+            mode = node.args[1] if len(node.args) > 1 else next(
+                (k.value for k in node.keywords if k.arg == "mode"), None)
+            writes = isinstance(mode, ast.Constant) and any(c in str(mode.value) for c in "wax+")
+        to_buffer = any(isinstance(a, ast.Name) and a.id in self.buffers for a in node.args)
+        if writes and not self.depth and not to_buffer:
+            self.found.append(f"line {node.lineno}: {ast.unparse(node)[:80]}")
+        self.generic_visit(node)
+
+
+def test_every_writer_goes_through_the_atomic_helpers():
+    """A static check: outside ``ensemble_kd/io.py`` no code writes a file except under a temporary
+    name from ``atomic_path`` (or into an in-memory buffer), so no reader can see half a file."""
+    offenders = []
+    for folder in ("ensemble_kd", "specialists", "scripts"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            if path == REPO / "ensemble_kd" / "io.py":
+                continue
+            visitor = _Writers()
+            visitor.visit(ast.parse(path.read_text(encoding="utf-8")))
+            offenders += [f"{path.relative_to(REPO)} {hit}" for hit in visitor.found]
+    assert not offenders, "non-atomic writes:\n" + "\n".join(offenders)
+
+
+def test_the_writer_check_tells_plain_writes_from_atomic_ones():
+    code = """
+with open(p, "w") as f: f.write("x")
+np.save(p, a)
+Path(p).write_text("x")
+with open(p) as f: f.read()
+buf = io.BytesIO()
+torch.save(obj, buf)
+with atomic_path(p) as tmp, open(tmp, "wb") as f:
+    np.savez(f, a=a)
+with atomic_path(p) as tmp:
+    fig.savefig(tmp)
+"""
+    visitor = _Writers()
+    visitor.visit(ast.parse(code))
+    assert [hit.split(":")[0] for hit in visitor.found] == ["line 2", "line 3", "line 4"]

@@ -4,22 +4,24 @@ Layout of a cache folder (example-major: one example's rows for all K teachers l
 random mini-batch is B reads, not K * B):
 
 * dense: ``logits.npy`` (N, K, C) float16 or float32;
-* top-k sparse: ``topk_values.npy`` (N, K, k), ``topk_indices.npy`` (N, K, k) and ``rest.npy`` (N, K):
-  the k largest logits of each example and one fill logit for all other classes, chosen so that at
-  T = 1 the other classes share exactly the probability mass the teacher gave them, spread evenly;
+* top-k sparse: ``topk_values.npy`` (N, K, k), ``topk_indices.npy`` (N, K, k) and ``rest.npy``
+  (N, K): the k largest logits of each example and one fill logit for all other classes, chosen
+  so that at T = 1 the other classes share exactly the probability mass the teacher gave them,
+  spread evenly;
 * ``meta.json``: the logical shape [K, N, C], dtype, k and a *fingerprint* of the teachers' weights,
   the transfer inputs and these settings. A cache is used only when its fingerprint matches the one
-  asked for; otherwise it is recomputed (never silently reused). ``meta.json`` is removed before new
-  arrays are written and written last, so a crash in between leaves no cache that claims to be valid.
+  asked for; otherwise it is recomputed (never silently reused). ``meta.json`` is removed before
+  new arrays are written and written last, so a crash in between leaves no cache that claims to be
+  valid.
 
 Writing goes chunk by chunk with explicit writes to a temporary file renamed into place, and refuses
 non-finite logits (and logits beyond float16's range in a float16 cache), so a valid cache holds
 finite values only and readers need not re-check them every step. Reading never loads the whole
 cache: arrays up to ``max_mapped_bytes`` (default 512 MiB) are memory-mapped, which is fastest;
-larger ones are read row by row with ``os.preadv``. Memory-mapped pages a random-access epoch touches
-count in the process's resident memory until the kernel reclaims them, so an epoch over an 8 GB
-memory map ends up with gigabytes resident; explicit reads go through the page cache, which does not
-count, and keep the resident memory at one batch (``docs/performance.md`` has the measurements).
+larger ones are read row by row with ``os.preadv``. Memory-mapped pages that a random-access epoch
+touches count in the process's resident memory until the kernel reclaims them, so an epoch over an
+8 GB memory map ends up with gigabytes resident; explicit reads go through the page cache, which
+does not count, and keep the resident memory at one batch (measurements: ``docs/performance.md``).
 """
 
 from __future__ import annotations
@@ -335,7 +337,9 @@ def write_cache(
     k, n = len(teachers), len(x)
     c = int(predict_logits(teachers[0], x[:1], device=device).shape[-1])
     if topk and not 1 <= topk < c:
-        raise ValueError(f"cache_topk must lie in [1, {c - 1}] for {c} classes (0 = dense), got {topk}")
+        raise ValueError(
+            f"cache_topk must lie in [1, {c - 1}] for {c} classes (0 = dense), got {topk}"
+        )
     specs = _array_specs(k, n, c, topk, dtype)
     store = torch.float16 if dtype == "float16" else torch.float32
     with _AtomicArrays(folder, specs) as out:
@@ -425,7 +429,7 @@ def ensure_cache(
     device: str | torch.device | None = None,
     max_mapped_bytes: int = MAX_MAPPED_BYTES,
 ) -> TeacherCache:
-    """Return the cache in ``folder`` if it was made from these teachers and inputs, else rebuild it.
+    """The cache in ``folder`` if it was made from these teachers and inputs, else a rebuilt one.
 
     ``max_mapped_bytes``: see :func:`open_cache`.
     """

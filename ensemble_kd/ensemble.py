@@ -7,9 +7,10 @@ prediction is the mean of the teachers' probabilities.
 
 Teachers that share one architecture without buffers (MLPs) can be trained all at once as one
 vectorised model (:mod:`ensemble_kd.vectorized`): the same per-teacher seeds, batches, files and
-formats, with the rounding of batched matrix products. By default that happens where it is faster
-(CUDA; on a CPU the step is compute bound and it gains little, see ``docs/performance.md``);
-``vectorize=False`` forces the one-after-another path.
+formats, with the rounding of batched matrix products. By default that happens where it is faster:
+on CUDA, and on the CPU for members of at most ``CPU_VECTORIZE_MAX_PARAMS`` parameters (see
+``docs/performance.md``); ``vectorize=True`` forces it wherever it applies, ``vectorize=False``
+forces the one-after-another path.
 """
 
 from __future__ import annotations
@@ -27,14 +28,16 @@ from .batching import TensorBatches
 from .checkpoint import load_model, save_model
 from .data import Splits
 from .metrics import disagreement, evaluate
-from .models import build_model
+from .models import build_model, count_parameters
 from .predict import ensemble_logits, resolve_device
 from .train import TrainConfig, TrainResult, train
 from .vectorized import can_vectorize, checkpoint_epoch, train_vectorized
 
-# Devices where the vectorised ensemble is the default: on CUDA a small MLP's step is launch bound,
-# so N members in one launch cost about one; on the CPU it measured 0.6-1.4x (docs/performance.md).
-VECTORIZE_BY_DEFAULT = ("cuda",)
+# When the vectorised ensemble is the default (docs/performance.md). On the CPU, with 10 members, it
+# measured 2.2x faster at 5k parameters per member, 1.0x at 51k and 0.75-0.9x from 85k up (batched
+# products are less efficient than plain ones there). On CUDA a small MLP's step is launch bound, so
+# N members in one launch cost about one: always.
+CPU_VECTORIZE_MAX_PARAMS = 50_000
 
 
 @dataclass
@@ -93,7 +96,8 @@ def train_ensemble(
         ranks: (rank, world size): this process trains teachers k with k % world == rank.
         vectorize: train the teachers still to train that share one architecture together as one
             vectorised model (MLPs; convnets hold batch-norm buffers and stay sequential). None
-            (default): on the devices in ``VECTORIZE_BY_DEFAULT``; False: one after another.
+            (default): where it is faster (CUDA; CPU for members of at most
+            ``CPU_VECTORIZE_MAX_PARAMS`` parameters); True: wherever it applies; False: never.
 
     Returns:
         The teachers trained (or loaded) by this process, in order, in eval mode.
@@ -125,7 +129,9 @@ def train_ensemble(
         return {"data": meta_base["data_fingerprint"], "jitter": jitter, "spec": model.spec}
 
     def batches(cfg: TrainConfig) -> TensorBatches:
-        return TensorBatches(splits.x_train, splits.y_train, batch_size=cfg.batch_size, jitter=jitter)
+        return TensorBatches(
+            splits.x_train, splits.y_train, batch_size=cfg.batch_size, jitter=jitter
+        )
 
     def save(k: int, result: TrainResult) -> None:
         meta = {**meta_base, "seed": pending[k][1].seed, "role": "teacher"}
@@ -163,17 +169,24 @@ def _vectorizable_groups(
     device: str | torch.device,
 ) -> list[list[int]]:
     """Teachers to train together: same architecture, no buffers, checkpoints at the same epoch."""
-    if vectorize is None:
-        vectorize = resolve_device(device).type in VECTORIZE_BY_DEFAULT
-    if not vectorize:
+    if vectorize is False:
         return []
+    on_cpu = resolve_device(device).type == "cpu"
     groups: dict[tuple[str, int], list[int]] = {}
     for k, (model, _) in pending.items():
         # teachers interrupted at different epochs cannot share one stacked run
         key = (json.dumps(getattr(model, "spec", None), sort_keys=True),
                checkpoint_epoch(teacher_dir(out_dir, k)))
         groups.setdefault(key, []).append(k)
-    return [g for g in groups.values() if can_vectorize([pending[k][0] for k in g])]
+    out = []
+    for g in groups.values():
+        models = [pending[k][0] for k in g]
+        if not can_vectorize(models):
+            continue
+        if vectorize is None and on_cpu and count_parameters(models[0]) > CPU_VECTORIZE_MAX_PARAMS:
+            continue  # slower than one after another on a CPU
+        out.append(g)
+    return out
 
 
 def find_teachers(folder: str | os.PathLike) -> list[Path]:

@@ -79,14 +79,14 @@ def _check_configs(configs: Sequence[TrainConfig]) -> list[TrainConfig]:
         if other != ref:
             diff = sorted(k for k in ref if ref[k] != other[k])
             raise ValueError(
-                f"configs[{i}] differs from configs[0] in {', '.join(diff)}: vectorised members may "
-                "differ only by seed"
+                f"configs[{i}] differs from configs[0] in {', '.join(diff)}: vectorised members "
+                "may differ only by seed"
             )
     return cfgs
 
 
 def _member_optimizer_state(state: dict, k: int, n: int) -> dict:
-    """Member k's slice of an optimiser state over stacked weights (per-member tensors are (N, ...))."""
+    """Member k's slice of an optimiser state over stacked weights (member tensors: (N, ...))."""
     out = {}
     for pid, st in state["state"].items():
         out[pid] = {
@@ -343,8 +343,8 @@ def _resume(dirs: list[Path], identities: list[str], holder: nn.ParameterList, n
                              "use a new output folder or --overwrite")
     epochs = {int(ck["epoch"]) for ck in cks}
     if len(epochs) != 1:
-        raise ValueError(f"the members' checkpoints stop after different epochs ({sorted(epochs)}); "
-                         "resume them one after another")
+        raise ValueError(f"the members' checkpoints stop after different epochs "
+                         f"({sorted(epochs)}); resume them one after another")
     with torch.no_grad():
         for i, name in enumerate(names):
             holder[i].copy_(torch.stack([ck["model"][name] for ck in cks]))

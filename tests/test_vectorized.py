@@ -100,7 +100,7 @@ def test_dropout_masks_differ_between_members(blobs):
 
 def test_early_stopping_matches_sequential(blobs):
     x, y, xv, yv = blobs
-    # a high constant learning rate on a tiny set: validation NLL stops improving within a few epochs
+    # a high constant learning rate on a tiny set: validation NLL stops improving in a few epochs
     cfgs = _configs(epochs=12, lr=0.3, schedule="constant", early_stopping=2, optimizer="sgd")
     seq = _sequential(_models([0, 1, 2]), cfgs, x, y, (xv, yv))
     vec = _vectorised(_models([0, 1, 2]), cfgs, x, y, (xv, yv))
@@ -196,7 +196,8 @@ def test_train_ensemble_vectorised_matches_sequential(tiny_splits, tmp_path):
     models, metas = load_teachers(paths, splits=tiny_splits)  # readable downstream
     assert len(models) == 3 and all(m["role"] == "teacher" for m in metas)
     # finished teachers are loaded, not retrained
-    again = train_ensemble(tiny_splits, spec, 3, cfg, tmp_path / "v", vectorize=True, progress=False)
+    again = train_ensemble(tiny_splits, spec, 3, cfg, tmp_path / "v", vectorize=True,
+                           progress=False)
     for a, v in zip(again, vec, strict=True):
         _assert_same_weights(a, v, atol=0)
 
@@ -211,3 +212,26 @@ def test_train_ensemble_mixed_architectures_and_ranks(tiny_splits, tmp_path):
     mine = train_ensemble(tiny_splits, specs, 4, cfg, tmp_path / "e", vectorize=True,
                           progress=False, ranks=(1, 2))
     assert [m.spec["kwargs"]["widths"] for m in mine] == [[8], [8]]
+
+
+def test_default_vectorises_only_small_members_on_cpu(tiny_splits, tmp_path, monkeypatch):
+    import ensemble_kd.ensemble as ens
+
+    calls = []
+
+    def spy(models, *args, **kw):
+        calls.append(len(models))
+        return train_vectorized(models, *args, **kw)
+
+    monkeypatch.setattr(ens, "train_vectorized", spy)
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=1e-2)
+    small = TeacherSpec("mlp", (16,), 0.0)  # 163 parameters
+    large = TeacherSpec("mlp", (256, 256), 0.0)  # 68k parameters > CPU_VECTORIZE_MAX_PARAMS
+    train_ensemble(tiny_splits, small, 3, cfg, tmp_path / "a", progress=False)
+    assert calls == [3]
+    train_ensemble(tiny_splits, large, 2, cfg, tmp_path / "b", progress=False)
+    assert calls == [3]  # sequential: slower vectorised on a CPU at this size
+    train_ensemble(tiny_splits, large, 2, cfg, tmp_path / "c", progress=False, vectorize=True)
+    assert calls == [3, 2]
+    train_ensemble(tiny_splits, small, 2, cfg, tmp_path / "d", progress=False, vectorize=False)
+    assert calls == [3, 2]

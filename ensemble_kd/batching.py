@@ -125,10 +125,10 @@ class TensorBatches:
 
     def _batch(self, idx: torch.Tensor, generator: torch.Generator) -> Batch:
         dev_idx = idx.to(self.x.device)
-        x = self.x[dev_idx]
+        x = self.x.index_select(0, dev_idx)  # several times faster than x[idx] on the CPU
         if self.jitter:
             x = jitter(x, self.jitter, generator)
-        return Batch(x, None if self.y is None else self.y[dev_idx], idx)
+        return Batch(x, None if self.y is None else self.y.index_select(0, dev_idx), idx)
 
 
 class MixedBatches(TensorBatches):

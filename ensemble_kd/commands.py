@@ -63,6 +63,9 @@ def transfer_of(cfg: RunConfig, splits: Splits) -> TransferSet:
 # ---------------------------------------------------------------- steps
 
 
+VECTORIZE = {"auto": None, "on": True, "off": False}
+
+
 def step_teachers(ctx: Ctx, splits: Splits, out: Path) -> list[torch.nn.Module]:
     cfg = ctx.cfg
     ctx.say(f"training {cfg.teachers} teacher(s) ({cfg.teacher_arch} {cfg.teacher_widths}) on "
@@ -70,7 +73,7 @@ def step_teachers(ctx: Ctx, splits: Splits, out: Path) -> list[torch.nn.Module]:
     teachers = train_ensemble(
         splits, cfg.teacher_spec(), cfg.teachers, cfg.train_config(cfg.teacher_epochs),
         out / "teachers", jitter=cfg.teacher_jitter, device=ctx.device, progress=ctx.progress,
-        ranks=(dist.rank(), dist.world()),
+        ranks=(dist.rank(), dist.world()), vectorize=VECTORIZE[cfg.teacher_vectorize],
     )
     if dist.active():  # each rank trained its share; all of them read every teacher
         dist.barrier()
@@ -439,6 +442,8 @@ def check_options(cfg: RunConfig, splits: Splits, command: str, n_teachers: int 
         if command in ("train-ensemble", "run"):
             if cfg.teachers < 1:
                 raise ValueError(f"teachers must be >= 1, got {cfg.teachers}")
+            if cfg.teacher_vectorize not in VECTORIZE:
+                raise ValueError(f"teacher_vectorize must be auto, on or off, got {cfg.teacher_vectorize!r}")
             cfg.train_config(cfg.teacher_epochs)
             cfg.teacher_spec().build(shape, c)
             jitter_ok("teacher_jitter", cfg.teacher_jitter)

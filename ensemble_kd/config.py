@@ -56,6 +56,8 @@ class RunConfig:
     teacher_dropout: float = _f(0.0, "teacher dropout", "teachers")
     teacher_jitter: int | None = _f(None, "random input shifts (pixels) when training teachers; "
                                     "default 1 for images, 0 otherwise", "teachers")
+    teacher_vectorize: str = _f("auto", "train same-architecture MLP teachers at once as one vectorised "
+                                "model: auto (where it measured faster), on or off", "teachers")
     teacher_epochs: int | None = _f(30, "teacher epochs (default: --epochs)", "teachers")
     # ---- student ----
     student_arch: str = _f("mlp", "student architecture: mlp or convnet", "student")

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -22,7 +23,14 @@ from . import distributed as dist
 from .batching import Batch, TensorBatches
 from .cache import TeacherCache, ensure_cache, inputs_fingerprint, open_cache, teachers_fingerprint
 from .data import TransferSet
-from .losses import COMBINE_MODES, LossParts, distillation_loss_parts
+from .losses import (
+    COMBINE_MODES,
+    LossParts,
+    SoftTargets,
+    combined_soft_targets,
+    distillation_loss_parts,
+    loss_from_soft_targets,
+)
 from .predict import resolve_device
 from .train import Objective, TrainConfig, TrainResult, train
 
@@ -68,17 +76,49 @@ class DistillConfig:
         return self
 
 
-def cached_objective(cache: TeacherCache, cfg: DistillConfig) -> Objective:
-    """Distillation objective reading the teachers' logits for each batch from ``cache``."""
+def cached_objective(
+    cache: TeacherCache, cfg: DistillConfig, *, max_resident_bytes: int = 256 * 2**20
+) -> Objective:
+    """Distillation objective reading the teachers' outputs for each batch from ``cache``.
 
-    def objective(logits: torch.Tensor, batch: Batch) -> LossParts:
-        v = cache.batch(batch.idx).to(logits.device, non_blocking=True)  # (K, B, C)
-        return distillation_loss_parts(
-            logits, v, batch.y, temperature=cfg.temperature, alpha=cfg.alpha,
-            combine=cfg.combine, teacher_weights=cfg.teacher_weights,
-        )
+    The teachers' side of the loss (:func:`~ensemble_kd.losses.combined_soft_targets`) needs no
+    gradient, so when the combined targets of the whole transfer set fit in ``max_resident_bytes``
+    they are computed once, kept on the training device, and each step only slices them. Larger
+    caches are combined batch by batch as they stream from disk. The cache's logits were checked
+    finite when it was written, so no step re-validates them.
+    """
+    n, c = cache.n_examples, cache.n_classes
+    t = cfg.temperature
 
-    return objective
+    def targets_of(v: torch.Tensor) -> SoftTargets:
+        return combined_soft_targets(v, t, combine=cfg.combine, teacher_weights=cfg.teacher_weights)
+
+    def loss(logits: torch.Tensor, targets: SoftTargets, batch: Batch) -> LossParts:
+        return loss_from_soft_targets(logits, targets, batch.y, temperature=t, alpha=cfg.alpha)
+
+    if n * (c + 1) * 4 > max_resident_bytes:
+
+        def streaming(logits: torch.Tensor, batch: Batch) -> LossParts:
+            v = cache.batch(batch.idx).to(logits.device, non_blocking=True)  # (K, B, C)
+            return loss(logits, targets_of(v), batch)
+
+        return streaming
+
+    probs, neg_entropy = torch.empty(n, c), torch.empty(n)
+    for i in range(0, n, 8192):
+        part = targets_of(cache.batch(np.arange(i, min(n, i + 8192))))
+        probs[i : i + 8192], neg_entropy[i : i + 8192] = part.probs, part.neg_entropy
+    on_device: dict[torch.device, SoftTargets] = {}
+
+    def resident(logits: torch.Tensor, batch: Batch) -> LossParts:
+        dev = logits.device
+        if dev not in on_device:
+            on_device[dev] = SoftTargets(probs.to(dev), neg_entropy.to(dev))
+        full = on_device[dev]
+        i = batch.idx.to(dev)
+        return loss(logits, SoftTargets(full.probs[i], full.neg_entropy[i]), batch)
+
+    return resident
 
 
 def online_objective(teachers: Sequence[nn.Module], cfg: DistillConfig) -> Objective:
@@ -146,7 +186,13 @@ def distill(
         progress: show a progress bar (None: when on a terminal).
     """
     cfg = (distill_config or DistillConfig()).validate(len(teachers))
-    check_compatible(teachers, student, transfer.x)
+    n_classes = check_compatible(teachers, student, transfer.x)
+    y = transfer.y
+    if y is not None and len(y) and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+        raise ValueError(  # checked once here: the cached objective does not re-check each step
+            f"transfer-set labels out of range: values must lie in [0, {n_classes - 1}], found "
+            f"[{int(y.min())}, {int(y.max())}]"
+        )
     batches = TensorBatches(
         transfer.x, transfer.y, batch_size=train_config.batch_size, jitter=cfg.jitter
     )

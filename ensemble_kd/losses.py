@@ -123,11 +123,77 @@ def _validate(
     return teacher_logits
 
 
-def _kl_from_log(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) summed over the last dim, from log-probabilities; (..., C) -> (...)."""
-    p = log_p.exp()
-    # where p underflows to 0 its term is 0 (0 * log 0 = 0); log_p is finite for finite logits
-    return (p * (log_p - log_q)).sum(-1)
+class SoftTargets(NamedTuple):
+    """The teachers' side of the soft term, computed once (it needs no gradient).
+
+    For every combine mode the soft term is ``T^2 * mean_b(neg_entropy_b - sum_c probs_bc *
+    log softmax(z_b / T)_c)``: cross-entropy is linear in its target, so K teachers reduce to one
+    target distribution plus a constant that makes the value a KL divergence.
+    """
+
+    probs: torch.Tensor  # (B, C) the combined target distribution
+    neg_entropy: torch.Tensor  # (B,) sum_c p log p of the teachers' distributions (weighted)
+
+
+@torch.no_grad()
+def combined_soft_targets(
+    teacher_logits: torch.Tensor, temperature: float, *, combine: str = "sum", teacher_weights=None
+) -> SoftTargets:
+    """Combine K teachers' logits (K, B, C) (or (B, C)) into one soft target per example.
+
+    ``"sum"`` and ``"mean_probs"`` share the target ``sum_k w_k softmax(v_k / T)`` and differ in
+    the constant (the weighted teachers' entropies vs the mixture's); ``"mean_logits"`` targets
+    ``softmax(sum_k w_k v_k / T)``. No validation: :func:`distillation_loss_parts` validates.
+    """
+    t = float(temperature)
+    v = teacher_logits if teacher_logits.dim() == 3 else teacher_logits.unsqueeze(0)
+    w = _teacher_weights(teacher_weights, v.shape[0], v)  # (K,)
+    vt = v.permute(2, 0, 1)  # (C, K, B): CPU log_softmax is far faster over a leading dim for small C
+    if combine == "mean_logits":
+        log_mix = F.log_softmax(torch.einsum("k,ckb->cb", w, vt) / t, 0)  # (C, B)
+        probs = log_mix.exp()
+        neg_entropy = (probs * log_mix).sum(0)
+    else:
+        log_p = F.log_softmax(vt / t, 0)  # (C, K, B)
+        p = log_p.exp()
+        probs = torch.einsum("k,ckb->cb", w, p)  # (C, B)
+        if combine == "sum":
+            neg_entropy = torch.einsum("k,ckb->b", w, p * log_p)
+        else:  # mean_probs: 0 log 0 = 0 where the mixture underflows
+            neg_entropy = torch.special.xlogy(probs, probs).sum(0)
+    return SoftTargets(probs.T.contiguous(), neg_entropy)
+
+
+def loss_from_soft_targets(
+    student_logits: torch.Tensor,
+    targets: SoftTargets,
+    labels: torch.Tensor | None = None,
+    *,
+    temperature: float,
+    alpha: float,
+) -> LossParts:
+    """The distillation loss against precomputed :class:`SoftTargets` (no validation).
+
+    This is the one place the soft term is computed and scaled by ``T^2``.
+    """
+    t = float(temperature)
+    log_q = F.log_softmax(student_logits.T / t, 0)  # (C, B), see combined_soft_targets
+    soft = (targets.neg_entropy - (targets.probs.T * log_q).sum(0)).mean() * (t * t)
+    if labels is None:
+        return LossParts(soft, soft, None)
+    hard = F.cross_entropy(student_logits, labels.long())
+    return LossParts(alpha * soft + (1.0 - alpha) * hard, soft, hard)
+
+
+def check_loss_options(temperature: float, alpha: float, combine: str) -> tuple[float, float]:
+    """Validate temperature, alpha and the combine mode; return (T, alpha) as floats."""
+    t = _check_temperature(temperature)
+    a = float(alpha)
+    if not (0.0 <= a <= 1.0) or math.isnan(a):
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
+    if combine not in COMBINE_MODES:
+        raise ValueError(f"combine must be one of {', '.join(COMBINE_MODES)}; got {combine!r}")
+    return t, a
 
 
 def distillation_loss_parts(
@@ -141,35 +207,13 @@ def distillation_loss_parts(
     teacher_weights=None,
 ) -> LossParts:
     """The distillation loss and its parts. See :func:`distillation_loss` for the arguments."""
-    t = _check_temperature(temperature)
-    a = float(alpha)
-    if not (0.0 <= a <= 1.0) or math.isnan(a):
-        raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
-    if combine not in COMBINE_MODES:
-        raise ValueError(f"combine must be one of {', '.join(COMBINE_MODES)}; got {combine!r}")
+    t, a = check_loss_options(temperature, alpha, combine)
     v = _validate(student_logits, teacher_logits, labels)  # (K, B, C)
-    k = v.shape[0]
-    w = _teacher_weights(teacher_weights, k, student_logits)  # (K,)
-    v = v.to(student_logits.dtype)
-
-    log_q = F.log_softmax(student_logits / t, dim=-1)  # (B, C)
-    if combine == "sum":
-        log_p = F.log_softmax(v / t, dim=-1)  # (K, B, C)
-        kl = _kl_from_log(log_p, log_q.unsqueeze(0))  # (K, B)
-        soft = (w[:, None] * kl).sum(0).mean()
-    elif combine == "mean_probs":
-        log_p = F.log_softmax(v / t, dim=-1)  # (K, B, C)
-        log_mix = torch.logsumexp(log_p + w.log()[:, None, None], dim=0)  # (B, C)
-        soft = _kl_from_log(log_mix, log_q).mean()
-    else:  # mean_logits
-        v_mean = (w[:, None, None] * v).sum(0)  # (B, C)
-        soft = _kl_from_log(F.log_softmax(v_mean / t, dim=-1), log_q).mean()
-    soft = soft * (t * t)
-
-    if labels is None:
-        return LossParts(soft, soft, None)
-    hard = F.cross_entropy(student_logits, labels.long())
-    return LossParts(a * soft + (1.0 - a) * hard, soft, hard)
+    _teacher_weights(teacher_weights, v.shape[0], student_logits)  # validate before use
+    targets = combined_soft_targets(
+        v.to(student_logits.dtype), t, combine=combine, teacher_weights=teacher_weights
+    )
+    return loss_from_soft_targets(student_logits, targets, labels, temperature=t, alpha=a)
 
 
 def distillation_loss(

@@ -1,0 +1,192 @@
+"""Smoke test of scripts/reproduce_paper.py on the tiny preset (digits), plus its pure helpers.
+
+The tiny preset runs E1-E5 through the same code path as the full run (every model through the
+shared training loop), in seconds. Resuming is pinned by rerunning into the same folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+from paper import report as rep  # noqa: E402
+from paper.common import Context, share_of_gap, summary  # noqa: E402
+from paper.e2_omitted import choose_bias, class_counts  # noqa: E402
+from paper.e5_specialists import _pooled_coverage  # noqa: E402
+from paper.presets import TINY  # noqa: E402
+from paper.runner import main, parse_args  # noqa: E402
+
+HEADLINE_KEYS = ("e1_gap_closed", "e3_ensemble_gain_kept", "e4_gap_recovered",
+                 "e5_relative_gain", "e2_omitted_class_recall_after_bias")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One complete tiny run and its log."""
+    out = tmp_path_factory.mktemp("tiny")
+    log = io.StringIO()
+    data = main(["--preset", "tiny", "--out", str(out), "--device", "cpu"], log=log)
+    return out, data, log.getvalue()
+
+
+def test_tiny_run_writes_the_report(tiny_run):
+    out, data, log = tiny_run
+    folder = out / "report"
+    for name in ("report.md", "report.html", "results.json", "e1_accuracy_vs_temperature.png",
+                 "e2_bias.png", "e3_ensemble.png", "e4_regulariser.png", "training_curves.png"):
+        assert (folder / name).is_file(), name
+    saved = json.loads((folder / "results.json").read_text())
+    assert saved["complete"] is True and saved["quick"] is True
+    assert saved["wall_seconds"] > 0
+    for key in HEADLINE_KEYS:
+        assert key in saved
+    assert set(saved["experiments"]) == {"E1", "E2", "E3", "E4", "E5"}
+    # the headlines are the experiments' own numbers
+    assert saved["e3_ensemble_gain_kept"] == saved["experiments"]["E3"]["headline_gain_kept"]
+    assert saved["e2_omitted_class_recall_after_bias"] == pytest.approx(
+        saved["experiments"]["E2"]["classes"][0]["after"]["recall"]["mean"])
+    e1 = saved["experiments"]["E1"]
+    assert [st["widths"] for st in e1["students"]] == [[32, 32], [8, 8]]
+    assert [d["temperature"] for d in e1["students"][0]["distilled"]] == [1.0, 4.0]
+    assert len(saved["experiments"]["E3"]["members"]) == TINY.e3_teachers
+    # stage lines: each experiment starts and ends, units are counted
+    for exp in ("E1", "E2", "E3", "E4", "E5"):
+        assert f"{exp}: start" in log and f"{exp}: saved" in log
+    assert "E1 [7/7]" in log
+
+
+def test_report_is_self_contained_and_compares_with_the_paper(tiny_run):
+    out, _, _ = tiny_run
+    html_text = (out / "report" / "report.html").read_text()
+    srcs = re.findall(r'src="([^"]*)"', html_text)
+    assert len(srcs) >= 6 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "<link" not in html_text and "<script" not in html_text
+    md = (out / "report" / "report.md").read_text()
+    assert "| teacher | 67 |" in md  # paper's E1 teacher beside ours
+    assert "86%" in md and "87%" in md  # E3 and E4 ratios of the paper
+    assert "Not run yet" not in md
+
+
+def test_rerun_loads_everything_and_an_interrupted_unit_resumes(tiny_run):
+    out, data, _ = tiny_run
+    log = io.StringIO()
+    again = main(["--preset", "tiny", "--out", str(out), "--device", "cpu"], log=log)
+    assert "training" not in log.getvalue()
+    assert all(f"{e}: already done" in log.getvalue() for e in ("E1", "E2", "E3", "E4", "E5"))
+    for key in HEADLINE_KEYS:
+        assert again[key] == data[key]
+    run = json.loads((out / "run.json").read_text())
+    assert len(run["invocations"]) == 2
+
+    # Lose E1's result and one student, as if killed while training it: only that one retrains,
+    # and (seeded, CPU) it comes out the same, so E1's numbers do not move.
+    (out / "e1" / "result.json").unlink()
+    (out / "e1" / "student_8x8" / "T4" / "seed_0" / "model.pt").unlink()
+    log = io.StringIO()
+    third = main(["--preset", "tiny", "--out", str(out), "--device", "cpu", "--only", "E1"],
+                 log=log)
+    trained = [ln for ln in log.getvalue().splitlines() if "distilling" in ln or
+               "training on" in ln]
+    assert len(trained) == 1 and "student 8x8 T=4 seed 0" in trained[0]
+    assert third["experiments"]["E1"] == data["experiments"]["E1"]
+
+
+def test_a_folder_refuses_other_settings(tiny_run, digits):
+    out, _, _ = tiny_run
+    with pytest.raises(ValueError, match="another preset"):
+        Context(out, dataclasses.replace(TINY, name="quick"), digits, device="cpu",
+                log=io.StringIO())
+    # E1's models were trained with e1_seeds=1: with 2 they are refused, E3's are still fine
+    ctx = Context(out, dataclasses.replace(TINY, e1_seeds=2), digits, device="cpu",
+                  log=io.StringIO())
+    with pytest.raises(ValueError, match=r"e1 was made with other settings \(e1_seeds\)"):
+        ctx.claim("e1", ("e1_",))
+    ctx.claim("e3", ("e3_",))
+
+
+def test_a_folder_in_use_by_another_process_is_refused(tmp_path, digits):
+    ctx = Context(tmp_path, TINY, digits, device="cpu", log=io.StringIO())
+    (tmp_path / "e1").mkdir()
+    (tmp_path / "e1" / "owner.pid").write_text(f"{os.getppid()}\n")  # alive: our parent
+    with pytest.raises(ValueError, match="in use by another running process"):
+        ctx.claim("e1", ("e1_",))
+    (tmp_path / "e1" / "owner.pid").write_text("999999999\n")  # no such process: stale
+    ctx.claim("e1", ("e1_",))
+    assert (tmp_path / "e1" / "owner.pid").read_text().strip() == str(os.getpid())
+
+
+def test_wall_time_counts_overlapping_invocations_once(tmp_path, digits):
+    ctx = Context(tmp_path, TINY, digits, device="cpu", log=io.StringIO())
+    now = ctx.invocation["started_unix"]
+    run = json.loads((tmp_path / "run.json").read_text())
+    run["invocations"] += [
+        {"id": "a", "started_unix": now - 1000, "seconds": 100.0},  # alone: 100 s
+        {"id": "b", "started_unix": now - 500, "seconds": 200.0},  # overlaps c
+        {"id": "c", "started_unix": now - 400, "seconds": 200.0},  # until now - 200
+    ]
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    assert ctx.wall_seconds() == pytest.approx(100 + 300 + ctx.invocation["seconds"], abs=1)
+
+
+def test_parse_args():
+    assert parse_args(["--out", "x"]).preset == "full"
+    assert parse_args(["--out", "x", "--quick"]).preset == "quick"
+    assert parse_args(["--out", "x", "--only", "e1, E3"]).only == ["E1", "E3"]
+    with pytest.raises(SystemExit):
+        parse_args(["--out", "x", "--only", "E6"])
+    with pytest.raises(SystemExit):
+        parse_args(["--out", "x", "--quick", "--preset", "full"])
+
+
+def test_share_of_gap_and_summary():
+    # paper E1 in accuracies: hard 146 errors, teacher 67, distilled 74 -> 72/79 of the gap
+    assert share_of_gap(1 - 0.0146, 1 - 0.0067, 1 - 0.0074) == pytest.approx(72 / 79)
+    assert share_of_gap(0.9, 0.9, 0.95) is None  # no gap: no ratio
+    assert share_of_gap(0.9, 0.8, 0.85) is None  # "better" is worse
+    s = summary([1.0, 2.0, 3.0])
+    assert (s["mean"], s["std"], s["n"]) == (2.0, 1.0, 3)
+    assert summary([5.0])["std"] == 0.0
+    assert summary([])["mean"] is None
+
+
+def test_bias_is_chosen_on_the_given_data():
+    # class 2 never wins without help; a bias of 1.5 fixes the two class-2 rows without
+    # breaking the others (their margins over class 2 are 3), 3.5 would break them
+    logits = torch.tensor([[0.0, 0.0, -1.0], [0.0, 0.0, -1.0], [3.0, 0.0, 0.0], [0.0, 3.0, 0.0]])
+    y = torch.tensor([2, 2, 0, 1])
+    grid = torch.arange(0, 4.01, 0.5, dtype=torch.float64)
+    bias, curve = choose_bias(logits, y, 2, grid)
+    assert bias == 1.5  # the smallest bias with the best accuracy
+    assert max(r["acc"] for r in curve) == 1.0
+    before = class_counts(logits, y, 2, 0.0)
+    assert before == {"errors": 2, "class_errors": 2, "class_n": 2, "recall": 0.0, "acc": 0.5}
+    assert class_counts(logits, y, 2, 3.5)["errors"] == 2  # too much bias: the others break
+
+
+def test_pooled_coverage_sums_rows():
+    run = {"by_coverage": [
+        {"covering": 0, "label": "0", "n": 10, "generalist_correct": 8, "combined_correct": 8},
+        {"covering": 1, "label": "1", "n": 5, "generalist_correct": 4, "combined_correct": 5}]}
+    rows = _pooled_coverage([run, run])
+    assert [(r["n"], r["change"]) for r in rows] == [(20, 0), (10, 2)]
+    assert rows[1]["relative_change"] == pytest.approx(2 / 8)
+
+
+def test_partial_report_marks_pending(tmp_path):
+    meta = {"preset": "tiny", "quick": True, "command": "x", "date": "d", "machine": "m",
+            "wall_seconds": 1.0, "invocations": 1, "data": "d", "dataset": "digits"}
+    data = rep.write_report(tmp_path, {}, meta)
+    assert all(data[k] is None for k in HEADLINE_KEYS) and data["complete"] is False
+    md = (tmp_path / "report.md").read_text()
+    assert md.count("Not run yet (pending).") == 5
+    assert "| a \\| b |" in rep._md_table(["a | b"], [])

@@ -1,0 +1,115 @@
+"""Run the experiments in order, resumably, rewriting the report after each one."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from ensemble_kd import load_dataset
+
+from . import e1_temperature, e2_omitted, e3_ensemble, e4_regulariser, e5_specialists
+from .common import Context, machine
+from .presets import PRESETS
+from .report import write_report
+
+# E3-E5 first: they share E3's cheaper models, so a long run has numbers early; E1's big teacher
+# (also E2's) comes after.
+ORDER = ["E3", "E4", "E5", "E1", "E2"]
+_DATASET_TITLES = {"fashion-mnist": "Fashion-MNIST", "digits": "scikit-learn's 8x8 digits"}
+MODULES = {"E1": e1_temperature, "E2": e2_omitted, "E3": e3_ensemble, "E4": e4_regulariser,
+           "E5": e5_specialists}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="reproduce_paper.py",
+        description="Reproduce Hinton, Vinyals & Dean (2015) on Fashion-MNIST (E1-E5) and write "
+                    "a report (report.md, report.html, results.json, PNG figures) to OUT/report. "
+                    "Interrupted runs resume: rerun the same command.",
+    )
+    ap.add_argument("--out", required=True, help="run folder (models, results, report)")
+    ap.add_argument("--quick", action="store_true",
+                    help="small budgets (under 15 minutes on 2 CPU cores)")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                    help="budget preset (default: full, or quick with --quick; tiny = smoke test)")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated experiments to run, e.g. E3,E4 (default: all)")
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--data-dir", default=None, help="folder of the Fashion-MNIST IDX files")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (default 1: on a shared 2-core machine, two "
+                         "threads per process ran 3-8x slower than one under load)")
+    args = ap.parse_args(argv)
+    if args.quick and args.preset not in (None, "quick"):
+        ap.error("--quick and --preset disagree")
+    args.preset = args.preset or ("quick" if args.quick else "full")
+    if args.only:
+        wanted = [e.strip().upper() for e in args.only.split(",") if e.strip()]
+        bad = [e for e in wanted if e not in MODULES]
+        if bad:
+            ap.error(f"--only: unknown experiment(s) {', '.join(bad)}; valid: E1..E5")
+        args.only = wanted
+    if args.threads < 1:
+        ap.error("--threads must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None, *, log=None) -> dict:
+    """Run the reproduction; returns the results.json dict."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    preset = PRESETS[args.preset]
+    kw = {"data_dir": args.data_dir} if preset.dataset == "fashion-mnist" else {}
+    splits = load_dataset(preset.dataset, **kw)
+    command = "python scripts/reproduce_paper.py " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    ctx = Context(args.out, preset, splits, device=args.device, command=command, log=log)
+    ctx.say(f"preset {preset.name}, {splits.describe()}, device {ctx.device}, "
+            f"{torch.get_num_threads()} thread(s); run folder {ctx.out}")
+    todo = [e for e in ORDER if args.only is None or e in args.only]
+    results = {e: r for e in ORDER if (r := ctx.load_result(e)) is not None}
+    data = _report(ctx, results, None)
+    for exp in todo:
+        if exp in results:
+            ctx.say(f"{exp}: already done (delete {ctx.result_path(exp)} to redo it)")
+            continue
+        results[exp] = MODULES[exp].run(ctx)
+        ctx.save_result(exp, results[exp])
+        # an invocation running other experiments beside this one may have finished some
+        results = {e: r for e in ORDER if (r := ctx.load_result(e)) is not None}
+        data = _report(ctx, results, {exp})
+        ctx.say(f"{exp}: saved; report updated in {ctx.out / 'report'}")
+    heads = {k: data[k] for k in ("e1_gap_closed", "e2_omitted_class_recall_after_bias",
+                                  "e3_ensemble_gain_kept", "e4_gap_recovered", "e5_relative_gain")}
+    shown = ", ".join(f"{k} = {_fmt(v, k[:2].upper() in results)}" for k, v in heads.items())
+    ctx.say(f"finished ({'complete' if data['complete'] else 'partial'}): {shown}")
+    return data
+
+
+def _fmt(value: float | None, done: bool) -> str:
+    if value is None:
+        return "n/a" if done else "pending"
+    return f"{value:.3f}"
+
+
+def _report(ctx: Context, results: dict, fresh: set[str] | None) -> dict:
+    wall = ctx.wall_seconds()
+    inv = ctx.run["invocations"]
+    meta = {
+        "preset": ctx.preset.name, "quick": ctx.preset.name != "full",
+        "command": ctx.invocation["command"],
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "started": inv[0]["started"], "machine": machine(),
+        "wall_seconds": wall, "invocations": len(inv),
+        "data": ctx.splits.describe(),
+        "dataset": _DATASET_TITLES.get(ctx.splits.name, ctx.splits.name),
+        "settings": ctx.preset.as_dict(),
+        "notes": list(ctx.preset.notes), "pid": os.getpid(),
+    }
+    return write_report(Path(ctx.out) / "report", results, meta, fresh)

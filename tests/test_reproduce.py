@@ -114,6 +114,17 @@ def test_a_folder_refuses_other_settings(tiny_run, digits):
     ctx.claim("e3", ("e3_",))
 
 
+def test_a_setting_added_later_is_accepted_and_recorded(tmp_path, digits):
+    ctx = Context(tmp_path, TINY, digits, device="cpu", log=io.StringIO())
+    ctx.claim("e3", ("e3_",))
+    path = tmp_path / "e3" / "settings.json"
+    old = json.loads(path.read_text())
+    del old["e3_online_jitter"]  # as written before that setting existed
+    path.write_text(json.dumps(old))
+    ctx.claim("e3", ("e3_",))
+    assert json.loads(path.read_text())["e3_online_jitter"] == TINY.e3_online_jitter
+
+
 def test_a_folder_in_use_by_another_process_is_refused(tmp_path, digits):
     ctx = Context(tmp_path, TINY, digits, device="cpu", log=io.StringIO())
     (tmp_path / "e1").mkdir()

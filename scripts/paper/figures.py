@@ -56,7 +56,9 @@ def e1_temperature(e1: dict, folder: Path) -> str:
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"student {'x'.join(map(str, st['widths']))} ({e1['seeds']} seed(s))")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8, loc="lower right")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=4,
+               bbox_to_anchor=(0.5, -0.13))  # below the panels: it hid points inside them
     fig.suptitle("E1: accuracy of distilled students against the temperature")
     return _save(fig, folder, "e1_accuracy_vs_temperature.png")
 

@@ -361,7 +361,9 @@ def build_blocks(results: dict, meta: dict, figs: dict) -> list:
                   f"Preset: {meta['preset']}" + (" (quick: small budgets; numbers show the "
                                                    "pipeline, not the paper's effects)"
                                                    if meta["quick"] else ""),
-                  f"Command: `{meta['command']}`",
+                  f"Command: `{meta['command']}`"
+                  + ("" if len(meta.get("commands", [])) < 2 else " (the work was done by: "
+                     + "; ".join(f"`{c}`" for c in meta["commands"]) + ")"),
                   f"Date: {meta['date']}",
                   f"Machine: {meta['machine']}",
                   f"Wall time: {meta['wall_seconds'] / 3600:.2f} h over "

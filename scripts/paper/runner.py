@@ -104,6 +104,7 @@ def _report(ctx: Context, results: dict, fresh: set[str] | None) -> dict:
     meta = {
         "preset": ctx.preset.name, "quick": ctx.preset.name != "full",
         "command": ctx.invocation["command"],
+        "commands": list(dict.fromkeys(i.get("command", "") for i in inv if i.get("command"))),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "started": inv[0]["started"], "machine": machine(),
         "wall_seconds": wall, "invocations": len(inv),

@@ -198,19 +198,16 @@ def _generalist_path(ctx: Ctx, out: Path) -> Path:
     raise ValueError(f"generalist must be 'student' or 'teacher', got {ctx.cfg.specialists_from!r}")
 
 
-def step_report(ctx: Ctx, splits: Splits, model, folder: Path, *, split: str = "val", title=None):
+def step_report(ctx: Ctx, splits: Splits, model, folder: Path):
+    """Confusion analysis (and report) of ``model`` on the validation split, used for clustering."""
     from specialists.confusion import analyse
     from specialists.report import write_confusion_report
 
-    x, y = (splits.x_val, splits.y_val) if split == "val" else (splits.x_test, splits.y_test)
-    probs = torch.softmax(predict_logits(model, x, device=ctx.device), -1) if not isinstance(
-        model, torch.Tensor) else model
-    analysis = analyse(probs, y, class_names=splits.class_names, n_clusters=ctx.cfg.n_clusters,
-                       method=ctx.cfg.cluster_method)
+    probs = torch.softmax(predict_logits(model, splits.x_val, device=ctx.device), -1)
+    analysis = analyse(probs, splits.y_val, class_names=splits.class_names,
+                       n_clusters=ctx.cfg.n_clusters, method=ctx.cfg.cluster_method)
     if dist.is_main():
-        html = write_confusion_report(
-            analysis, folder, title=title or f"Confusion report ({split} split)"
-        )
+        html = write_confusion_report(analysis, folder, title="Confusion report (validation split)")
         ctx.say(f"confusion report: {html}")
     return analysis
 
@@ -317,11 +314,9 @@ def cmd_run(ctx: Ctx, splits: Splits) -> int:
 
 
 def cmd_evaluate(ctx: Ctx, run: Path) -> int:
+    splits = ctx.splits
     teachers = []
     if (run / "teachers").is_dir():
-        teachers, _ = load_teachers(find_teachers(run / "teachers"), ctx.device)
-    splits = ctx.splits
-    if teachers:
         teachers, _ = load_teachers(find_teachers(run / "teachers"), ctx.device, splits=splits)
     get = lambda name: load_model(run / name / "model.pt", ctx.device)[0] if (  # noqa: E731
         run / name / "model.pt").exists() else None
@@ -330,16 +325,13 @@ def cmd_evaluate(ctx: Ctx, run: Path) -> int:
         raise FileNotFoundError(f"{run}: no trained models (teachers/, baseline/ or student/)")
     rows, extra = comparison(ctx, splits, teachers, baseline, student)
     if (run / "specialists" / "subsets.json").exists():
-        from specialists.specialist import load_specialist
+        from specialists.specialist import load_specialists
 
         generalist = load_model(_generalist_path(ctx, run), ctx.device)[0]
-        paths = sorted((run / "specialists").glob("specialist_*/model.pt"),
-                       key=lambda p: int(p.parent.name.split("_")[1]))
-        specs = [load_specialist(p, ctx.device) for p in paths]
-        if specs:
-            srows, sextra = specialist_rows(ctx, splits, generalist, specs)
-            rows += srows
-            extra.update(sextra)
+        specs = load_specialists(run / "specialists", ctx.device)
+        srows, sextra = specialist_rows(ctx, splits, generalist, specs)
+        rows += srows
+        extra.update(sextra)
     out = ctx.out or run
     write_summary(ctx, out, rows, extra, f"Evaluation of {run} on {splits.name} (test set)")
     return 0

@@ -19,6 +19,20 @@ from .models import model_from_spec
 
 MODEL_FORMAT = "ensemble-kd/model"
 CHECKPOINT_FORMAT = "ensemble-kd/train-checkpoint"
+# Format versions this code writes. Model files carried ``version`` 1 from the start; checkpoints of
+# ensemble-kd 0.1.0 carried none and have the layout of version 1 (read as such). A file of a newer
+# version is refused, never misread.
+MODEL_VERSION = 1
+CHECKPOINT_VERSION = 1
+
+
+def _check_version(path, obj: dict, supported: int, what: str) -> None:
+    version = obj.get("version", 1)
+    if not isinstance(version, int) or version > supported:
+        raise FormatError(
+            f"{path}: {what} of format version {version!r}, newer than this ensemble-kd reads "
+            f"(<= {supported}); upgrade ensemble-kd to use it"
+        )
 
 
 def save_model(path: str | os.PathLike, model: nn.Module, meta: dict | None = None) -> None:
@@ -39,7 +53,7 @@ def save_model(path: str | os.PathLike, model: nn.Module, meta: dict | None = No
         path,
         {
             "format": MODEL_FORMAT,
-            "version": 1,
+            "version": MODEL_VERSION,
             "spec": json.dumps(spec),
             "meta": json.dumps(meta or {}),
             "state_dict": state,
@@ -63,6 +77,7 @@ def load_model(
     obj = load_tensors(path)
     if obj.get("format") != MODEL_FORMAT:
         raise FormatError(f"{path}: not an ensemble-kd model file (format {obj.get('format')!r})")
+    _check_version(path, obj, MODEL_VERSION, "a model file")
     try:
         spec = json.loads(obj["spec"])
         meta = json.loads(obj.get("meta", "{}"))
@@ -78,7 +93,7 @@ def load_model(
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     """Write a training checkpoint (model/optimizer/scheduler state + counters) atomically."""
-    save_tensors(path, {"format": CHECKPOINT_FORMAT, **state})
+    save_tensors(path, {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state})
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -86,6 +101,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     obj = load_tensors(path)
     if obj.get("format") != CHECKPOINT_FORMAT:
         raise FormatError(f"{path}: not an ensemble-kd training checkpoint")
+    _check_version(path, obj, CHECKPOINT_VERSION, "a training checkpoint")
     return obj
 
 
@@ -94,4 +110,5 @@ def model_meta(path: str | os.PathLike) -> dict:
     obj = load_tensors(Path(path))
     if obj.get("format") != MODEL_FORMAT:
         raise FormatError(f"{path}: not an ensemble-kd model file")
+    _check_version(path, obj, MODEL_VERSION, "a model file")
     return {"spec": json.loads(obj["spec"]), **json.loads(obj.get("meta", "{}"))}

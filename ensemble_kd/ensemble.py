@@ -25,13 +25,14 @@ import torch
 from torch import nn
 
 from .batching import TensorBatches
-from .checkpoint import load_model, save_model
+from .checkpoint import load_model
 from .data import Splits
 from .metrics import disagreement, evaluate
 from .models import build_model, count_parameters
 from .predict import ensemble_logits, resolve_device
+from .run import Run
 from .train import TrainConfig, TrainResult, train
-from .vectorized import can_vectorize, checkpoint_epoch, train_vectorized
+from .vectorized import can_vectorize, train_vectorized
 
 # When the vectorised ensemble is the default (docs/performance.md). On the CPU, with 10 members, it
 # measured 2.2x faster at 5k parameters per member, 1.0x at 51k and 0.75-0.9x from 85k up (batched
@@ -114,12 +115,11 @@ def train_ensemble(
     for k in range(n_teachers):
         if k % world != rank:
             continue
-        folder = teacher_dir(out_dir, k)
-        if (folder / "model.pt").exists():
-            model, meta = load_model(folder / "model.pt", device)
-            if meta.get("data_fingerprint") != meta_base["data_fingerprint"]:
-                raise ValueError(f"{folder / 'model.pt'} was trained on other data; use a new folder")
-            done[k] = model
+        finished = Run(teacher_dir(out_dir, k)).load_finished(
+            device, expect={"data_fingerprint": meta_base["data_fingerprint"]}
+        )
+        if finished is not None:
+            done[k] = finished[0]
             continue
         cfg = TrainConfig(**{**vars(config), "seed": config.seed + k})
         torch.manual_seed(cfg.seed)  # the teacher's initial weights
@@ -135,7 +135,7 @@ def train_ensemble(
 
     def save(k: int, result: TrainResult) -> None:
         meta = {**meta_base, "seed": pending[k][1].seed, "role": "teacher"}
-        save_model(teacher_dir(out_dir, k) / "model.pt", result.model, meta)
+        Run(teacher_dir(out_dir, k)).finish(result.model, meta)
         done[k] = result.model
 
     for group in _vectorizable_groups(pending, out_dir, vectorize, device):
@@ -176,7 +176,7 @@ def _vectorizable_groups(
     for k, (model, _) in pending.items():
         # teachers interrupted at different epochs cannot share one stacked run
         key = (json.dumps(getattr(model, "spec", None), sort_keys=True),
-               checkpoint_epoch(teacher_dir(out_dir, k)))
+               Run(teacher_dir(out_dir, k)).checkpoint_epoch())
         groups.setdefault(key, []).append(k)
     out = []
     for g in groups.values():

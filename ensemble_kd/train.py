@@ -13,7 +13,6 @@ uninterrupted run would have (bit for bit on CPU).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -21,10 +20,9 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import nn
@@ -32,10 +30,9 @@ from tqdm.auto import tqdm
 
 from . import distributed as dist
 from .batching import Batch, BatchSource
-from .checkpoint import load_checkpoint, save_checkpoint
-from .io import append_jsonl, atomic_write_text
 from .losses import LossParts, hard_loss
 from .predict import predict_logits, resolve_device
+from .run import Run, TrainState, run_identity
 
 Objective = Callable[[torch.Tensor, Batch], LossParts]
 
@@ -98,8 +95,8 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch) * 7919) % (2**62)
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(
@@ -142,6 +139,83 @@ def _show_progress(progress: bool | None) -> bool:
     return progress
 
 
+def _cpu(obj):
+    """Optimizer state moved to the CPU (checkpoints are device independent)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_cpu(v) for v in obj]
+    return obj
+
+
+class Members(Protocol):
+    """What the loop trains: N >= 1 members stepped by one optimiser.
+
+    A single model is one member (:class:`SingleModel`); a vectorised ensemble is N members whose
+    weights are stacked (:class:`ensemble_kd.vectorized.StackedModels`). The loop is the same.
+    """
+
+    n: int  # number of members
+
+    def parameters(self) -> Iterable[torch.Tensor]: ...  # what the optimiser updates
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...  # the batch's logits
+
+    def val_logits(self, x: torch.Tensor, device: torch.device) -> torch.Tensor: ...  # (N, M, C)
+
+    def member_state(self, k: int) -> dict: ...  # member k's weights, on the CPU
+
+    def load_member_state(self, k: int, state: dict) -> None: ...
+
+    def member_optimizer_state(self, state: dict, k: int) -> dict: ...  # k's slice, on the CPU
+
+    def stacked_optimizer_state(self, states: Sequence[dict]) -> dict: ...  # inverse of the above
+
+    def models(self) -> list[nn.Module]: ...  # the members as modules (after load_member_state)
+
+
+class SingleModel:
+    """One model as the loop's single member (optionally run through DDP)."""
+
+    n = 1
+
+    def __init__(self, model: nn.Module, net: nn.Module | None = None):
+        self.model = model
+        self.net = net if net is not None else model  # what the forward runs through
+
+    def parameters(self) -> Iterable[torch.Tensor]:
+        return self.model.parameters()
+
+    def train(self, mode: bool = True) -> SingleModel:
+        self.model.train(mode)
+        return self
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (B, C)
+
+    def val_logits(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+        return predict_logits(self.model, x, device=device)[None]  # (1, M, C)
+
+    def member_state(self, k: int) -> dict:
+        return {name: t.detach().cpu().clone() for name, t in self.model.state_dict().items()}
+
+    def load_member_state(self, k: int, state: dict) -> None:
+        self.model.load_state_dict(state)
+
+    def member_optimizer_state(self, state: dict, k: int) -> dict:
+        return state
+
+    def stacked_optimizer_state(self, states: Sequence[dict]) -> dict:
+        return states[0]
+
+    def models(self) -> list[nn.Module]:
+        return [self.model]
+
+
 def train(
     model: nn.Module,
     batches: BatchSource,
@@ -166,8 +240,9 @@ def train(
         objective: ``(logits (B, C), batch) -> LossParts``; default cross-entropy on labels.
         val: (x (N, ...), y (N,)) evaluated each epoch (accuracy, NLL) in the model's label space;
             needed for early stopping.
-        run_dir: when given, ``checkpoint.pt`` is written atomically after every epoch,
-            ``metrics.jsonl`` gets one line per epoch, and an existing checkpoint is resumed.
+        run_dir: when given, a :class:`~ensemble_kd.run.Run` folder: ``checkpoint.pt`` is written
+            atomically after every epoch, ``metrics.jsonl`` gets one line per epoch, and an
+            existing checkpoint is resumed.
         device: "auto", "cpu" or "cuda".
         progress: tqdm bar; None = only when stderr is a terminal.
         desc: label of the progress bar.
@@ -182,165 +257,225 @@ def train(
     """
     cfg = config.validate()
     device = resolve_device(device)
-    if early := cfg.early_stopping:
-        if val is None:
-            raise ValueError("early stopping needs validation data")
     model = model.to(device)
-    net = model
     use_ddp = dist.active() if distributed is None else distributed
-    writer = not use_ddp or dist.is_main()  # who writes checkpoint and log
+    net = None
     if use_ddp:  # torchrun: each rank takes its shard of every batch, DDP averages gradients
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    src = batches.to(device)
-    steps_per_epoch = len(src)
+    run = None
+    if run_dir is not None:
+        writer = not use_ddp or dist.is_main()  # who writes checkpoint and log
+        run = Run(run_dir, run_identity(cfg.fingerprint(), extra_state), writer=writer)
+    callback = None if on_epoch_end is None else (lambda epoch, records: on_epoch_end(records[0]))
+    (result,) = train_members(
+        SingleModel(model, net), [batches], [cfg], objective=objective, val=val,
+        runs=None if run is None else [run], device=device, progress=progress, desc=desc,
+        on_epoch_end=callback, shard_batches=use_ddp,
+    )
+    if use_ddp:
+        dist.assert_same_weights(model)
+    return result
+
+
+def train_members(
+    members: Members,
+    batches: Sequence[BatchSource],
+    configs: Sequence[TrainConfig],
+    *,
+    objective: Objective = default_objective,
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    runs: Sequence[Run] | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool | None = None,
+    desc: str = "train",
+    on_epoch_end: Callable[[int, list[dict | None]], None] | None = None,
+    shard_batches: bool = False,
+) -> list[TrainResult]:
+    """The one training loop: N members, one optimiser, per-member logs, checkpoints and stopping.
+
+    Member k draws its epoch permutation (and augmentation) from ``batches[k]`` with a generator
+    seeded by ``(configs[k].seed, epoch)``, so a resumed run continues exactly as an uninterrupted one.
+
+    Args:
+        members: :class:`SingleModel`, or stacked members (:mod:`ensemble_kd.vectorized`).
+        batches: one batch source per member, each with the same number of batches per epoch. With
+            N > 1 the loop stacks the members' batches: x (N, B, ...), y (N, B).
+        configs: one config per member, equal but for ``seed``.
+        objective: ``(logits, batch) -> LossParts``; with N > 1 its ``loss`` is (N,), each member's
+            own batch mean (the members are independent: the sum's gradient is each one's own).
+        val: (x (M, ...), y (M,)) evaluated for every member after every epoch.
+        runs: one :class:`~ensemble_kd.run.Run` per member (checkpoint, log, resume), or None.
+        device: a resolved device or "auto", "cpu", "cuda".
+        progress, desc: tqdm bar (None: only on a terminal) and its label.
+        on_epoch_end: called after each epoch with (epoch, the members' records; None for members
+            that had stopped early before it).
+        shard_batches: DDP: each rank trains on its shard of every batch.
+
+    Returns:
+        One :class:`TrainResult` per member. A record's ``seconds`` is the member's share (1/N) of
+        the epoch's time.
+    """
+    n = members.n
+    cfgs = [c.validate() for c in configs]
+    if len(cfgs) != n or len(batches) != n or (runs is not None and len(runs) != n):
+        raise ValueError(f"{n} member(s) need {n} batch source(s), config(s) and run(s)")
+    cfg = cfgs[0]
+    for i, c in enumerate(cfgs[1:], 1):
+        diff = sorted(k for k, v in vars(c).items() if k != "seed" and v != getattr(cfg, k))
+        if diff:
+            raise ValueError(f"configs[{i}] differs from configs[0] in {', '.join(diff)}: "
+                             "the members of one run may differ only by seed")
+    early = cfg.early_stopping
+    if early and val is None:
+        raise ValueError("early stopping needs validation data")
+    device = resolve_device(device)
+    srcs = [b.to(device) for b in batches]
+    steps_per_epoch = len(srcs[0])
     if steps_per_epoch == 0:
         raise ValueError("the batch source yields no batch (is the data set smaller than a batch?)")
-    opt = _optimizer(model, cfg)
+    if any(len(s) != steps_per_epoch for s in srcs):
+        raise ValueError(f"the batch sources yield {[len(s) for s in srcs]} batches per epoch; "
+                         "the members of one run need the same number")
+    opt = _optimizer(members.parameters(), cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, cfg.epochs * steps_per_epoch))
-    identity = json.dumps({"config": cfg.fingerprint(), "extra": extra_state or {}}, sort_keys=True)
+    states = _resume(members, runs, opt, sched)
+    start_epoch = states[0].epoch + 1
 
-    history: list[dict] = []
-    start_epoch, best_score, best_epoch, bad_epochs, best_state = 1, math.inf, 0, 0, None
-    ckpt_path = metrics_path = None
-    if run_dir is not None:
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt_path, metrics_path = run_dir / "checkpoint.pt", run_dir / "metrics.jsonl"
-        if ckpt_path.exists():
-            ck = load_checkpoint(ckpt_path)
-            if ck.get("identity") != identity:
-                raise ValueError(
-                    f"{ckpt_path} was written by a run with other settings or data; "
-                    "use a new output folder or --overwrite"
-                )
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            sched.load_state_dict(ck["scheduler"])
-            history = json.loads(ck["history"])
-            start_epoch = int(ck["epoch"]) + 1
-            best_score, best_epoch = float(ck["best_score"]), int(ck["best_epoch"])
-            bad_epochs = int(ck["bad_epochs"])
-            best_state = ck.get("best_state")
-            # the log may hold a line for an epoch whose checkpoint never landed: rewrite it
-            if writer:
-                atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
-        elif metrics_path.exists() and writer:
-            metrics_path.unlink()  # a log without a checkpoint belongs to no resumable run
-
-    stopped = bool(history and history[-1].get("stopped"))
-    bar = tqdm(
-        total=cfg.epochs,
-        initial=start_epoch - 1,
-        desc=desc,
-        unit="ep",
-        disable=not _show_progress(progress),
-        leave=False,
-        dynamic_ncols=True,
-    )
+    bar = tqdm(total=cfg.epochs, initial=start_epoch - 1, desc=desc, unit="ep",
+               disable=not _show_progress(progress), leave=False, dynamic_ncols=True)
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
-            if stopped:
+            stopped = [s.stopped for s in states]
+            if all(stopped):
                 break
             t0 = time.perf_counter()
-            gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
+            gens = [torch.Generator().manual_seed(_epoch_seed(c.seed, epoch)) for c in cfgs]
             torch.manual_seed(_epoch_seed(cfg.seed, epoch) + 1)  # dropout, on every device
-            model.train()
-            sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, soft, hard
-            n_seen = 0
-            for batch in src.epoch(gen):
-                if net is not model:
-                    sl = dist.shard(len(batch.idx))
-                    batch = Batch(batch.x[sl], None if batch.y is None else batch.y[sl], batch.idx[sl])
-                logits = net(batch.x)
-                parts = objective(logits, batch)
+            members.train()
+            active = None if n == 1 else torch.tensor([not s for s in stopped], device=device)
+            parts_log: list[torch.Tensor] = []  # per step: (3,) or (3, N) loss, soft, hard
+            sizes: list[int] = []
+            for batch in _epoch_batches(srcs, gens, shard_batches):
+                parts = objective(members(batch.x), batch)
                 opt.zero_grad(set_to_none=True)
-                parts.loss.backward()
+                if active is None:
+                    parts.loss.backward()
+                else:  # a member stopped early gets no gradient (its best weights return at the end)
+                    torch.where(active, parts.loss, 0.0).sum().backward()
                 opt.step()
                 sched.step()
-                b = len(batch.idx)
-                hard = parts.hard if parts.hard is not None else torch.zeros((), device=device)
-                sums += torch.stack([parts.loss.detach(), parts.soft.detach(), hard.detach()]) * b
-                n_seen += b
-            if net is not model:
-                sums = torch.cat([sums, sums.new_tensor([n_seen])])
-                torch.distributed.all_reduce(sums)
-                sums, n_seen = sums[:3], int(sums[3].item())
-            means = (sums / max(n_seen, 1)).tolist()
-            if not all(math.isfinite(m) for m in means):
-                raise FloatingPointError(
-                    f"training diverged in epoch {epoch} (loss {means[0]}); lower the learning rate"
-                )
-            record = {
-                "epoch": epoch,
-                "loss": means[0],
-                "soft": means[1],
-                "hard": means[2],
-                "lr": opt.param_groups[0]["lr"],
-                "seconds": time.perf_counter() - t0,
-            }
+                hard = parts.hard if parts.hard is not None else torch.zeros_like(parts.loss)
+                parts_log.append(torch.stack([parts.loss.detach(), parts.soft.detach(), hard.detach()]))
+                sizes.append(batch.idx.shape[-1])  # examples per member
+            means = _epoch_means(parts_log, sizes, n, shard_batches)  # (N, 3)
+            seconds = (time.perf_counter() - t0) / n
+            val_metrics = None
             if val is not None:
-                v = evaluate_logits(predict_logits(model, val[0], device=device), val[1].cpu())
-                record.update(val_acc=v["acc"], val_nll=v["nll"])
-                if v["nll"] < best_score:
-                    best_score, best_epoch, bad_epochs = v["nll"], epoch, 0
-                    if early:
-                        best_state = {
-                            k: t.detach().cpu().clone() for k, t in model.state_dict().items()
-                        }
-                else:
-                    bad_epochs += 1
-                if early and bad_epochs >= early:
-                    record["stopped"] = True
-                    stopped = True
-            history.append(record)
-            if ckpt_path is not None and writer:
-                save_checkpoint(
-                    ckpt_path,
-                    {
-                        "identity": identity,
-                        "epoch": epoch,
-                        "model": {k: t.detach().cpu() for k, t in model.state_dict().items()},
-                        "optimizer": _cpu(opt.state_dict()),
-                        "scheduler": sched.state_dict(),
-                        "history": json.dumps(history),
-                        "best_score": best_score,
-                        "best_epoch": best_epoch,
-                        "bad_epochs": bad_epochs,
-                        **({"best_state": best_state} if best_state is not None else {}),
-                    },
-                )
-                append_jsonl(metrics_path, record)
+                val_logits = members.val_logits(val[0], device)  # (N, M, C)
+                val_metrics = [evaluate_logits(v, val[1].cpu()) for v in val_logits]
+            opt_state = _cpu(opt.state_dict()) if runs is not None else None
+            records: list[dict | None] = [None] * n
+            for k, st in enumerate(states):
+                if stopped[k]:
+                    continue
+                loss, soft, hard = means[k]
+                if not math.isfinite(loss):
+                    who = "training" if n == 1 else f"member {k}"
+                    raise FloatingPointError(
+                        f"{who} diverged in epoch {epoch} (loss {loss}); lower the learning rate"
+                    )
+                record = {"epoch": epoch, "loss": loss, "soft": soft, "hard": hard,
+                          "lr": opt.param_groups[0]["lr"], "seconds": seconds}
+                if val_metrics is not None:
+                    v = val_metrics[k]
+                    record.update(val_acc=v["acc"], val_nll=v["nll"])
+                    if v["nll"] < st.best_score:
+                        st.best_score, st.best_epoch, st.bad_epochs = v["nll"], epoch, 0
+                        if early:
+                            st.best_state = members.member_state(k)
+                    else:
+                        st.bad_epochs += 1
+                    if early and st.bad_epochs >= early:
+                        record["stopped"] = True
+                st.epoch = epoch
+                st.history.append(record)
+                records[k] = record
+                if runs is not None:
+                    st.model = members.member_state(k)
+                    st.optimizer = members.member_optimizer_state(opt_state, k)
+                    st.scheduler = sched.state_dict()
+                    runs[k].checkpoint(st)
             bar.update(1)
-            bar.set_postfix(
-                {k: f"{record[k]:.4f}" for k in ("loss", "val_acc") if k in record}, refresh=False
-            )
+            shown = next(r for r in records if r is not None)
+            bar.set_postfix({k: f"{shown[k]:.4f}" for k in ("loss", "val_acc") if k in shown},
+                            refresh=False)
             if on_epoch_end is not None:
-                on_epoch_end(record)
+                on_epoch_end(epoch, records)
     finally:
         bar.close()
 
-    if use_ddp:
-        dist.assert_same_weights(model)
-    if early and best_state is not None:
-        model.load_state_dict(best_state)
-    else:
-        best_epoch = len(history)
-    return TrainResult(model.eval(), history, best_epoch)
+    results = []
+    for k, (model, st) in enumerate(zip(members.models(), states, strict=True)):
+        if early and st.best_state is not None:
+            members.load_member_state(k, st.best_state)
+            best_epoch = st.best_epoch
+        else:
+            best_epoch = len(st.history)
+        results.append(TrainResult(model.eval(), st.history, best_epoch))
+    return results
 
 
-def _cpu(obj):
-    """Optimizer state moved to the CPU (checkpoints are device independent)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_cpu(v) for v in obj]
-    return obj
+def _resume(members: Members, runs: Sequence[Run] | None, opt, sched) -> list[TrainState]:
+    """Each member's state: loaded from its run's checkpoint (all or none), else fresh."""
+    n = members.n
+    if runs is None:
+        return [TrainState() for _ in range(n)]
+    saved = [run.resume() for run in runs]
+    if all(s is None for s in saved):
+        return [TrainState() for _ in range(n)]
+    if any(s is None for s in saved):
+        missing = [str(r.checkpoint_path) for r, s in zip(runs, saved, strict=True) if s is None]
+        raise ValueError(f"some members have a checkpoint and others not ({', '.join(missing)}); "
+                         "resume them one after another")
+    epochs = sorted({s.epoch for s in saved})
+    if len(epochs) != 1:
+        raise ValueError(f"the members' checkpoints stop after different epochs ({epochs}); "
+                         "resume them one after another")
+    for k, s in enumerate(saved):
+        members.load_member_state(k, s.model)
+    opt.load_state_dict(members.stacked_optimizer_state([s.optimizer for s in saved]))
+    sched.load_state_dict(saved[0].scheduler)
+    return saved
 
 
-def clone_model(model: nn.Module) -> nn.Module:
-    """A deep copy that keeps the ``spec`` attribute."""
-    return copy.deepcopy(model)
+def _epoch_batches(srcs: Sequence[BatchSource], gens: Sequence[torch.Generator], shard: bool):
+    """One epoch of batches: each member's own, stacked (x (N, B, ...)) when N > 1."""
+    if len(srcs) == 1:
+        for batch in srcs[0].epoch(gens[0]):
+            if shard:
+                if len(batch.idx) < dist.world():
+                    continue  # a rank would get an empty shard (NaN mean): skip it on every rank
+                sl = dist.shard(len(batch.idx))
+                batch = Batch(batch.x[sl], None if batch.y is None else batch.y[sl], batch.idx[sl])
+            yield batch
+        return
+    for member_batches in zip(*(s.epoch(g) for s, g in zip(srcs, gens, strict=True)), strict=True):
+        ys = [b.y for b in member_batches]
+        yield Batch(torch.stack([b.x for b in member_batches]),
+                    None if any(y is None for y in ys) else torch.stack(ys),
+                    torch.stack([b.idx for b in member_batches]))
+
+
+def _epoch_means(parts_log: list[torch.Tensor], sizes: list[int], n: int, reduce: bool) -> list:
+    """Example-weighted means of (loss, soft, hard) over the epoch, per member: N lists of 3."""
+    if not parts_log:
+        return [[math.nan] * 3 for _ in range(n)]
+    steps = torch.stack(parts_log).double().reshape(len(sizes), 3, n)  # (S, 3, N)
+    w = torch.tensor(sizes, dtype=torch.float64, device=steps.device)  # (S,)
+    sums = torch.cat([(steps * w[:, None, None]).sum(0).flatten(), w.sum()[None]])  # (3N + 1,)
+    if reduce:  # DDP: every rank's shard counts
+        torch.distributed.all_reduce(sums)
+    total = max(float(sums[-1]), 1.0)
+    return (sums[:-1].reshape(3, n).T / total).tolist()

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
-from .io import append_jsonl, atomic_write_text
+from .io import append_jsonl, atomic_write_text, read_jsonl
 
 
 def run_identity(config_fingerprint: str, extra: dict | None = None) -> str:
@@ -116,10 +116,21 @@ class Run:
                 raise ValueError(f"{self.model_path} was trained on {what}; use a new folder")
         return model, meta
 
-    def finish(self, model: nn.Module, meta: dict | None = None) -> None:
-        """Save the trained model as ``model.pt`` (atomic; only the writer writes)."""
-        if self.writer:
-            save_model(self.model_path, model, meta)
+    def finish(self, model: nn.Module, meta: dict | None = None, *,
+               drop_checkpoint: bool = False) -> None:
+        """Save the trained model as ``model.pt`` (atomic; only the writer writes).
+
+        Args:
+            model: the trained model (built by :func:`ensemble_kd.models.build_model`).
+            meta: JSON-able facts saved beside the weights.
+            drop_checkpoint: delete ``checkpoint.pt`` afterwards (it only serves to resume this
+                run, which is now finished; ``metrics.jsonl`` stays).
+        """
+        if not self.writer:
+            return
+        save_model(self.model_path, model, meta)
+        if drop_checkpoint:
+            self.checkpoint_path.unlink(missing_ok=True)
 
     # -- checkpoints -------------------------------------------------------------------------------
 
@@ -184,11 +195,9 @@ class Run:
         if state.history:
             append_jsonl(self.metrics_path, state.history[-1])
 
-    def history(self) -> list[dict]:
-        """The epoch records of the checkpoint (empty when there is none)."""
-        if not self.checkpoint_path.exists():
-            return []
-        return json.loads(load_checkpoint(self.checkpoint_path)["history"])
+    def log(self) -> list[dict]:
+        """The epoch records of ``metrics.jsonl`` (empty when there is none)."""
+        return read_jsonl(self.metrics_path) if self.metrics_path.exists() else []
 
     def _rewrite_log(self, history: list[dict]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -50,6 +49,7 @@ from ensemble_kd.distill import (  # noqa: E402
     online_objective,
 )
 from ensemble_kd.io import atomic_write_json  # noqa: E402
+from ensemble_kd.machine import describe_machine  # noqa: E402
 from ensemble_kd.models import build_model  # noqa: E402
 from ensemble_kd.train import TrainConfig, train  # noqa: E402
 from ensemble_kd.vectorized import train_vectorized  # noqa: E402
@@ -73,20 +73,6 @@ TARGETS = {  # key: (comparison, bound)
 
 def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def machine() -> str:
-    """CPU model and core count (lscpu), torch version and threads; the GPU when there is one."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        model = next(ln.split(":", 1)[1].strip() for ln in out.splitlines()
-                     if ln.startswith("Model name"))
-    except (OSError, StopIteration, subprocess.SubprocessError):
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
-    return (f"{model}, {os.cpu_count()} cores, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads){gpu}")
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, float]:
@@ -550,7 +536,7 @@ def run_all(quick: bool, *, threads: int | None = None, scale_folder: str | None
     repeats = 3 if quick else 5
     n_scale = 100_000 if quick else 1_000_000
     results: dict = {
-        "machine": machine(),
+        "machine": describe_machine(),
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python", "scripts/benchmark.py", *sys.argv[1:]]),
         "quick": quick,

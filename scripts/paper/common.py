@@ -1,7 +1,7 @@
 """Shared bookkeeping of the reproduction: the run folder, resumable units, evaluation, statistics.
 
-A *unit* is one trained model, saved as ``<folder>/model.pt`` (``ensemble_kd.save_model``, atomic)
-as soon as it is trained; a rerun loads it instead of training again, and an interrupted unit
+A *unit* is one trained model in its own run folder (``ensemble_kd.run.Run``): its ``model.pt`` is
+saved as soon as it is trained; a rerun loads it instead of training again, and an interrupted unit
 resumes from the shared loop's per-epoch checkpoint in the same folder. An experiment's numbers are
 saved as ``<out>/<exp>/result.json`` when it completes and the experiment is skipped on a rerun.
 All training goes through ``ensemble_kd.train.train`` / ``distill`` / ``train_ensemble`` /
@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -31,16 +30,17 @@ from ensemble_kd import (
     TrainConfig,
     TransferSet,
     distill,
-    load_model,
+    metrics,
     predict_logits,
-    save_model,
     seed_everything,
     train,
 )
 from ensemble_kd.cache import inputs_fingerprint
-from ensemble_kd.ensemble import data_meta, train_ensemble
-from ensemble_kd.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
+from ensemble_kd.ensemble import data_meta, teacher_dir, train_ensemble
+from ensemble_kd.io import atomic_write_json, atomic_write_text, read_json
+from ensemble_kd.machine import describe_machine
 from ensemble_kd.predict import resolve_device
+from ensemble_kd.run import Run
 
 from .presets import Preset
 
@@ -93,7 +93,7 @@ class Context:
         self.invocation = {
             "id": f"{os.getpid()}-{time.time():.3f}",
             "started": datetime.now(UTC).isoformat(timespec="seconds"),
-            "started_unix": time.time(), "seconds": 0.0, "command": command, "machine": machine(),
+            "started_unix": time.time(), "seconds": 0.0, "command": command, "machine": describe_machine(),
         }
         self.run = run
         self.save_run()
@@ -211,10 +211,7 @@ class Context:
 
     def _finish(self, folder: Path, model: nn.Module, meta: dict, tag: str, label: str,
                 t: float) -> nn.Module:
-        save_model(folder / "model.pt", model, {**data_meta(self.splits), **meta})
-        ck = folder / "checkpoint.pt"
-        if ck.exists():
-            ck.unlink()  # only needed to resume this unit, which is now complete
+        Run(folder).finish(model, {**data_meta(self.splits), **meta}, drop_checkpoint=True)
         acc = accuracy(model, self.splits.x_val, self.splits.y_val, self.device)
         self.say(f"{tag} {label}: trained in {_fmt_s(time.perf_counter() - t)}, "
                  f"validation accuracy {100 * acc:.2f}%")
@@ -222,11 +219,12 @@ class Context:
         return model
 
     def _loaded(self, folder: Path, tag: str, label: str) -> nn.Module | None:
-        path = folder / "model.pt"
-        if not path.exists():
+        done = Run(folder).load_finished(
+            self.device, expect={"data_fingerprint": self.splits.fingerprint()})
+        if done is None:
             return None
         self.say(f"{tag} {label}: already trained, loaded")
-        return load_model(path, self.device)[0]
+        return done[0]
 
     def hard_model(self, folder: Path, spec: TeacherSpec, seed: int, epochs: int, *,
                    x: torch.Tensor | None = None, y: torch.Tensor | None = None,
@@ -275,45 +273,39 @@ class Context:
 
     def ensemble(self, folder: Path, spec: TeacherSpec, n: int, epochs: int, *,
                  jitter: int = 0, label: str = "teacher") -> list[nn.Module]:
-        """``n`` models differing by seed (0 .. n-1) via ``train_ensemble``; one unit each.
+        """``n`` models differing by seed (0 .. n-1), one unit each, by one ``train_ensemble`` call.
 
-        ``train_ensemble`` is called with 1, 2, ..., n teachers in turn: it loads the finished
-        ones and trains the next, so every teacher gets its own progress line.
+        Teachers of one MLP architecture train together as one vectorised model where that is
+        faster (``ensemble_kd.vectorized``); finished teachers are loaded, interrupted ones resume.
         """
-        models: list[nn.Module] = []
-        cfg = self.train_config(epochs, 0)
-        for k in range(n):
-            tag = self._tag()
-            name = f"{label} {k + 1}/{n}"
-            if (folder / f"teacher_{k}" / "model.pt").exists():
-                if k == n - 1:
-                    self.say(f"{tag} {name}: already trained, loaded"
-                             + (f" (with the {n - 1} before it)" if n > 1 else ""))
-                continue
-            self.say(f"{tag} {name}: training on hard labels ({epochs} epochs, jitter {jitter})")
-            t = time.perf_counter()
-            models = train_ensemble(self.splits, spec, k + 1, cfg, folder, jitter=jitter,
-                                    device=self.device)
-            ck = folder / f"teacher_{k}" / "checkpoint.pt"
-            if ck.exists():
-                ck.unlink()  # only needed to resume this teacher, which is now complete
-            acc = accuracy(models[k], self.splits.x_val, self.splits.y_val, self.device)
-            self.say(f"{tag} {name}: trained in {_fmt_s(time.perf_counter() - t)}, "
-                     f"validation accuracy {100 * acc:.2f}%")
+        runs = [Run(teacher_dir(folder, k)) for k in range(n)]
+        todo = [k for k, r in enumerate(runs) if not r.finished()]
+        tag = self._tag(n)
+        if not todo:
+            self.say(f"{tag} {label}s: all {n} already trained, loaded")
+        else:
+            self.say(f"{tag} {label}s {', '.join(str(k + 1) for k in todo)} of {n}: training on "
+                     f"hard labels ({epochs} epochs, jitter {jitter})")
+        t = time.perf_counter()
+        models = train_ensemble(self.splits, spec, n, self.train_config(epochs, 0), folder,
+                                jitter=jitter, device=self.device)
+        if todo:
+            for k in todo:
+                runs[k].checkpoint_path.unlink(missing_ok=True)  # only served to resume it
+            accs = [accuracy(models[k], self.splits.x_val, self.splits.y_val, self.device)
+                    for k in todo]
+            self.say(f"{tag} {label}s: trained in {_fmt_s(time.perf_counter() - t)}, validation "
+                     f"accuracy {', '.join(f'{100 * a:.2f}%' for a in accs)}")
             self.save_run()
-        if len(models) != n:
-            models = train_ensemble(self.splits, spec, n, cfg, folder, jitter=jitter,
-                                    device=self.device)
         return models
 
 
 # -------------------------------------------------------------------- evaluation
 
 
-@torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device) -> float:
     """Share of ``x`` (N, ...) classified as ``y`` (N,) at T = 1."""
-    return float((predict_logits(model, x, device=device).argmax(1) == y).double().mean())
+    return metrics.accuracy(predict_logits(model, x, device=device), y)
 
 
 def scores(model: nn.Module, ctx: Context, *, train_x=None, train_y=None) -> dict:
@@ -329,10 +321,10 @@ def scores(model: nn.Module, ctx: Context, *, train_x=None, train_y=None) -> dic
 
 def logits_scores(logits: torch.Tensor, y: torch.Tensor) -> dict:
     """Accuracy, error count and mean NLL (nats) of logits (N, C) against labels (N,)."""
-    pred = logits.argmax(1)
-    nll = torch.nn.functional.cross_entropy(logits.double(), y)
-    return {"test_acc": float((pred == y).double().mean()), "test_errors": int((pred != y).sum()),
-            "test_nll": float(nll), "n_test": int(len(y))}
+    probs = torch.softmax(logits.double(), -1)
+    acc = metrics.accuracy(probs, y)
+    return {"test_acc": acc, "test_errors": round((1 - acc) * len(y)),
+            "test_nll": metrics.nll(probs, y), "n_test": int(len(y))}
 
 
 def summary(values: Sequence[float]) -> dict:
@@ -356,24 +348,7 @@ def share_of_gap(worse: float, better: float, ours: float) -> float | None:
 
 def metrics_history(folder: Path) -> list[dict]:
     """The shared loop's per-epoch records of a unit (empty when none were written)."""
-    path = Path(folder) / "metrics.jsonl"
-    return read_jsonl(path) if path.exists() else []
-
-
-def machine() -> str:
-    """CPU model, cores available, torch and Python versions (for the report)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return (f"{cpu}, {cores} CPU core(s) available{gpu}; torch {torch.__version__} with "
-            f"{torch.get_num_threads()} thread(s); Python {platform.python_version()}")
+    return Run(folder).log()
 
 
 def _start(invocation: dict) -> float | None:

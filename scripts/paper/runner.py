@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 
 from ensemble_kd import load_dataset
+from ensemble_kd.machine import describe_machine
 
 from . import e1_temperature, e2_omitted, e3_ensemble, e4_regulariser, e5_specialists
-from .common import Context, machine
+from .common import Context
 from .presets import PRESETS
 from .report import write_report
 
@@ -106,7 +107,7 @@ def _report(ctx: Context, results: dict, fresh: set[str] | None) -> dict:
         "command": ctx.invocation["command"],
         "commands": list(dict.fromkeys(i.get("command", "") for i in inv if i.get("command"))),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "started": inv[0]["started"], "machine": machine(),
+        "started": inv[0]["started"], "machine": describe_machine(),
         "wall_seconds": wall, "invocations": len(inv),
         "data": ctx.splits.describe(),
         "dataset": _DATASET_TITLES.get(ctx.splits.name, ctx.splits.name),

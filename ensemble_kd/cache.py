@@ -179,7 +179,7 @@ def check_version(meta: dict, meta_path: Path) -> None:
         found = f"is format version {version}, from an older ensemble-kd"
     raise FormatError(
         f"{meta_path}: teacher cache {found}; this ensemble-kd reads version {CACHE_VERSION} only, "
-        "so the cache is stale: ensure_cache (and every command) rebuilds it"
+        "so the cache is stale: ensure_cache and every command that distils rebuild it"
     )
 
 

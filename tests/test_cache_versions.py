@@ -113,7 +113,7 @@ def test_another_version_is_refused_in_one_line_then_rebuilt(
         open_cache(folder)
     line = _one_line(err)
     assert line.startswith(f"{folder / 'meta.json'}: teacher cache ")
-    assert "reads version 2 only" in line and "rebuilds it" in line
+    assert "reads version 2 only" in line and "rebuild it" in line
     with caplog.at_level(logging.WARNING, logger="ensemble_kd.cache"):
         cache = ensure_cache(teachers, x, folder)
     assert "recomputing the teacher cache" in caplog.text and "meta.json" in caplog.text

@@ -243,6 +243,8 @@ def open_cache(
             arr = RowReader(path, max_mapped_bytes)
         except FileNotFoundError:
             raise FormatError(f"{path}: missing from the cache") from None
+        except FormatError:
+            raise
         except (ValueError, OSError) as e:
             raise FormatError(f"{path}: truncated or corrupt ({e})") from None
         if arr.shape != shape or arr.dtype != np.dtype(dt):

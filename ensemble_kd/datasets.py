@@ -126,8 +126,16 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     """
     try:
         npz = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path}: cannot read as an .npz archive without pickle ({e})") from None
+    except zipfile.BadZipFile:
+        raise ValueError(
+            f"{path}: cannot read as an .npz archive without pickle: a truncated or damaged zip"
+        ) from None
+    except (ValueError, OSError, EOFError):
+        # numpy takes any file that is neither .npy nor zip for a pickle, and its message advises
+        # loading it unsafely: say what is wrong in our words instead
+        raise ValueError(
+            f"{path}: cannot read as an .npz archive without pickle: not a zip of .npy arrays"
+        ) from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise ValueError(f"{path}: holds a single .npy array, not an .npz archive")
     with npz:
@@ -138,11 +146,20 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
                 f"{path}: missing key(s) {', '.join(missing)} "
                 f"(found: {', '.join(npz.files) or 'none'})"
             )
-        try:
-            return {k: npz[k] for k in (*required, "class_names") if k in npz.files}
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-            # e.g. an object array, which cannot be loaded without pickle
-            raise ValueError(f"{path}: an array cannot be read without pickle ({e})") from None
+        arrays = {}
+        for key in (*required, "class_names"):
+            if key not in npz.files:
+                continue
+            try:
+                arrays[key] = npz[key]
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+                reason = (
+                    "holds Python objects (an object array), which ensemble-kd never unpickles"
+                    if "object" in str(e).lower() or "pickle" in str(e).lower()
+                    else "is truncated or damaged"
+                )
+                raise ValueError(f"{path}: array {key} cannot be read without pickle: {reason}") from None
+        return arrays
 
 
 def load_npz(path: str | Path | None, val_fraction: float, seed: int) -> Splits:

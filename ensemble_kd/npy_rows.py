@@ -19,6 +19,32 @@ import numpy as np
 
 from .io import FormatError, atomic_path
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def map_npy(path: Path) -> np.ndarray:
+    """Memory-map an ``.npy`` array without unpickling, with errors in our words.
+
+    numpy reads a file without the ``.npy`` magic as a pickle and, refusing it, advises loading it
+    "unsafely" if one trusts it; that advice is never passed on.
+
+    Raises:
+        FileNotFoundError: no such file.
+        FormatError: not an ``.npy`` array, an object array, or shorter than its header says.
+    """
+    with open(path, "rb") as f:
+        magic = f.read(len(NPY_MAGIC))
+    if magic != NPY_MAGIC:
+        raise FormatError(f"{path}: truncated or corrupt: not an .npy array")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)  # checks header and size
+    except (ValueError, OSError, EOFError) as e:
+        if "object" in str(e).lower() or "pickle" in str(e).lower():
+            reason = "it holds Python objects, which ensemble-kd never unpickles"
+        else:
+            reason = f"{e}".splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise FormatError(f"{path}: truncated or corrupt ({reason})") from None
+
 
 class RowReader:
     """One ``.npy`` array of rows, (N, *row), read by example position.
@@ -28,7 +54,13 @@ class RowReader:
     """
 
     def __init__(self, path: Path, max_mapped_bytes: int):
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)  # checks header and size
+        """Open ``path``, an ``.npy`` file.
+
+        Raises:
+            FileNotFoundError: no such file.
+            FormatError: not an ``.npy`` array, an object array, truncated, or in Fortran order.
+        """
+        arr = map_npy(path)
         if not arr.flags.c_contiguous:
             raise FormatError(f"{path}: stored in Fortran order, expected C order")
         self.path, self.shape, self.dtype = path, arr.shape, arr.dtype

@@ -14,14 +14,27 @@ random mini-batch is B reads, not K * B):
   new arrays are written and written last, so a crash in between leaves no cache that claims to be
   valid.
 
+Format versions. ``meta.json`` records the cache format ``version`` (:data:`CACHE_VERSION`), and it
+is checked before any other field is interpreted:
+
+* 1 (early development builds): teacher-major arrays (K, N, ...), finiteness not checked;
+* 2 (ensemble-kd 0.1.0 on): example-major arrays (N, K, ...) holding finite values only.
+
+A cache of another version is never read. An older one (or one without a version) is stale: the
+same arrays in another layout could pass the shape check and be misread. A newer one, written by a
+later ensemble-kd, may mean anything. Both are *rebuilt*: :func:`open_cache` raises a one-line
+:class:`~ensemble_kd.io.FormatError` naming ``meta.json``, the version found and the one read, and
+:func:`ensure_cache` logs that line as a warning and recomputes the cache in this version's format.
+Refusing a newer cache would protect nothing: a cache holds no information of its own (it is a
+pure function of the teachers, the inputs and the settings, all fingerprinted), so rebuilding
+costs one pass of the teachers and loses nothing, while a refusal would stop a run that could
+simply go on. (Config files and checkpoints, which cannot be rebuilt, are another matter.)
+
 Writing goes chunk by chunk with explicit writes to a temporary file renamed into place, and refuses
 non-finite logits (and logits beyond float16's range in a float16 cache), so a valid cache holds
 finite values only and readers need not re-check them every step. Reading never loads the whole
-cache: arrays up to ``max_mapped_bytes`` (default 512 MiB) are memory-mapped, which is fastest;
-larger ones are read row by row with ``os.preadv``. Memory-mapped pages that a random-access epoch
-touches count in the process's resident memory until the kernel reclaims them, so an epoch over an
-8 GB memory map ends up with gigabytes resident; explicit reads go through the page cache, which
-does not count, and keep the resident memory at one batch (measurements: ``docs/performance.md``).
+cache: small arrays are memory-mapped, larger ones read row by row (:mod:`ensemble_kd.npy_rows`
+explains why: resident memory).
 """
 
 from __future__ import annotations
@@ -29,7 +42,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,11 +50,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .io import FormatError, atomic_path, atomic_write_json, read_json
+from .io import FormatError, atomic_write_json, read_json
+from .npy_rows import RowReader, RowWriter
 from .predict import predict_logits
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 2  # 2: example-major arrays (N, K, ...); finite values guaranteed
+CACHE_VERSION = 2  # 2: example-major arrays (N, K, ...); finite values guaranteed (see above)
+LAYOUT = "example-major"  # recorded in meta.json since version 2
 # Arrays larger than this are read with explicit reads instead of a memory map (resident memory).
 MAX_MAPPED_BYTES = 512 * 2**20
 _DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -77,72 +91,6 @@ def cache_fingerprint(teachers_fp: str, inputs_fp: str, dtype: str, topk: int) -
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-class _Rows:
-    """One ``.npy`` array of rows, (N, *row), read by example position.
-
-    Memory-mapped when it holds at most ``max_mapped_bytes`` (or the platform has no ``preadv``),
-    else read with explicit positioned reads so that no page of it stays mapped.
-    """
-
-    def __init__(self, path: Path, max_mapped_bytes: int):
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)  # checks header and size
-        if not arr.flags.c_contiguous:
-            raise FormatError(f"{path}: stored in Fortran order, expected C order")
-        self.path, self.shape, self.dtype = path, arr.shape, arr.dtype
-        self.nbytes = int(arr.nbytes)
-        self.row_bytes = int(arr.dtype.itemsize * math.prod(arr.shape[1:]))
-        self._map: np.ndarray | None = arr
-        self._fd: int | None = None
-        if self.nbytes > max_mapped_bytes and hasattr(os, "preadv"):
-            self._offset = int(arr.offset)
-            self._map = None
-            del arr  # unmap: the mapping itself costs nothing, but no page should be touched
-            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-
-    @property
-    def streaming(self) -> bool:
-        return self._fd is not None
-
-    def take(self, idx: np.ndarray) -> np.ndarray:
-        """Rows at positions ``idx`` (B,): (B, *row), a fresh array."""
-        if self._map is not None:
-            return self._map[idx]
-        if len(idx) == 0:
-            return np.empty((0, *self.shape[1:]), self.dtype)
-        order = np.argsort(idx, kind="stable")
-        pos = idx[order]  # ascending: runs of consecutive positions become one read each
-        buf = np.empty((len(idx), *self.shape[1:]), self.dtype)
-        view = memoryview(buf.reshape(-1).view(np.uint8))
-        starts = np.flatnonzero(np.diff(pos, prepend=pos[0] - 2) != 1)
-        ends = np.append(starts[1:], len(pos))
-        rb = self.row_bytes
-        for a, b, p in zip(starts.tolist(), ends.tolist(), pos[starts].tolist(), strict=True):
-            self._read_into(view[a * rb : b * rb], self._offset + p * rb)
-        if np.array_equal(order, np.arange(len(idx))):
-            return buf
-        out = np.empty_like(buf)
-        out[order] = buf
-        return out
-
-    def _read_into(self, view: memoryview, offset: int) -> None:
-        while len(view):
-            got = os.preadv(self._fd, [view], offset)
-            if got <= 0:
-                raise FormatError(f"{self.path}: file is shorter than its header says (truncated)")
-            view, offset = view[got:], offset + got
-
-    def close(self) -> None:
-        self._map = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __del__(self):
-        fd = getattr(self, "_fd", None)
-        if fd is not None:
-            os.close(fd)
-
-
 class TeacherCache:
     """Read access to a cache folder; :meth:`batch` returns (K, B, C) float32 logits.
 
@@ -150,7 +98,7 @@ class TeacherCache:
     thread safe (a prefetching thread may read the next batch while the model computes).
     """
 
-    def __init__(self, folder: Path, meta: dict, arrays: dict[str, _Rows]):
+    def __init__(self, folder: Path, meta: dict, arrays: dict[str, RowReader]):
         self.folder, self.meta, self.arrays = folder, meta, arrays
         self.n_teachers, self.n_examples, self.n_classes = meta["shape"]
         self.topk = int(meta["topk"])
@@ -207,6 +155,34 @@ class TeacherCache:
         self.close()
 
 
+def check_version(meta: dict, meta_path: Path) -> None:
+    """Raise unless ``meta`` records :data:`CACHE_VERSION`, the one format this module reads.
+
+    Args:
+        meta: the parsed ``meta.json``.
+        meta_path: its path, for the message.
+
+    Raises:
+        FormatError: one line naming ``meta_path``: an older version or none (stale), a newer
+            version (written by a later ensemble-kd), or a version that is not an integer.
+    """
+    version = meta.get("version")
+    if version == CACHE_VERSION and type(version) is int:
+        return
+    if version is None:
+        found = "records no format version (written before versions were recorded)"
+    elif type(version) is not int:
+        raise FormatError(f"{meta_path}: malformed cache metadata (format version {version!r})")
+    elif version > CACHE_VERSION:
+        found = f"is format version {version}, written by a newer ensemble-kd"
+    else:
+        found = f"is format version {version}, from an older ensemble-kd"
+    raise FormatError(
+        f"{meta_path}: teacher cache {found}; this ensemble-kd reads version {CACHE_VERSION} only, "
+        "so the cache is stale: ensure_cache and every command that distils rebuild it"
+    )
+
+
 def _array_specs(k: int, n: int, c: int, topk: int, dtype: str) -> dict[str, tuple[tuple, type]]:
     """Name -> (shape, numpy dtype) of the arrays of a cache."""
     if not topk:
@@ -234,14 +210,17 @@ def open_cache(
 
     Raises:
         FileNotFoundError: no cache there.
-        FormatError: missing or truncated arrays, inconsistent shapes, another format version, or a
-            fingerprint other than ``expect_fingerprint``.
+        FormatError: missing or truncated arrays, inconsistent shapes or dtypes, another format
+            version (see the module docstring), or a fingerprint other than ``expect_fingerprint``.
     """
     folder = Path(folder)
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{folder}: no teacher cache (meta.json missing)")
     meta = read_json(meta_path)
+    if not isinstance(meta, dict):
+        raise FormatError(f"{meta_path}: malformed cache metadata (not a JSON object)")
+    check_version(meta, meta_path)
     try:
         k, n, c = (int(s) for s in meta["shape"])
         topk = int(meta["topk"])
@@ -249,11 +228,8 @@ def open_cache(
         dtype = meta["dtype"]
     except (KeyError, TypeError, ValueError):
         raise FormatError(f"{meta_path}: malformed cache metadata") from None
-    if meta.get("version") != CACHE_VERSION:
-        raise FormatError(
-            f"{folder}: cache format version {meta.get('version')}, this version reads "
-            f"{CACHE_VERSION} (the cache is rebuilt)"
-        )
+    if meta.get("layout", LAYOUT) != LAYOUT:
+        raise FormatError(f"{meta_path}: unknown cache layout {meta['layout']!r}")
     if expect_fingerprint is not None and fp != expect_fingerprint:
         raise FormatError(
             f"{folder}: cache fingerprint does not match these teachers and inputs (stale cache)"
@@ -261,16 +237,20 @@ def open_cache(
     if dtype not in _DTYPES:
         raise FormatError(f"{meta_path}: unknown cache dtype {dtype!r}")
     arrays = {}
-    for name, (shape, _) in _array_specs(k, n, c, topk, dtype).items():
+    for name, (shape, dt) in _array_specs(k, n, c, topk, dtype).items():
         path = folder / f"{name}.npy"
         try:
-            arr = _Rows(path, max_mapped_bytes)
+            arr = RowReader(path, max_mapped_bytes)
         except FileNotFoundError:
             raise FormatError(f"{path}: missing from the cache") from None
+        except FormatError:
+            raise
         except (ValueError, OSError) as e:
             raise FormatError(f"{path}: truncated or corrupt ({e})") from None
-        if arr.shape != shape:
-            raise FormatError(f"{path}: shape {arr.shape}, expected {shape}")
+        if arr.shape != shape or arr.dtype != np.dtype(dt):
+            found, expected = (arr.shape, arr.dtype.str), (shape, np.dtype(dt).str)
+            arr.close()
+            raise FormatError(f"{path}: shape and dtype {found}, expected {expected}")
         arrays[name] = arr
     return TeacherCache(folder, meta, arrays)
 
@@ -342,7 +322,7 @@ def write_cache(
         )
     specs = _array_specs(k, n, c, topk, dtype)
     store = torch.float16 if dtype == "float16" else torch.float32
-    with _AtomicArrays(folder, specs) as out:
+    with RowWriter(folder, specs) as out:
         for i in range(0, n, batch_size):
             xb = x[i : i + batch_size]
             # dense: the teachers' logits go straight into the example-major storage buffer,
@@ -374,49 +354,10 @@ def write_cache(
         "shape": [k, n, c],
         "dtype": dtype,
         "topk": int(topk),
-        "layout": "example-major",  # arrays are (N, K, ...)
+        "layout": LAYOUT,  # arrays are (N, K, ...)
     }
     atomic_write_json(folder / "meta.json", meta)
     return open_cache(folder, fp, max_mapped_bytes=max_mapped_bytes)
-
-
-class _AtomicArrays:
-    """Several ``.npy`` files under temporary names, written by explicit positioned writes.
-
-    The header and the file size come from ``open_memmap``; the rows are then written with
-    ``os.pwrite`` rather than through the memory map, whose dirty pages would count in the writer's
-    resident memory. All files are renamed into place on success.
-    """
-
-    def __init__(self, folder: Path, specs: dict):
-        self.folder, self.specs, self._ctx = folder, specs, []
-        self._files: dict[str, tuple[int, int, int]] = {}  # name -> fd, data offset, row bytes
-
-    def __enter__(self) -> _AtomicArrays:
-        for name, (shape, dt) in self.specs.items():
-            ctx = atomic_path(self.folder / f"{name}.npy")
-            tmp = ctx.__enter__()
-            self._ctx.append(ctx)
-            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dt, shape=shape)
-            offset, row = int(arr.offset), int(np.dtype(dt).itemsize * math.prod(shape[1:]))
-            del arr
-            self._files[name] = (os.open(tmp, os.O_WRONLY), offset, row)
-        return self
-
-    def write(self, name: str, first_row: int, rows: np.ndarray) -> None:
-        fd, offset, row = self._files[name]
-        data = memoryview(np.ascontiguousarray(rows).reshape(-1).view(np.uint8))
-        pos = offset + first_row * row
-        while len(data):
-            written = os.pwrite(fd, data, pos)
-            data, pos = data[written:], pos + written
-
-    def __exit__(self, *exc) -> None:
-        for fd, _, _ in self._files.values():
-            os.close(fd)
-        self._files.clear()
-        for ctx in self._ctx:  # fsync and rename (or remove on error)
-            ctx.__exit__(*exc)
 
 
 def ensure_cache(

@@ -13,7 +13,10 @@ import contextlib
 import io
 import json
 import os
+import pickle
+import re
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -117,25 +120,58 @@ def save_tensors(path: str | os.PathLike, obj: dict) -> None:
 def load_tensors(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a file written by :func:`save_tensors` without executing pickled code.
 
+    Errors are one line in our words, naming the file. Torch's own messages are never passed on:
+    for a file holding other objects they advise loading it again with the unsafe loader, which
+    would run whatever code the file carries.
+
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        FormatError: the file is truncated, corrupt, or holds objects other than
-            tensors and plain containers (a pickle that would run code is refused).
+        FormatError: the file is empty, truncated, corrupt, not a PyTorch file, or holds objects
+            other than tensors and plain containers (a pickle that could run code is refused).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise for a refusal
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for corrupt/unsafe files
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FormatError(
-            f"{path}: cannot be loaded safely (truncated, corrupt or not an ensemble-kd file): "
-            f"{msg[:200]}"
-        ) from None
+        raise FormatError(f"{path}: cannot be loaded safely{_load_failure(path, e)}") from None
     if not isinstance(obj, dict):
         raise FormatError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     return obj
+
+
+# A name torch's safe unpickler reports as not allowed, e.g. "GLOBAL __main__.Payload was not ...".
+_GLOBAL = re.compile(r"GLOBAL ([A-Za-z_][\w.]{0,120})")
+
+
+def _load_failure(path: Path, error: Exception) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, in our words (no text of torch's)."""
+    damaged = " (truncated, corrupt or not an ensemble-kd file)"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        head = b""
+    if not head:
+        return f"{damaged}: the file is empty or unreadable"
+    archive = head == b"PK\x03\x04"  # a zip archive: the format torch.save writes
+    if isinstance(error, pickle.UnpicklingError):
+        name = _GLOBAL.search(str(error))
+        if name or archive:
+            what = f"a pickled Python object ({name.group(1)})" if name else "pickled data"
+            return (
+                f": it holds {what} besides tensors, numbers, strings, lists and "
+                "dicts, which ensemble-kd never writes and never unpickles, because unpickling "
+                "could run code from the file"
+            )
+    if archive:
+        return f"{damaged}: an incomplete or damaged PyTorch archive; save or copy it again"
+    if isinstance(error, EOFError):
+        return f"{damaged}: the file ends too early"
+    return f"{damaged}: not a file written by torch.save"
 
 
 def _umask() -> int:

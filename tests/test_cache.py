@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -244,3 +245,26 @@ def test_wrong_shape_array_is_format_error(tmp_path):
     np.save(tmp_path / "c" / "logits.npy", np.zeros((2, N - 1, C), dtype=np.float32))
     with pytest.raises(FormatError, match="shape"):
         open_cache(tmp_path / "c")
+
+
+@pytest.mark.parametrize("kind", ["pickle", "text", "object-array", "empty"])
+def test_foreign_array_is_format_error_in_our_words(tmp_path, kind):
+    """numpy would call a non-.npy file pickled data and advise loading it unsafely: not here."""
+    teachers, x = _teachers(), _x()
+    ensure_cache(teachers, x, tmp_path / "c")
+    path = tmp_path / "c" / "logits.npy"
+    if kind == "pickle":
+        path.write_bytes(pickle.dumps(np.zeros((N, 2, C), np.float32)))
+    elif kind == "text":
+        path.write_text("0.1 0.2 0.3\n")
+    elif kind == "object-array":
+        with open(path, "wb") as f:
+            np.save(f, np.array([{}] * N, dtype=object), allow_pickle=True)
+    else:
+        path.write_bytes(b"")
+    with pytest.raises(FormatError, match=r"logits\.npy: truncated or corrupt") as err:
+        open_cache(tmp_path / "c")
+    text = str(err.value)
+    assert "\n" not in text
+    assert not any(w in text for w in ("allow_pickle", "unsafe", "trust", "pickle.load"))
+    assert torch.equal(ensure_cache(teachers, x, tmp_path / "c").all(), _direct(teachers, x))

@@ -1,6 +1,7 @@
 """Data sets, seeded splits, IDX files, .npz files and transfer sets."""
 
 import gzip
+import pickle
 
 import numpy as np
 import pytest
@@ -257,6 +258,31 @@ def test_npz_refuses_pickles_and_non_npz(tmp_path):
         load_dataset("npz")
     with pytest.raises(FileNotFoundError):
         load_dataset("npz", path=tmp_path / "absent.npz")
+
+
+def _write_npz_like(path, kind):
+    arrays = _npz_arrays()
+    if kind == "pickle":
+        path.write_bytes(pickle.dumps(arrays))
+    elif kind == "text":
+        path.write_text("X_train,y_train\n1,2\n")
+    elif kind == "truncated":
+        np.savez(path, **arrays)
+        path.write_bytes(path.read_bytes()[:200])
+    else:  # an object array inside a real archive
+        np.savez(path, **{**arrays, "X_test": np.array([{}] * 8, dtype=object)})
+
+
+@pytest.mark.parametrize("kind", ["pickle", "text", "truncated", "object-array"])
+def test_npz_errors_never_advise_unpickling(tmp_path, kind):
+    """numpy's own message for these advises loading "unsafely" with allow_pickle: not ours."""
+    path = tmp_path / "d.npz"
+    _write_npz_like(path, kind)
+    with pytest.raises(ValueError, match="without pickle") as err:
+        load_dataset("npz", path=path)
+    text = str(err.value)
+    assert text.startswith(f"{path}: ") and "\n" not in text
+    assert not any(w in text for w in ("allow_pickle", "unsafe", "trust", "pickle.load"))
 
 
 # ---------------------------------------------------------------- names, splits

@@ -45,7 +45,9 @@ class DistillConfig:
     teacher_weights: list[float] | None = None  # one weight per teacher, normalised; None = uniform
     online: bool = False  # run the teachers every step instead of reading the cache
     cache_dtype: str = "float32"  # "float32" or "float16" storage of cached logits
-    cache_topk: int = 0  # 0 = dense cache; k > 0 keeps only each example's k largest logits
+    # 0 = dense cache; k > 0 keeps each example's k largest logits and one residual for the rest,
+    # which gives the dropped classes their true total probability at T = 1 only: T must be 1
+    cache_topk: int = 0
     jitter: int = 0  # random input shifts in pixels during distillation (requires online=True)
     extra: dict = field(default_factory=dict)  # free-form notes saved with the run
 
@@ -60,6 +62,12 @@ class DistillConfig:
             raise ValueError(f"cache_dtype must be float16 or float32, got {self.cache_dtype!r}")
         if self.cache_topk < 0:
             raise ValueError(f"cache_topk must be >= 0, got {self.cache_topk}")
+        if self.cache_topk and not self.online and self.temperature != 1:
+            raise ValueError(
+                f"a top-k teacher cache (cache_topk={self.cache_topk}) keeps the dropped classes' "
+                f"probability right at temperature 1 only, not at T={self.temperature:g}: use a "
+                "dense cache (cache_topk 0), temperature 1, or online teachers"
+            )
         if self.jitter and not self.online:
             raise ValueError(
                 "jitter changes the inputs at every step, so cached teacher logits would not match "

@@ -268,3 +268,39 @@ def test_foreign_array_is_format_error_in_our_words(tmp_path, kind):
     assert "\n" not in text
     assert not any(w in text for w in ("allow_pickle", "unsafe", "trust", "pickle.load"))
     assert torch.equal(ensure_cache(teachers, x, tmp_path / "c").all(), _direct(teachers, x))
+
+
+def _dense_and_topk_targets(tmp_path, k, t):
+    from ensemble_kd.losses import combined_soft_targets
+
+    teachers, x = _teachers(), _x()
+    dense = ensure_cache(teachers, x, tmp_path / "dense")
+    sparse = ensure_cache(teachers, x, tmp_path / f"top{k}", topk=k)
+    idx = np.arange(len(x))
+    # teacher by teacher: each keeps its own top k (K, N, C) -> (K * N, C)
+    return (torch.cat([combined_soft_targets(v, t).probs for v in dense.batch(idx)]),
+            torch.cat([combined_soft_targets(v, t).probs for v in sparse.batch(idx)]))
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_topk_cache_matches_the_dense_cache_at_temperature_one(tmp_path, k):
+    """At T = 1 the top classes' target probabilities equal the dense cache's exactly."""
+    dense, sparse = _dense_and_topk_targets(tmp_path, k, 1.0)  # (N, C)
+    top = dense.topk(k, dim=-1).indices
+    torch.testing.assert_close(sparse.gather(1, top), dense.gather(1, top), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(sparse.sum(1), torch.ones(len(sparse)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("t", [4.0, 20.0])
+def test_topk_cache_would_be_wrong_above_temperature_one_so_distill_refuses_it(tmp_path, t):
+    """The residual is right at T = 1 only: at T = 4 and 20 the top mass differs from the dense
+    cache's (so a top-k cache at T != 1 must be refused, as DistillConfig does)."""
+    from ensemble_kd.distill import DistillConfig
+
+    dense, sparse = _dense_and_topk_targets(tmp_path, 1, t)
+    top = dense.topk(1, dim=-1).indices
+    assert (sparse.gather(1, top) - dense.gather(1, top)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match=r"top-k teacher cache .* temperature 1 only"):
+        DistillConfig(temperature=t, cache_topk=1).validate()
+    DistillConfig(temperature=1.0, cache_topk=1).validate()  # allowed
+    DistillConfig(temperature=t, cache_topk=1, online=True).validate()  # no cache: allowed

@@ -1,4 +1,5 @@
-"""Run folders written by ensemble-kd 0.1.0 still evaluate and resume (tests/fixtures/run_v0_1_0).
+"""Run folders written by ensemble-kd 0.1.0 still evaluate and resume (tests/fixtures/run_v0_1_0);
+a run record (config.json) of a newer format is refused.
 
 The fixture's README.md says how the runs were made; the command below is that command.
 """
@@ -14,6 +15,8 @@ import torch
 
 from ensemble_kd.checkpoint import load_model
 from ensemble_kd.cli import main
+from ensemble_kd.cli.config import RunConfig
+from ensemble_kd.cli.run_record import FORMAT, FORMAT_VERSION, prepare_out, read_run_record
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run_v0_1_0"
 COMMAND = [
@@ -50,3 +53,29 @@ def test_an_interrupted_old_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert resumed.keys() == reference.keys()
     for k in reference:
         assert torch.allclose(resumed[k], reference[k], atol=1e-6, rtol=0), k
+
+
+def test_run_records_carry_a_format_version_and_old_ones_read_as_version_1(tmp_path):
+    old = read_run_record(FIXTURE / "complete" / "config.json")  # 0.1.0: no format key
+    assert old["command"] == "run" and old["config"]["teachers"] == 2
+    assert old["format"] == FORMAT and old["format_version"] == FORMAT_VERSION
+    out = tmp_path / "new"
+    cfg = RunConfig(**old["config"])
+    prepare_out(out, cfg, "run", resume=False, overwrite=False)
+    new = json.loads((out / "config.json").read_text())
+    assert new["format"] == FORMAT and new["format_version"] == FORMAT_VERSION == 2
+    assert read_run_record(out / "config.json")["config"] == old["config"]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "resume"])
+def test_a_run_record_of_a_newer_format_is_refused_in_one_line(tmp_path, capsys, command):
+    run = shutil.copytree(FIXTURE / "complete", tmp_path / "run")
+    record = json.loads((run / "config.json").read_text())
+    record.update(format=FORMAT, format_version=FORMAT_VERSION + 1)
+    (run / "config.json").write_text(json.dumps(record))
+    argv = (["evaluate", "--run", str(run), "--out", str(tmp_path / "eval"), "--quiet"]
+            if command == "evaluate" else [*COMMAND, "--out", str(run), "--resume"])
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "upgrade ensemble-kd" in err[0] and "format version 3" in err[0], err
+    assert not (tmp_path / "eval").exists()

@@ -32,7 +32,7 @@ from ensemble_kd.batching import TensorBatches
 from ensemble_kd.cache import ensure_cache, open_cache, write_cache
 from ensemble_kd.checkpoint import load_checkpoint, load_model, save_model
 from ensemble_kd.cli import main
-from ensemble_kd.config import GROUPS, read_config_file
+from ensemble_kd.cli.config import GROUPS, read_config_file
 from ensemble_kd.data import Splits, load_dataset, make_transfer_set, read_idx, write_idx
 from ensemble_kd.distill import DistillConfig, distill
 from ensemble_kd.ensemble import TeacherSpec, data_meta, load_teachers, train_ensemble

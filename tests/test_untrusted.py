@@ -28,7 +28,9 @@ from ensemble_kd.checkpoint import (
     model_meta,
     save_model,
 )
-from ensemble_kd.cli import COMMANDS, build_parser, main, prepare_out, resolve_config
+from ensemble_kd.cli import main
+from ensemble_kd.cli.parser import COMMANDS, build_parser, resolve_config
+from ensemble_kd.cli.run_record import prepare_out
 from ensemble_kd.data import load_dataset, make_transfer_set
 from ensemble_kd.distill import DistillConfig, distill
 from ensemble_kd.ensemble import TeacherSpec, data_meta, load_teachers, train_ensemble

@@ -15,9 +15,9 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .distill import DistillConfig
-from .ensemble import TeacherSpec
-from .train import TrainConfig
+from ..distill import DistillConfig
+from ..ensemble import TeacherSpec
+from ..train import TrainConfig
 
 
 def _f(default, help: str, group: str, **kw):
@@ -58,7 +58,7 @@ class RunConfig:
                                     "default 1 for images, 0 otherwise", "teachers")
     teacher_vectorize: str = _f("auto", "train same-architecture MLP teachers at once as one vectorised "
                                 "model: auto (where it measured faster), on or off", "teachers")
-    teacher_epochs: int | None = _f(30, "teacher epochs (default: --epochs)", "teachers")
+    teacher_epochs: int | None = _f(30, "teacher epochs; teachers do not follow --epochs", "teachers")
     # ---- student ----
     student_arch: str = _f("mlp", "student architecture: mlp or convnet", "student")
     student_widths: list[int] = _f([32], "student hidden sizes (convnet: channels)", "student")

@@ -1,30 +1,16 @@
-"""``ensemble-kd``: the command line.
+"""The ``ensemble-kd`` argument parser: subcommands, their flags, and options resolved into a config.
 
-Subcommands (each takes its options as flags and/or from ``--config FILE.toml``):
-
-* ``train-ensemble``: N teachers differing by seed -> ``OUT/teachers/``.
-* ``distill``: a student from saved teachers (cached logits by default) -> ``OUT/student/``, with a
-  hard-label baseline of the same size and budget -> ``OUT/baseline/``.
-* ``evaluate``: the comparison table for the models of a run (and specialists, if any).
-* ``confusion-report``: where a model (or ensemble, or saved predictions) is confused.
-* ``train-specialists``: dustbin specialists on the generalist's confusable classes.
-* ``run``: the main job, all of the above in one run directory.
-
-Bad input ends with one line on stderr naming the problem and exit code 2, never a traceback.
+Every option of :class:`~ensemble_kd.cli.config.RunConfig` becomes a flag of the subcommands whose
+groups use it; a ``--config FILE.toml`` only sets defaults, flags override it.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import shutil
-import sys
-from collections.abc import Sequence
-from pathlib import Path
 
-from . import __version__
+from .. import __version__
 from .config import GROUPS, RunConfig, coerce, field_type, fields_of, read_config_file
-from .io import FormatError, read_json
 
 COMMANDS = {
     "train-ensemble": (
@@ -56,11 +42,14 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
+    """An argument parser whose mistakes are one line (a :class:`UsageError`), not a usage dump."""
+
     def error(self, message: str):  # one line, no usage dump
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def _add_config_flags(p: argparse.ArgumentParser, groups) -> None:
+    """One flag per config field of ``groups``; None (unset) lets the config file or default win."""
     for f in fields_of(groups):
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         flag = "--" + f.name.replace("_", "-")
@@ -77,6 +66,7 @@ def _add_config_flags(p: argparse.ArgumentParser, groups) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of every subcommand; its errors raise :class:`UsageError`."""
     parser = _Parser(
         prog="ensemble-kd",
         description="Ensemble and specialist knowledge distillation (Hinton, Vinyals & Dean 2015).",
@@ -124,88 +114,3 @@ def resolve_config(args: argparse.Namespace, groups) -> RunConfig:
         if v is not None:
             values[f.name] = coerce(f.name, v)
     return RunConfig(**values)
-
-
-def prepare_out(out: Path, cfg: RunConfig, command: str, *, resume: bool, overwrite: bool) -> None:
-    """Create the run folder, refusing to mix runs; save the resolved config.
-
-    Under torchrun every rank makes the (read-only) checks, rank 0 alone writes, the others wait.
-    """
-    from . import distributed as dist
-    from .io import atomic_write_json
-
-    cfg_path = out / "config.json"
-    record = {"command": command, "version": __version__, "config": vars(cfg)}
-    action = "new"
-    if cfg_path.exists():
-        if overwrite:
-            action = "overwrite"
-        elif resume:
-            old = read_json(cfg_path)
-            if not isinstance(old, dict):
-                raise FormatError(f"{cfg_path}: not an ensemble-kd run record")
-            ignore = {"quiet", "device"}
-            diff = sorted(
-                k for k in set(old.get("config", {})) | set(vars(cfg))
-                if k not in ignore and old.get("config", {}).get(k) != vars(cfg).get(k)
-            )
-            if old.get("command") != command or diff:
-                raise UsageError(
-                    f"--resume: {out} holds a {old.get('command')!r} run with other settings "
-                    f"({', '.join(diff) or 'command'}); use a new --out"
-                )
-            action = "resume"
-        else:
-            raise UsageError(
-                f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it"
-            )
-    elif out.exists() and any(out.iterdir()) and not (resume or overwrite):
-        raise UsageError(f"{out} exists and is not empty; choose a new --out or pass --overwrite")
-    dist.barrier()  # every rank has looked before rank 0 changes anything
-    if dist.is_main() and action != "resume":
-        if action == "overwrite":
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(cfg_path, record)
-    dist.barrier()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-        if args.command is None:
-            parser.print_help()
-            return 2
-        groups = COMMANDS[args.command][1]
-        cfg = resolve_config(args, groups)
-        from . import commands, distributed
-
-        ok = False
-        try:
-            rc = commands.dispatch(args, cfg) or 0
-            ok = True
-            return rc
-        finally:
-            distributed.finish(wait=ok)
-    except UsageError as e:
-        print(f"ensemble-kd: error: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, FloatingPointError) as e:  # FormatError is a ValueError
-        msg = " ".join(str(e).split()) or type(e).__name__
-        print(f"ensemble-kd: error: {msg}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a missing, unreadable or misplaced file or folder named by the user
-        msg = " ".join(str(e).split()) or type(e).__name__
-        if e.filename is not None and e.strerror:
-            msg = f"{e.filename}: {e.strerror}"
-        print(f"ensemble-kd: error: {msg}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("ensemble-kd: interrupted; rerun the same command with --resume to continue",
-              file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,188 @@
+"""What each ``ensemble-kd`` subcommand does, step by step, in a run directory.
+
+Run directory layout (every file written atomically)::
+
+    OUT/config.json          the resolved configuration and command (see run_record.py)
+    OUT/teachers/teacher_k/  model.pt, checkpoint.pt, metrics.jsonl of teacher k
+    OUT/baseline/            the student architecture trained on hard labels (same budget)
+    OUT/student/             the distilled student (+ cache/ of teacher logits)
+    OUT/report/              confusion report of the generalist (validation data)
+    OUT/specialists/         specialist_m/ + subsets.json
+    OUT/summary.json, OUT/summary.md   every number and the comparison table
+
+Every step skips work whose result is already on disk, so ``--resume`` continues a killed run.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import load_model
+from ..data import Splits
+from ..ensemble import find_teachers, load_teachers
+from ..predict import predict_logits
+from .checks import check_options
+from .config import RunConfig
+from .context import Ctx, load_data
+from .inputs import check_model_data, read_generalist, read_teachers
+from .run_record import prepare_out, saved_config
+from .specialist_steps import (
+    choose_subsets,
+    generalist_path,
+    load_run_specialists,
+    specialist_rows,
+    step_report,
+    step_specialists,
+)
+from .steps import step_students, step_teachers
+from .summary import comparison, write_summary
+
+
+def cmd_train_ensemble(ctx: Ctx, splits: Splits) -> int:
+    """``train-ensemble``: the teachers and their table."""
+    teachers = step_teachers(ctx, splits, ctx.out)
+    rows, extra = comparison(ctx, splits, teachers, None, None)
+    write_summary(ctx, ctx.out, rows, extra, f"Teachers on {splits.name} (test set)")
+    return 0
+
+
+def cmd_distill(ctx: Ctx, splits: Splits, teachers: list[torch.nn.Module]) -> int:
+    """``distill``: the baseline and the student from saved teachers, and their table."""
+    baseline, student = step_students(ctx, splits, teachers, ctx.out)
+    rows, extra = comparison(ctx, splits, teachers, baseline, student)
+    write_summary(ctx, ctx.out, rows, extra, f"Distillation on {splits.name} (test set)")
+    return 0
+
+
+def cmd_run(ctx: Ctx, splits: Splits) -> int:
+    """``run``: teachers -> baseline and student -> confusion report -> specialists -> table."""
+    cfg, out = ctx.cfg, ctx.out
+    teachers = step_teachers(ctx, splits, out)
+    baseline, student = step_students(ctx, splits, teachers, out)
+    rows, extra = comparison(ctx, splits, teachers, baseline, student)
+    if cfg.specialists:
+        generalist = load_model(generalist_path(cfg, out), ctx.device)[0]
+        analysis = step_report(ctx, splits, generalist, out / "report")
+        subsets = choose_subsets(ctx, analysis)
+        if subsets:
+            specs = step_specialists(ctx, splits, generalist, subsets, out / "specialists")
+            srows, sextra = specialist_rows(ctx, splits, generalist, specs)
+            rows += srows
+            extra.update(sextra)
+        else:
+            ctx.say("no class subset with confusion to train a specialist on")
+    write_summary(ctx, out, rows, extra, f"ensemble-kd run on {splits.name} (test set)")
+    ctx.say(f"done: {out / 'summary.md'}")
+    return 0
+
+
+def cmd_evaluate(ctx: Ctx, splits: Splits, run: Path) -> int:
+    """``evaluate``: the table of every model saved in ``run``."""
+    teachers = []
+    if (run / "teachers").is_dir():
+        teachers, _ = load_teachers(find_teachers(run / "teachers"), ctx.device, splits=splits)
+
+    def saved(name: str):
+        path = run / name / "model.pt"
+        return load_model(path, ctx.device)[0] if path.exists() else None
+
+    baseline, student = saved("baseline"), saved("student")
+    if not teachers and baseline is None and student is None:
+        raise FileNotFoundError(f"{run}: no trained models (teachers/, baseline/ or student/)")
+    rows, extra = comparison(ctx, splits, teachers, baseline, student)
+    if (run / "specialists" / "subsets.json").exists():
+        generalist = load_model(generalist_path(ctx.cfg, run), ctx.device)[0]
+        specs = load_run_specialists(ctx, run / "specialists")
+        srows, sextra = specialist_rows(ctx, splits, generalist, specs)
+        rows += srows
+        extra.update(sextra)
+    out = ctx.out or run
+    write_summary(ctx, out, rows, extra, f"Evaluation of {run} on {splits.name} (test set)")
+    return 0
+
+
+def cmd_confusion_report(ctx: Ctx, args: argparse.Namespace) -> int:
+    """``confusion-report``: of saved predictions, a model or an ensemble."""
+    from specialists.confusion import analyse, load_predictions
+    from specialists.report import write_confusion_report
+
+    if args.predictions:
+        probs, labels, names = load_predictions(args.predictions)
+        analysis = analyse(probs, labels, class_names=names, n_clusters=ctx.cfg.n_clusters,
+                           method=ctx.cfg.cluster_method)
+        html = write_confusion_report(analysis, ctx.out)
+    else:
+        splits = load_data(ctx.cfg)
+        if args.model:
+            model, meta = load_model(args.model, ctx.device)
+            check_model_data(args.model, meta, splits)
+            models = [model]
+        else:
+            models, _ = load_teachers(find_teachers(args.teachers), ctx.device, splits=splits)
+        x, y = (splits.x_val, splits.y_val) if args.split == "val" else (splits.x_test, splits.y_test)
+        probs = torch.stack(
+            [torch.softmax(predict_logits(m, x, device=ctx.device), -1) for m in models]
+        ).mean(0)
+        analysis = analyse(probs, y, class_names=splits.class_names, n_clusters=ctx.cfg.n_clusters,
+                           method=ctx.cfg.cluster_method)
+        html = write_confusion_report(
+            analysis, ctx.out, title=f"Confusion report: {splits.name}, {args.split} split"
+        )
+    print(html)
+    return 0
+
+
+def cmd_train_specialists(ctx: Ctx, splits: Splits, generalist, subsets) -> int:
+    """``train-specialists``: specialists for ``subsets`` (None: from the generalist's confusion)."""
+    if subsets is None:
+        analysis = step_report(ctx, splits, generalist, ctx.out / "report")
+        subsets = choose_subsets(ctx, analysis)
+        if not subsets:
+            raise ValueError("the generalist's validation confusion has no subset worth a specialist")
+    specs = step_specialists(ctx, splits, generalist, subsets, ctx.out / "specialists")
+    rows, extra = specialist_rows(ctx, splits, generalist, specs)
+    write_summary(ctx, ctx.out, rows, extra, f"Specialists on {splits.name} (test set)")
+    return 0
+
+
+def evaluate_config(cfg: RunConfig, run: Path) -> RunConfig:
+    """The run's own data and specialist settings, unless flags (non-defaults) say otherwise."""
+    old, defaults = saved_config(run), RunConfig()
+    merged = {k: (getattr(cfg, k) if getattr(cfg, k) != getattr(defaults, k) else old.get(k, v))
+              for k, v in vars(cfg).items()}
+    return RunConfig(**merged)
+
+
+def dispatch(args: argparse.Namespace, cfg: RunConfig) -> int:
+    """Run the subcommand ``args.command`` with ``cfg``; returns the exit code."""
+    cmd = args.command
+    out = Path(args.out) if args.out else None
+    if cmd == "evaluate":
+        run = Path(args.run)
+        if not run.is_dir():
+            raise FileNotFoundError(f"{run}: no such run folder")
+        cfg = evaluate_config(cfg, run)
+        ctx = Ctx(cfg, out)
+        return cmd_evaluate(ctx, load_data(cfg), run)
+    ctx = Ctx(cfg, out)
+    if cmd == "confusion-report":
+        return cmd_confusion_report(ctx, args)
+    # Fail on bad data, files or options before touching the output folder.
+    splits = load_data(cfg)
+    cfg = ctx.cfg = cfg.resolve_auto(splits.input_shape)
+    teachers = read_teachers(ctx, splits, args.teachers) if cmd == "distill" else None
+    generalist, subsets = read_generalist(ctx, splits, args) if cmd == "train-specialists" else (
+        None, None)
+    check_options(cfg, splits, cmd, n_teachers=len(teachers) if teachers else None)
+    prepare_out(out, cfg, cmd, resume=getattr(args, "resume", False),
+                overwrite=getattr(args, "overwrite", False))
+    if cmd == "train-ensemble":
+        return cmd_train_ensemble(ctx, splits)
+    if cmd == "distill":
+        return cmd_distill(ctx, splits, teachers)
+    if cmd == "train-specialists":
+        return cmd_train_specialists(ctx, splits, generalist, subsets)
+    return cmd_run(ctx, splits)

@@ -1,0 +1,58 @@
+"""The models and files that flags name (``--teachers``, ``--generalist``, ``--subsets``), read and
+checked against the data before any work starts."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import load_model
+from ..data import Splits
+from ..ensemble import find_teachers, load_teachers
+from ..io import read_json
+from .context import Ctx
+
+
+def read_teachers(ctx: Ctx, splits: Splits, teachers_arg: str) -> list[torch.nn.Module]:
+    """The teachers in ``--teachers`` (a run folder, or a folder of teacher_<k>/) that fit ``splits``."""
+    src = Path(teachers_arg)
+    paths = find_teachers(src / "teachers" if (src / "teachers").is_dir() else src)
+    return load_teachers(paths, ctx.device, splits=splits)[0]
+
+
+def check_model_data(path, meta: dict, splits: Splits) -> None:
+    """Refuse a saved model (its ``meta``) made for other classes, inputs or data than ``splits``."""
+    if meta.get("n_classes") not in (None, splits.n_classes):
+        raise ValueError(f"{path}: model has {meta['n_classes']} classes but {splits.name!r} has "
+                         f"{splits.n_classes}")
+    if meta.get("input_shape") not in (None, list(splits.input_shape)):
+        raise ValueError(f"{path}: model takes inputs of shape {tuple(meta['input_shape'])} but "
+                         f"{splits.name!r} has inputs of shape {splits.input_shape}")
+    if meta.get("data_fingerprint") not in (None, splits.fingerprint()):
+        raise ValueError(f"{path}: model was trained on other data ({meta.get('dataset')!r}) than "
+                         f"the data set given ({splits.name!r})")
+
+
+def read_subsets(path: str | Path) -> list[list[int]]:
+    """A JSON list of class lists, or ``{"subsets": [...]}`` (not yet checked against the classes)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"subsets file {path} does not exist")
+    obj = read_json(path)
+    subsets = obj.get("subsets") if isinstance(obj, dict) else obj
+    if not isinstance(subsets, list) or not all(isinstance(s, list) for s in subsets):
+        raise ValueError(f"{path}: expected a JSON list of class lists (or {{\"subsets\": [...]}})")
+    return subsets
+
+
+def read_generalist(ctx: Ctx, splits: Splits, args: argparse.Namespace):
+    """``--generalist`` checked against the data, and ``--subsets`` (None: from its confusion)."""
+    generalist, meta = load_model(args.generalist, ctx.device)
+    check_model_data(args.generalist, meta, splits)
+    subsets = None
+    if args.subsets:
+        from specialists.subsets import validate_subsets
+
+        subsets = validate_subsets(read_subsets(args.subsets), splits.n_classes)
+    return generalist, subsets

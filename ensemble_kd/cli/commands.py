@@ -24,6 +24,7 @@ from ..checkpoint import load_model
 from ..data import Splits
 from ..ensemble import find_teachers, load_teachers
 from ..predict import predict_logits
+from ..run import Run
 from .checks import check_options
 from .config import RunConfig
 from .context import Ctx, load_data
@@ -86,8 +87,8 @@ def cmd_evaluate(ctx: Ctx, splits: Splits, run: Path) -> int:
         teachers, _ = load_teachers(find_teachers(run / "teachers"), ctx.device, splits=splits)
 
     def saved(name: str):
-        path = run / name / "model.pt"
-        return load_model(path, ctx.device)[0] if path.exists() else None
+        done = Run(run / name).load_finished(ctx.device)
+        return None if done is None else done[0]
 
     baseline, student = saved("baseline"), saved("student")
     if not teachers and baseline is None and student is None:

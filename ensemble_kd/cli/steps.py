@@ -11,10 +11,10 @@ import torch
 
 from .. import distributed as dist
 from ..batching import TensorBatches
-from ..checkpoint import load_model, save_model
 from ..data import Splits, TransferSet
 from ..distill import distill
 from ..ensemble import data_meta, find_teachers, load_teachers, train_ensemble
+from ..run import Run
 from ..train import train
 from .context import Ctx, transfer_of
 
@@ -40,8 +40,9 @@ def step_teachers(ctx: Ctx, splits: Splits, out: Path) -> list[torch.nn.Module]:
 def _train_student(ctx: Ctx, splits: Splits, transfer: TransferSet, folder: Path, teachers=None):
     """The baseline (teachers=None, hard labels) or the distilled student, saved in ``folder``."""
     cfg = ctx.cfg
-    if (folder / "model.pt").exists():
-        return load_model(folder / "model.pt", ctx.device)[0]
+    run = Run(folder, writer=dist.is_main())
+    if (done := run.load_finished(ctx.device, expect={"data_fingerprint": splits.fingerprint()})):
+        return done[0]
     torch.manual_seed(cfg.seed + 10_000)  # same initial weights for baseline and student
     student = cfg.student_spec().build(splits.input_shape, splits.n_classes)
     tcfg = cfg.train_config()
@@ -62,8 +63,7 @@ def _train_student(ctx: Ctx, splits: Splits, transfer: TransferSet, folder: Path
         )
         role = "student"
     meta = {**data_meta(splits), "role": role, "temperature": cfg.temperature if teachers else None}
-    if dist.is_main():
-        save_model(folder / "model.pt", result.model, meta)
+    run.finish(result.model, meta)
     dist.barrier()
     return result.model
 

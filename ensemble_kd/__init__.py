@@ -10,7 +10,7 @@ from .cache import TeacherCache, ensure_cache, open_cache, write_cache  # noqa: 
 from .checkpoint import load_model, save_model  # noqa: E402
 from .data import Splits, TransferSet, load_dataset, make_transfer_set  # noqa: E402
 from .distill import DistillConfig, distill  # noqa: E402
-from .ensemble import TeacherSpec, load_teachers, train_ensemble  # noqa: E402
+from .ensemble import ModelSpec, TeacherSpec, load_teachers, train_ensemble  # noqa: E402
 from .losses import (  # noqa: E402
     LossParts,
     distillation_loss,
@@ -24,7 +24,7 @@ from .train import TrainConfig, TrainResult, seed_everything, train  # noqa: E40
 
 __all__ = [
     "Batch", "DatasetBatches", "DistillConfig", "LossParts", "MixedBatches", "Splits",
-    "TeacherCache", "TeacherSpec", "TensorBatches", "TrainConfig", "TrainResult", "TransferSet",
+    "TeacherCache", "ModelSpec", "TeacherSpec", "TensorBatches", "TrainConfig", "TrainResult", "TransferSet",
     "build_model", "distill", "distillation_loss", "distillation_loss_parts", "ensemble_probs",
     "ensure_cache", "jitter", "load_dataset", "load_model", "load_teachers", "logit_matching_loss",
     "make_transfer_set", "open_cache", "predict_logits", "predict_probs", "save_model",

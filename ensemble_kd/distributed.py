@@ -71,15 +71,6 @@ def shard(n: int) -> slice:
     return slice(start, start + base + (1 if r < extra else 0))
 
 
-def broadcast_flag(flag: bool) -> bool:
-    """Rank 0's value of ``flag`` on every rank (keeps control flow in step)."""
-    if not active():
-        return flag
-    t = torch.tensor([1 if flag else 0])
-    dist.broadcast(t, 0)
-    return bool(t.item())
-
-
 def assert_same_weights(model: torch.nn.Module) -> None:
     """Check that every rank holds bit-identical parameters (DDP keeps them in step)."""
     if not active():

@@ -42,8 +42,12 @@ CPU_VECTORIZE_MAX_PARAMS = 50_000
 
 
 @dataclass
-class TeacherSpec:
-    """One teacher architecture (the builder name and its options)."""
+class ModelSpec:
+    """A model architecture to build: a registered builder's name and its options.
+
+    (A built model carries its own JSON ``spec`` attribute, the exact builder call that rebuilds it
+    from a checkpoint; a ``ModelSpec`` is the user's choice before building.)
+    """
 
     arch: str = "mlp"  # a registered model name: "mlp" or "convnet"
     widths: tuple[int, ...] = (256, 256)  # mlp hidden sizes (convnet: channels)
@@ -54,6 +58,9 @@ class TeacherSpec:
         return build_model(
             self.arch, input_shape, n_classes, **{key: list(self.widths), "dropout": self.dropout}
         )
+
+
+TeacherSpec = ModelSpec  # the name of ensemble-kd 0.1.0, kept for the Python API
 
 
 def teacher_dir(out_dir: str | os.PathLike, k: int) -> Path:
@@ -73,7 +80,7 @@ def data_meta(splits: Splits) -> dict:
 
 def train_ensemble(
     splits: Splits,
-    specs: TeacherSpec | Sequence[TeacherSpec],
+    specs: ModelSpec | Sequence[ModelSpec],
     n_teachers: int,
     config: TrainConfig,
     out_dir: str | os.PathLike,
@@ -105,7 +112,7 @@ def train_ensemble(
     """
     if n_teachers < 1:
         raise ValueError(f"n_teachers must be >= 1, got {n_teachers}")
-    specs = [specs] if isinstance(specs, TeacherSpec) else list(specs)
+    specs = [specs] if isinstance(specs, ModelSpec) else list(specs)
     if not specs:
         raise ValueError("no teacher architecture given")
     rank, world = ranks

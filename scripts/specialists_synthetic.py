@@ -23,7 +23,7 @@ import specialists as sp
 from ensemble_kd import TrainConfig, load_dataset, predict_probs, train
 from ensemble_kd.batching import TensorBatches
 from ensemble_kd.checkpoint import load_model, save_model
-from ensemble_kd.ensemble import TeacherSpec
+from ensemble_kd.ensemble import ModelSpec
 from ensemble_kd.io import atomic_write_json
 
 
@@ -46,7 +46,7 @@ def one_seed(seed: int, out: Path, args) -> dict:
         g = load_model(gpath)[0]
     else:
         torch.manual_seed(seed)
-        g = TeacherSpec("mlp", tuple(args.widths), 0.0).build(s.input_shape, s.n_classes)
+        g = ModelSpec("mlp", tuple(args.widths), 0.0).build(s.input_shape, s.n_classes)
         g = train(g, TensorBatches(s.x_train, s.y_train, batch_size=64), cfg,
                   run_dir=gpath.parent, progress=False).model
         save_model(gpath, g, {"n_classes": s.n_classes, "data_fingerprint": s.fingerprint()})

@@ -35,7 +35,7 @@ from ensemble_kd.cli import main
 from ensemble_kd.cli.config import GROUPS, read_config_file
 from ensemble_kd.data import Splits, load_dataset, make_transfer_set, read_idx, write_idx
 from ensemble_kd.distill import DistillConfig, distill
-from ensemble_kd.ensemble import TeacherSpec, data_meta, load_teachers, train_ensemble
+from ensemble_kd.ensemble import ModelSpec, data_meta, load_teachers, train_ensemble
 from ensemble_kd.io import FormatError, atomic_write_json, atomic_write_text, load_tensors, save_tensors
 from ensemble_kd.losses import distillation_loss
 from ensemble_kd.models import build_model
@@ -408,7 +408,7 @@ def test_teacher_trained_on_another_data_set(world):
 def test_train_ensemble_refuses_a_folder_of_other_data(world):
     other = load_dataset("digits", seed=5)  # another validation split: other training data
     with pytest.raises(ValueError, match=r"was trained on other data; use a new folder"):
-        train_ensemble(other, TeacherSpec("mlp", (16,)), 1, TrainConfig(epochs=1),
+        train_ensemble(other, ModelSpec("mlp", (16,)), 1, TrainConfig(epochs=1),
                        world["run"] / "teachers")
 
 

@@ -27,7 +27,7 @@ import torch
 
 from ensemble_kd.checkpoint import load_checkpoint, save_model
 from ensemble_kd.data import load_dataset
-from ensemble_kd.ensemble import TeacherSpec, data_meta, train_ensemble
+from ensemble_kd.ensemble import ModelSpec, data_meta, train_ensemble
 from ensemble_kd.io import (
     append_jsonl,
     atomic_path,
@@ -149,7 +149,7 @@ def trained(tmp_path_factory) -> dict:
     splits = load_dataset("synthetic", val_fraction=0.1, seed=0, **SYNTHETIC)
     torch.manual_seed(0)
     (teacher,) = train_ensemble(
-        splits, TeacherSpec("mlp", (32,), 0.0), 1, TrainConfig(epochs=3, batch_size=64, lr=3e-3),
+        splits, ModelSpec("mlp", (32,), 0.0), 1, TrainConfig(epochs=3, batch_size=64, lr=3e-3),
         root / "teachers",
     )
     save_model(root / "generalist.pt", teacher, data_meta(splits))

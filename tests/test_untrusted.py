@@ -33,7 +33,7 @@ from ensemble_kd.cli.parser import COMMANDS, build_parser, resolve_config
 from ensemble_kd.cli.run_record import prepare_out
 from ensemble_kd.data import load_dataset, make_transfer_set
 from ensemble_kd.distill import DistillConfig, distill
-from ensemble_kd.ensemble import TeacherSpec, data_meta, load_teachers, train_ensemble
+from ensemble_kd.ensemble import ModelSpec, data_meta, load_teachers, train_ensemble
 from ensemble_kd.io import FormatError, atomic_write_json, load_tensors
 from ensemble_kd.models import build_model
 from ensemble_kd.train import TrainConfig, train
@@ -190,7 +190,7 @@ def test_train_ensemble_resume_refuses_pickled_files(tmp_path, marker, digits, p
     target = tmp_path / "teachers" / "teacher_0" / planted
     (evil_model if planted == "model.pt" else evil_checkpoint)(target, marker)
     with pytest.raises(FormatError, match=REFUSED):
-        train_ensemble(digits, TeacherSpec("mlp", (8,)), 1, TrainConfig(epochs=1),
+        train_ensemble(digits, ModelSpec("mlp", (8,)), 1, TrainConfig(epochs=1),
                        tmp_path / "teachers")
 
 

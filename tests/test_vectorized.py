@@ -10,7 +10,7 @@ import torch
 from ensemble_kd.batching import TensorBatches
 from ensemble_kd.checkpoint import load_checkpoint, load_model
 from ensemble_kd.data import Splits
-from ensemble_kd.ensemble import TeacherSpec, load_teachers, teacher_dir, train_ensemble
+from ensemble_kd.ensemble import ModelSpec, load_teachers, teacher_dir, train_ensemble
 from ensemble_kd.io import read_jsonl
 from ensemble_kd.models import build_model
 from ensemble_kd.train import TrainConfig, train
@@ -180,7 +180,7 @@ def tiny_splits(blobs) -> Splits:
 
 
 def test_train_ensemble_vectorised_matches_sequential(tiny_splits, tmp_path):
-    spec = TeacherSpec("mlp", (16,), 0.0)
+    spec = ModelSpec("mlp", (16,), 0.0)
     cfg = TrainConfig(epochs=2, batch_size=32, lr=1e-2, seed=3)
     seq = train_ensemble(tiny_splits, spec, 3, cfg, tmp_path / "s", vectorize=False, progress=False)
     vec = train_ensemble(tiny_splits, spec, 3, cfg, tmp_path / "v", vectorize=True, progress=False)
@@ -203,7 +203,7 @@ def test_train_ensemble_vectorised_matches_sequential(tiny_splits, tmp_path):
 
 
 def test_train_ensemble_mixed_architectures_and_ranks(tiny_splits, tmp_path):
-    specs = [TeacherSpec("mlp", (16,), 0.0), TeacherSpec("mlp", (8,), 0.0)]
+    specs = [ModelSpec("mlp", (16,), 0.0), ModelSpec("mlp", (8,), 0.0)]
     cfg = TrainConfig(epochs=1, batch_size=32, lr=1e-2)
     out = train_ensemble(tiny_splits, specs, 4, cfg, tmp_path / "e", vectorize=True,
                          progress=False)
@@ -225,8 +225,8 @@ def test_default_vectorises_only_small_members_on_cpu(tiny_splits, tmp_path, mon
 
     monkeypatch.setattr(ens, "train_vectorized", spy)
     cfg = TrainConfig(epochs=1, batch_size=32, lr=1e-2)
-    small = TeacherSpec("mlp", (16,), 0.0)  # 163 parameters
-    large = TeacherSpec("mlp", (256, 256), 0.0)  # 68k parameters > CPU_VECTORIZE_MAX_PARAMS
+    small = ModelSpec("mlp", (16,), 0.0)  # 163 parameters
+    large = ModelSpec("mlp", (256, 256), 0.0)  # 68k parameters > CPU_VECTORIZE_MAX_PARAMS
     train_ensemble(tiny_splits, small, 3, cfg, tmp_path / "a", progress=False)
     assert calls == [3]
     train_ensemble(tiny_splits, large, 2, cfg, tmp_path / "b", progress=False)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..distill import DistillConfig
-from ..ensemble import TeacherSpec
+from ..ensemble import ModelSpec
 from ..train import TrainConfig
 
 
@@ -131,11 +131,11 @@ class RunConfig:
             schedule=self.schedule, early_stopping=self.early_stopping, seed=self.seed,
         ).validate()
 
-    def teacher_spec(self) -> TeacherSpec:
-        return TeacherSpec(self.teacher_arch, tuple(self.teacher_widths), self.teacher_dropout)
+    def teacher_spec(self) -> ModelSpec:
+        return ModelSpec(self.teacher_arch, tuple(self.teacher_widths), self.teacher_dropout)
 
-    def student_spec(self) -> TeacherSpec:
-        return TeacherSpec(self.student_arch, tuple(self.student_widths), self.student_dropout)
+    def student_spec(self) -> ModelSpec:
+        return ModelSpec(self.student_arch, tuple(self.student_widths), self.student_dropout)
 
     def distill_config(self) -> DistillConfig:
         return DistillConfig(

@@ -24,8 +24,8 @@ from torch import nn
 
 from ensemble_kd import (
     DistillConfig,
+    ModelSpec,
     Splits,
-    TeacherSpec,
     TensorBatches,
     TrainConfig,
     TransferSet,
@@ -226,7 +226,7 @@ class Context:
         self.say(f"{tag} {label}: already trained, loaded")
         return done[0]
 
-    def hard_model(self, folder: Path, spec: TeacherSpec, seed: int, epochs: int, *,
+    def hard_model(self, folder: Path, spec: ModelSpec, seed: int, epochs: int, *,
                    x: torch.Tensor | None = None, y: torch.Tensor | None = None,
                    jitter: int = 0, early_stopping: int = 0, label: str = "") -> nn.Module:
         """A model trained on hard labels (all training data unless ``x``, ``y`` are given)."""
@@ -249,7 +249,7 @@ class Context:
         return self._finish(folder, res.model, {"role": "hard", "seed": seed,
                                                  "best_epoch": res.best_epoch}, tag, label, t)
 
-    def distilled_model(self, folder: Path, spec: TeacherSpec, seed: int, epochs: int,
+    def distilled_model(self, folder: Path, spec: ModelSpec, seed: int, epochs: int,
                         teachers: Sequence[nn.Module], transfer: TransferSet,
                         dcfg: DistillConfig, cache_dir: Path, *, label: str = "") -> nn.Module:
         """A model distilled from ``teachers`` on ``transfer`` (same init as the hard model)."""
@@ -271,7 +271,7 @@ class Context:
                                                  "alpha": dcfg.alpha, "combine": dcfg.combine},
                             tag, label, t)
 
-    def ensemble(self, folder: Path, spec: TeacherSpec, n: int, epochs: int, *,
+    def ensemble(self, folder: Path, spec: ModelSpec, n: int, epochs: int, *,
                  jitter: int = 0, label: str = "teacher") -> list[nn.Module]:
         """``n`` models differing by seed (0 .. n-1), one unit each, by one ``train_ensemble`` call.
 

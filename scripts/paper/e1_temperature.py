@@ -16,7 +16,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ensemble_kd import DistillConfig, TeacherSpec, make_transfer_set
+from ensemble_kd import DistillConfig, ModelSpec, make_transfer_set
 
 from .common import Context, metrics_history, scores, share_of_gap, summary, widths_name
 
@@ -31,7 +31,7 @@ def e1_teacher(ctx: Context) -> nn.Module:
     """The big teacher (trained once, shared with E2)."""
     ctx.claim("e1", ("e1_",))
     p = ctx.preset
-    spec = TeacherSpec(p.e1_teacher_arch, p.e1_teacher_widths, p.e1_teacher_dropout)
+    spec = ModelSpec(p.e1_teacher_arch, p.e1_teacher_widths, p.e1_teacher_dropout)
     label = (f"teacher {p.e1_teacher_arch} {widths_name(p.e1_teacher_widths)} (dropout "
              f"{p.e1_teacher_dropout:g}, jitter {p.e1_teacher_jitter} px)")
     return ctx.hard_model(teacher_folder(ctx), spec, seed=0, epochs=p.e1_teacher_epochs,
@@ -50,7 +50,7 @@ def distilled_student(ctx: Context, teacher: nn.Module, widths, temperature: flo
     p = ctx.preset
     transfer = make_transfer_set(ctx.splits)
     return ctx.distilled_model(
-        student_folder(ctx, widths, f"T{temperature:g}", seed), TeacherSpec("mlp", widths, 0.0),
+        student_folder(ctx, widths, f"T{temperature:g}", seed), ModelSpec("mlp", widths, 0.0),
         seed, p.e1_student_epochs, [teacher], transfer,
         DistillConfig(temperature=float(temperature), alpha=p.e1_alpha),
         ctx.out / "e1" / "cache", label=f"student {widths_name(widths)} T={temperature:g} "
@@ -79,7 +79,7 @@ def run(ctx: Context) -> dict:
         "student_epochs": p.e1_student_epochs, "seeds": p.e1_seeds, "students": [],
     }
     for widths in p.e1_student_widths:
-        spec = TeacherSpec("mlp", widths, 0.0)
+        spec = ModelSpec("mlp", widths, 0.0)
         hard, dist = [], {t: [] for t in p.e1_temperatures}
         curves = []
         for seed in range(p.e1_seeds):

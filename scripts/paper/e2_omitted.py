@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ensemble_kd import DistillConfig, TeacherSpec, make_transfer_set, predict_logits
+from ensemble_kd import DistillConfig, ModelSpec, make_transfer_set, predict_logits
 
 from .common import Context, summary, widths_name
 from .e1_temperature import distilled_student, e1_teacher
@@ -59,7 +59,7 @@ def run(ctx: Context) -> dict:
     order = torch.argsort(recall, stable=True)  # distinct ends even when recalls tie
     hardest, easiest = int(order[0]), int(order[-1])
     widths = p.e1_student_widths[0]
-    spec = TeacherSpec("mlp", widths, 0.0)
+    spec = ModelSpec("mlp", widths, 0.0)
     grid = bias_grid(ctx)
     out = {"temperature": p.e2_temperature, "student_widths": list(widths), "seeds": p.e2_seeds,
            "teacher_val_recall": recall.tolist(), "classes": []}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ensemble_kd import DistillConfig, TeacherSpec, ensemble_probs, make_transfer_set
+from ensemble_kd import DistillConfig, ModelSpec, ensemble_probs, make_transfer_set
 
 from .common import Context, metrics_history, scores, share_of_gap, summary, widths_name
 
@@ -27,9 +27,9 @@ def teachers_folder(ctx: Context) -> Path:
     return ctx.out / "e3" / "teachers"
 
 
-def spec(ctx: Context) -> TeacherSpec:
+def spec(ctx: Context) -> ModelSpec:
     p = ctx.preset
-    return TeacherSpec("mlp", p.e3_widths, p.e3_dropout)
+    return ModelSpec("mlp", p.e3_widths, p.e3_dropout)
 
 
 def e3_teachers(ctx: Context) -> list[nn.Module]:

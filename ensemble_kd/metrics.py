@@ -216,6 +216,33 @@ def disagreement(member_probs: ArrayLike) -> float:
     return float((pairs - agree).mean() / pairs)
 
 
+def agreement(probs_a: ArrayLike, probs_b: ArrayLike) -> float:
+    """Fraction of examples on which two models' top classes are the same (fidelity, Stanton et
+    al. 2021).
+
+    Args:
+        probs_a, probs_b: ``(N, C)`` probabilities or logits of the two models.
+    """
+    a, _ = _predictions(probs_a, "probs_a")
+    b, _ = _predictions(probs_b, "probs_b")
+    if a.shape != b.shape:
+        raise ValueError(f"the two predictions differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+    return float((a == b).double().mean())
+
+
+def kl_divergence(reference: ArrayLike, probs: ArrayLike) -> float:
+    """Mean ``KL(reference || probs)`` over examples, in nats (0 log 0 = 0; probs clamped at 1e-12).
+
+    Args:
+        reference: ``(N, C)`` probabilities of the reference (e.g. the ensemble).
+        probs: ``(N, C)`` probabilities of the model compared with it (e.g. the student).
+    """
+    p, q = _probs(reference).double(), _probs(probs).double()
+    if p.shape != q.shape:
+        raise ValueError(f"the two distributions differ in shape: {tuple(p.shape)} vs {tuple(q.shape)}")
+    return float((torch.special.xlogy(p, p) - p * q.clamp_min(1e-12).log()).sum(1).mean())
+
+
 def _scalar(value: Any) -> Any:
     """One-element tensors and arrays -> python scalars; anything else unchanged."""
     if isinstance(value, torch.Tensor) and value.numel() == 1:

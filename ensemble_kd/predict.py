@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Sequence
 
 import torch
@@ -77,3 +79,31 @@ def ensemble_logits(models: Sequence[nn.Module], x, **kwargs) -> torch.Tensor:
 def ensemble_probs(models: Sequence[nn.Module], x, **kwargs) -> torch.Tensor:
     """The ensemble's prediction: the mean of the members' probabilities, (N, C)."""
     return torch.softmax(ensemble_logits(models, x, **kwargs), dim=-1).mean(0)
+
+
+@torch.no_grad()
+def inference_ms(
+    models: Sequence[nn.Module], x: torch.Tensor, *, device: str | torch.device = "cpu",
+    repeats: int = 20,
+) -> float:
+    """Median wall milliseconds to run every model in ``models`` on the batch ``x`` (eval mode).
+
+    The cost of predicting with an ensemble (all members) or a single model, measured on ``device``
+    after one warm-up pass (CUDA is synchronised around each repeat).
+    """
+    device = resolve_device(device)
+    xb = x.to(device)
+    for m in models:
+        m.to(device).eval()
+    times = []
+    for i in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        for m in models:
+            m(xb)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:  # the first pass warms up
+            times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)

@@ -52,8 +52,8 @@ def cmd_train_ensemble(ctx: Ctx, splits: Splits) -> int:
 
 def cmd_distill(ctx: Ctx, splits: Splits, teachers: list[torch.nn.Module]) -> int:
     """``distill``: the baseline and the student from saved teachers, and their table."""
-    baseline, student = step_students(ctx, splits, teachers, ctx.out)
-    rows, extra = comparison(ctx, splits, teachers, baseline, student)
+    baseline, student, meta = step_students(ctx, splits, teachers, ctx.out)
+    rows, extra = comparison(ctx, splits, teachers, baseline, student, meta)
     write_summary(ctx, ctx.out, rows, extra, f"Distillation on {splits.name} (test set)")
     return 0
 
@@ -62,8 +62,8 @@ def cmd_run(ctx: Ctx, splits: Splits) -> int:
     """``run``: teachers -> baseline and student -> confusion report -> specialists -> table."""
     cfg, out = ctx.cfg, ctx.out
     teachers = step_teachers(ctx, splits, out)
-    baseline, student = step_students(ctx, splits, teachers, out)
-    rows, extra = comparison(ctx, splits, teachers, baseline, student)
+    baseline, student, meta = step_students(ctx, splits, teachers, out)
+    rows, extra = comparison(ctx, splits, teachers, baseline, student, meta)
     if cfg.specialists:
         generalist = load_model(generalist_path(cfg, out), ctx.device)[0]
         analysis = step_report(ctx, splits, generalist, out / "report")
@@ -87,13 +87,12 @@ def cmd_evaluate(ctx: Ctx, splits: Splits, run: Path) -> int:
         teachers, _ = load_teachers(find_teachers(run / "teachers"), ctx.device, splits=splits)
 
     def saved(name: str):
-        done = Run(run / name).load_finished(ctx.device)
-        return None if done is None else done[0]
+        return Run(run / name).load_finished(ctx.device) or (None, None)
 
-    baseline, student = saved("baseline"), saved("student")
+    baseline, student, meta = saved("baseline")[0], *saved("student")
     if not teachers and baseline is None and student is None:
         raise FileNotFoundError(f"{run}: no trained models (teachers/, baseline/ or student/)")
-    rows, extra = comparison(ctx, splits, teachers, baseline, student)
+    rows, extra = comparison(ctx, splits, teachers, baseline, student, meta)
     if (run / "specialists" / "subsets.json").exists():
         generalist = load_model(generalist_path(ctx.cfg, run), ctx.device)[0]
         specs = load_run_specialists(ctx, run / "specialists")

@@ -8,6 +8,7 @@ type are errors that name the key (and, for unknown keys, list the valid ones).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import tomllib
 import types
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from ..distill import DistillConfig
 from ..ensemble import ModelSpec
+from ..sweep import AUTO_ALPHAS, AUTO_TEMPERATURES, candidate_configs, resolve_grid
 from ..train import TrainConfig
 
 
@@ -75,8 +77,12 @@ class RunConfig:
                              "train")
     seed: int = _f(0, "training seed (teacher k uses seed + k)", "train")
     # ---- distillation ----
-    temperature: float = _f(4.0, "softmax temperature T of the soft targets", "distill")
-    alpha: float = _f(0.5, "weight of the soft term; 1 - alpha weighs the hard labels", "distill")
+    temperature: list[float] | str = _f(
+        [4.0], "softmax temperature T of the soft targets: one value, several (each trains a "
+        "candidate student; the best on validation is kept) or auto (1 2 4 8)", "distill")
+    alpha: list[float] | str = _f(
+        [0.5], "weight of the soft term (1 - alpha weighs the hard labels): one value, several "
+        "or auto (0.5 0.9); a sweep needs alpha > 0", "distill")
     combine: str = _f("sum", "several teachers: sum (per-teacher KL), mean_probs or mean_logits",
                       "distill")
     teacher_weights: list[float] | None = _f(None, "one weight per teacher (normalised)", "distill")
@@ -110,6 +116,10 @@ class RunConfig:
     device: str = _f("auto", "auto, cpu or cuda", "runtime")
     quiet: bool = _f(False, "no progress bars or stage messages", "runtime")
 
+    def __post_init__(self):
+        for name in SWEEP_FIELDS:  # a number or a list from Python or an older record: one form
+            setattr(self, name, normalise_sweep(name, getattr(self, name)))
+
     # -- derived configs --
     def resolve_auto(self, input_shape) -> RunConfig:
         """A copy with the "auto" defaults decided for data of this input shape."""
@@ -137,9 +147,20 @@ class RunConfig:
     def student_spec(self) -> ModelSpec:
         return ModelSpec(self.student_arch, tuple(self.student_widths), self.student_dropout)
 
+    def temperatures(self) -> list[float]:
+        return resolve_grid(self.temperature, AUTO_TEMPERATURES, "temperature")
+
+    def alphas(self) -> list[float]:
+        return resolve_grid(self.alpha, AUTO_ALPHAS, "alpha")
+
+    def distill_configs(self) -> list[DistillConfig]:
+        """One config per candidate (T, alpha) of the sweep (a single one: no sweep)."""
+        return candidate_configs(self.distill_config(), self.temperatures(), self.alphas())
+
     def distill_config(self) -> DistillConfig:
+        """The distillation settings of the first candidate."""
         return DistillConfig(
-            temperature=self.temperature, alpha=self.alpha, combine=self.combine,
+            temperature=self.temperatures()[0], alpha=self.alphas()[0], combine=self.combine,
             teacher_weights=self.teacher_weights, online=self.online, cache_dtype=self.cache_dtype,
             cache_topk=self.cache_topk, jitter=self.student_jitter,
         ).validate()
@@ -163,6 +184,38 @@ def fields_of(groups) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(RunConfig) if f.metadata["group"] in groups]
 
 
+SWEEP_FIELDS = ("temperature", "alpha")  # a number, a list of numbers, or "auto"
+
+
+def sweep_value(text: str) -> float | str:
+    """One command-line value of a sweep field: a number or the word auto."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
+
+
+def normalise_sweep(name: str, value) -> list[float] | str:
+    """A sweep field as stored: a list of floats, or "auto" (from a number, a list, or "auto").
+
+    Raises:
+        ValueError: anything else, or "auto" mixed with numbers, naming the key.
+    """
+    if isinstance(value, str) and value == "auto":
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [float(value)]
+    if isinstance(value, list):
+        if value == ["auto"]:
+            return "auto"
+        if value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return [float(v) for v in value]
+    raise ValueError(f"config key {name!r} must be a number, a list of numbers or \"auto\", "
+                     f"got {value!r}")
+
+
 def _base_type(tp) -> tuple[type, bool, bool]:
     """(scalar type, is list, allows None) of a field annotation."""
     tp = typing.get_type_hints(RunConfig)[tp] if isinstance(tp, str) else tp
@@ -181,6 +234,8 @@ def field_type(name: str) -> tuple[type, bool, bool]:
 
 def coerce(name: str, value):
     """Check a config-file value against the field's type; ValueError naming the key if wrong."""
+    if name in SWEEP_FIELDS:
+        return normalise_sweep(name, value)
     scalar, is_list, optional = field_type(name)
     if value is None and optional:
         return None

@@ -10,7 +10,16 @@ import argparse
 import dataclasses
 
 from .. import __version__
-from .config import GROUPS, RunConfig, coerce, field_type, fields_of, read_config_file
+from .config import (
+    GROUPS,
+    SWEEP_FIELDS,
+    RunConfig,
+    coerce,
+    field_type,
+    fields_of,
+    read_config_file,
+    sweep_value,
+)
 
 COMMANDS = {
     "train-ensemble": (
@@ -55,7 +64,10 @@ def _add_config_flags(p: argparse.ArgumentParser, groups) -> None:
         flag = "--" + f.name.replace("_", "-")
         scalar, is_list, _ = field_type(f.name)
         help_ = f.metadata["help"]
-        if scalar is bool:
+        if f.name in SWEEP_FIELDS:
+            p.add_argument(flag, type=sweep_value, nargs="+", default=None, metavar="VALUE",
+                           help=f"{help_} (default {' '.join(f'{v:g}' for v in default)})")
+        elif scalar is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif is_list:
             p.add_argument(flag, type=scalar, nargs="*", default=None, metavar=scalar.__name__.upper(),

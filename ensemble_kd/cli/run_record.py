@@ -17,7 +17,7 @@ from pathlib import Path
 from .. import __version__
 from .. import distributed as dist
 from ..io import FormatError, atomic_write_json, read_json
-from .config import RunConfig
+from .config import SWEEP_FIELDS, RunConfig, normalise_sweep
 from .parser import UsageError
 
 FORMAT = "ensemble-kd/run-config"
@@ -57,7 +57,14 @@ def read_run_record(path: str | Path) -> dict:
         raise FormatError(f"{path}: run record of unknown format version {version!r}")
     if not isinstance(obj.get("config"), dict) or not isinstance(obj.get("command"), str):
         raise FormatError(f"{path}: malformed ensemble-kd run record (no command or config)")
-    return {**obj, "format": FORMAT, "format_version": FORMAT_VERSION}
+    config = dict(obj["config"])
+    for name in SWEEP_FIELDS:  # version 1 stored one number; now a list (or "auto")
+        if name in config:
+            try:
+                config[name] = normalise_sweep(name, config[name])
+            except ValueError as e:
+                raise FormatError(f"{path}: {e}") from None
+    return {**obj, "config": config, "format": FORMAT, "format_version": FORMAT_VERSION}
 
 
 def saved_config(run: Path) -> dict:

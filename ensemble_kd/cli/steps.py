@@ -12,9 +12,9 @@ import torch
 from .. import distributed as dist
 from ..batching import TensorBatches
 from ..data import Splits, TransferSet
-from ..distill import distill
 from ..ensemble import data_meta, find_teachers, load_teachers, train_ensemble
 from ..run import Run
+from ..sweep import distill_sweep
 from ..train import train
 from .context import Ctx, transfer_of
 
@@ -37,40 +37,54 @@ def step_teachers(ctx: Ctx, splits: Splits, out: Path) -> list[torch.nn.Module]:
     return teachers
 
 
-def _train_student(ctx: Ctx, splits: Splits, transfer: TransferSet, folder: Path, teachers=None):
-    """The baseline (teachers=None, hard labels) or the distilled student, saved in ``folder``."""
+def _initial_student(ctx: Ctx, splits: Splits) -> torch.nn.Module:
+    """The student before training: the same initial weights for the baseline and every candidate."""
+    torch.manual_seed(ctx.cfg.seed + 10_000)
+    return ctx.cfg.student_spec().build(splits.input_shape, splits.n_classes)
+
+
+def _train_baseline(ctx: Ctx, splits: Splits, transfer: TransferSet, folder: Path):
+    """The student architecture on hard labels, same budget, saved in ``folder``."""
     cfg = ctx.cfg
     run = Run(folder, writer=dist.is_main())
     if (done := run.load_finished(ctx.device, expect={"data_fingerprint": splits.fingerprint()})):
         return done[0]
-    torch.manual_seed(cfg.seed + 10_000)  # same initial weights for baseline and student
-    student = cfg.student_spec().build(splits.input_shape, splits.n_classes)
+    if transfer.y is None:
+        raise ValueError("the hard-label baseline needs a labelled transfer set")
     tcfg = cfg.train_config()
-    val = (splits.x_val, splits.y_val)
-    if teachers is None:
-        if transfer.y is None:
-            raise ValueError("the hard-label baseline needs a labelled transfer set")
-        result = train(
-            student, TensorBatches(transfer.x, transfer.y, batch_size=tcfg.batch_size), tcfg,
-            val=val, run_dir=folder, device=ctx.device, progress=ctx.progress, desc="baseline",
-            extra_state={"data": splits.fingerprint(), "transfer": transfer.indices.tolist()[:50]},
-        )
-        role = "baseline"
-    else:
-        result = distill(
-            student, teachers, transfer, tcfg, cfg.distill_config(), val=val, run_dir=folder,
-            device=ctx.device, progress=ctx.progress,
-        )
-        role = "student"
-    meta = {**data_meta(splits), "role": role, "temperature": cfg.temperature if teachers else None}
-    run.finish(result.model, meta)
+    result = train(
+        _initial_student(ctx, splits), TensorBatches(transfer.x, transfer.y, batch_size=tcfg.batch_size),
+        tcfg, val=(splits.x_val, splits.y_val), run_dir=folder, device=ctx.device,
+        progress=ctx.progress, desc="baseline",
+        extra_state={"data": splits.fingerprint(), "transfer": transfer.indices.tolist()[:50]},
+    )
+    run.finish(result.model, {**data_meta(splits), "role": "baseline", "temperature": None})
     dist.barrier()
     return result.model
 
 
+def _train_distilled(ctx: Ctx, splits: Splits, transfer: TransferSet, folder: Path, teachers):
+    """The distilled student (the best candidate on validation when T or alpha is swept)."""
+    cfg = ctx.cfg
+    run = Run(folder, writer=dist.is_main())
+    if (done := run.load_finished(ctx.device, expect={"data_fingerprint": splits.fingerprint()})):
+        return done
+    sweep = distill_sweep(
+        lambda: _initial_student(ctx, splits), teachers, transfer, cfg.train_config(),
+        cfg.distill_configs(), val=(splits.x_val, splits.y_val), run_dir=folder,
+        device=ctx.device, progress=ctx.progress, say=ctx.say,
+    )
+    kept = sweep.candidates[sweep.best]
+    meta = {**data_meta(splits), "role": "student", "temperature": kept.temperature,
+            "alpha": kept.alpha, "candidates": [c._asdict() for c in sweep.candidates]}
+    run.finish(sweep.model, meta)
+    dist.barrier()
+    return sweep.model, meta
+
+
 def step_students(ctx: Ctx, splits: Splits, teachers, out: Path):
     """Train (or load) the baseline in ``out/baseline`` (labelled transfer sets only) and the
-    distilled student in ``out/student``; returns (baseline or None, student)."""
+    distilled student in ``out/student``; returns (baseline or None, student, student's meta)."""
     cfg = ctx.cfg
     transfer = transfer_of(cfg, splits)
     ctx.say(f"transfer set: {len(transfer)} examples"
@@ -79,8 +93,12 @@ def step_students(ctx: Ctx, splits: Splits, teachers, out: Path):
     baseline = None
     if transfer.y is not None:
         ctx.say(f"training the baseline student ({cfg.student_arch} {cfg.student_widths}) on hard labels")
-        baseline = _train_student(ctx, splits, transfer, out / "baseline")
-    ctx.say(f"distilling {len(teachers)} teacher(s) into the student at T={cfg.temperature}, "
-            f"alpha={cfg.alpha}, combine={cfg.combine} ({'online' if cfg.online else 'cached'} teachers)")
-    student = _train_student(ctx, splits, transfer, out / "student", teachers)
-    return baseline, student
+        baseline = _train_baseline(ctx, splits, transfer, out / "baseline")
+    grid = cfg.distill_configs()
+    settings = (f"T={grid[0].temperature:g}, alpha={grid[0].alpha:g}" if len(grid) == 1 else
+                f"{len(grid)} candidate settings (T in {' '.join(f'{t:g}' for t in cfg.temperatures())}, "
+                f"alpha in {' '.join(f'{a:g}' for a in cfg.alphas())}), the best on validation kept")
+    ctx.say(f"distilling {len(teachers)} teacher(s) into the student at {settings}, "
+            f"combine={cfg.combine} ({'online' if cfg.online else 'cached'} teachers)")
+    student, meta = _train_distilled(ctx, splits, transfer, out / "student", teachers)
+    return baseline, student, meta

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -11,9 +12,9 @@ from .. import distributed as dist
 from ..data import Splits
 from ..ensemble import ensemble_report
 from ..io import atomic_write_json, atomic_write_text
-from ..metrics import evaluate, format_table, per_class_accuracy
+from ..metrics import accuracy, agreement, evaluate, format_table, kl_divergence, per_class_accuracy
 from ..models import count_parameters
-from ..predict import predict_logits
+from ..predict import inference_ms, predict_logits
 from .context import Ctx
 
 COLUMNS = ["model", "params", "accuracy", "error", "top5", "nll", "ece"]
@@ -29,15 +30,19 @@ def _per_class(probs: torch.Tensor, y: torch.Tensor, n_classes: int) -> list[flo
     return [None if a != a else a for a in per_class_accuracy(probs, y, n_classes)]
 
 
-def comparison(ctx: Ctx, splits: Splits, teachers, baseline, student) -> tuple[list[dict], dict]:
-    """Test-set rows for every teacher, the ensemble, the baseline and the distilled student."""
+def comparison(ctx: Ctx, splits: Splits, teachers, baseline, student,
+               student_meta: dict | None = None) -> tuple[list[dict], dict]:
+    """Test-set rows for every teacher, the ensemble, the baseline and the distilled student,
+    and the headline keys (accuracies, fidelity to the ensemble, settings kept, inference cost)."""
     x, y = splits.x_test, splits.y_test
     rows, extra = [], {}
+    ens_probs = None
     if teachers:
         rep = ensemble_report(teachers, x, y, device=ctx.device)
         for k, (m, r) in enumerate(zip(teachers, rep["members"], strict=True)):
             rows.append({"model": f"teacher {k}", "params": count_parameters(m), **r})
         accs = torch.tensor([r["accuracy"] for r in rep["members"]])
+        extra["ensemble_accuracy"] = rep["ensemble"]["accuracy"]
         extra["teacher_accuracy_mean"] = float(accs.mean())
         extra["teacher_accuracy_std"] = float(accs.std()) if len(accs) > 1 else 0.0
         extra["teacher_disagreement"] = rep["disagreement"]
@@ -45,13 +50,68 @@ def comparison(ctx: Ctx, splits: Splits, teachers, baseline, student) -> tuple[l
                      "params": sum(count_parameters(m) for m in teachers), **rep["ensemble"]})
         extra["per_class_accuracy"] = {f"ensemble of {len(teachers)}": _per_class(
             rep["probs"], y, splits.n_classes)}
-    for name, m in (("baseline student (hard labels)", baseline), ("distilled student", student)):
+        ens_probs = rep["probs"]
+    for key, name, m in (("baseline", "baseline student (hard labels)", baseline),
+                         ("distilled", "distilled student", student)):
         if m is not None:
             probs = torch.softmax(predict_logits(m, x, device=ctx.device), -1)
             rows.append(row(name, probs, y, count_parameters(m)))
+            extra[f"{key}_accuracy"] = rows[-1]["accuracy"]
             extra.setdefault("per_class_accuracy", {})[name] = _per_class(probs, y, splits.n_classes)
+            if key == "distilled" and ens_probs is not None:
+                extra["agreement"] = agreement(probs, ens_probs)
+                extra["kl_to_ensemble"] = kl_divergence(ens_probs, probs)
+    if student is not None and student_meta:
+        extra["distilled_temperature"] = student_meta.get("temperature")
+        alphas = ctx.cfg.alphas()  # 0.1.0 saved no alpha: the run's own when it had one
+        extra["distilled_alpha"] = student_meta.get("alpha", alphas[0] if len(alphas) == 1 else None)
+        extra.update(_verdict(ctx, splits, baseline, student, student_meta))
+    extra.update(_costs(ctx, x, teachers, student if student is not None else baseline))
     extra["class_names"] = list(splits.class_names)
     return rows, extra
+
+
+def _costs(ctx: Ctx, x: torch.Tensor, teachers, single) -> dict:
+    """Parameters and milliseconds per batch of 256 of the ensemble and of the student."""
+    xb, out = x[:256], {}
+    for key, models in (("ensemble", list(teachers or [])), ("student", [single] if single else [])):
+        if models:
+            out[f"{key}_params"] = sum(count_parameters(m) for m in models)
+            out[f"{key}_ms_per_256"] = inference_ms(models, xb, device=ctx.device)
+    return out
+
+
+def _verdict(ctx: Ctx, splits: Splits, baseline, student, meta: dict) -> dict:
+    """The candidates' table and, when the kept student is worse than the baseline on validation,
+    a warning (printed and in summary.md) with what to try."""
+    out: dict = {}
+    cands = meta.get("candidates") or []
+    if len(cands) > 1:
+        lines = ["| T | alpha | validation accuracy | validation NLL | kept |", "|---:|---:|---:|---:|:---:|"]
+        kept = (meta.get("temperature"), meta.get("alpha"))
+        for c in cands:
+            mark = "yes" if (c["temperature"], c["alpha"]) == kept else ""
+            lines.append(f"| {c['temperature']:g} | {c['alpha']:g} | {c['val_acc']:.4f} | "
+                         f"{c['val_nll']:.4f} | {mark} |")
+        out["candidates"] = cands
+        out["candidates_table"] = "Distillation candidates (validation split):\n\n" + "\n".join(lines)
+    if baseline is None:
+        return out
+    val = (splits.x_val, splits.y_val)
+    b = accuracy(predict_logits(baseline, val[0], device=ctx.device), val[1])
+    kept_acc = accuracy(predict_logits(student, val[0], device=ctx.device), val[1])
+    out["baseline_val_accuracy"] = b
+    out["distilled_val_accuracy"] = kept_acc
+    if kept_acc < b:
+        out["warning"] = (
+            f"WARNING: the distilled student is worse than its hard-label baseline on the "
+            f"validation split ({100 * kept_acc:.2f}% vs {100 * b:.2f}%). Try: several "
+            "temperatures and alphas (--temperature auto --alpha auto), a higher alpha or a "
+            "lower T for a small student, more epochs (distillation converges more slowly), "
+            "or better teachers (the ensemble must beat the baseline by a clear margin)."
+        )
+        print(out["warning"], file=sys.stderr, flush=True)  # even with --quiet
+    return out
 
 
 def write_summary(ctx: Ctx, out: Path, rows: list[dict], extra: dict, title: str) -> str:

@@ -4,6 +4,7 @@ clustering, dustbin specialists, and their combination with the generalist at in
 Builds on :mod:`ensemble_kd` (never the other way round).
 """
 
+from .calibration import dustbin_log_correction, fit_dustbin_correction
 from .clustering import ClassClusterer, cluster_classes, select_subsets
 from .combine import active_specialists, combination_objective, combine_predictions
 from .confusion import ConfusionAnalysis, analyse, confusion_matrix, prediction_covariance
@@ -19,13 +20,14 @@ from .specialist import (
     train_specialist,
     train_specialists,
 )
-from .subsets import dustbin_log_correction, fold_logits, fold_probs, specialist_targets, validate_subsets
+from .subsets import fold_logits, fold_probs, specialist_targets, validate_subsets
 
 __all__ = [
     "ClassClusterer", "ConfusionAnalysis", "Specialist", "SpecialistConfig", "active_specialists",
     "analyse", "build_specialist", "cluster_classes", "combination_objective", "combine_predictions",
-    "confusion_matrix", "dustbin_log_correction", "evaluate_specialists", "fold_logits", "fold_probs",
-    "format_coverage_table", "load_specialist", "prediction_covariance", "save_specialist",
+    "confusion_matrix", "dustbin_log_correction", "evaluate_specialists", "fit_dustbin_correction",
+    "fold_logits", "fold_probs", "format_coverage_table", "load_specialist", "prediction_covariance",
+    "save_specialist",
     "select_subsets", "specialist_probs", "specialist_targets", "train_specialist",
     "train_specialists", "validate_subsets", "write_confusion_report",
 ]

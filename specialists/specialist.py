@@ -5,8 +5,9 @@ generalist whose head is cut down to ``len(S) + 1`` outputs: the classes of ``S`
 given, then one *dustbin* class for every other class. It is trained by the shared loop
 (:func:`ensemble_kd.train.train`) on batches of which ``share`` (default half) come from ``S``, with
 the generalist's soft targets folded into ``S`` + dustbin guarding it against overfitting. Because
-the dustbin is under-represented in that mix, ``log(natural dustbin share / training dustbin
-share)`` is added to the dustbin bias after training, so the saved model's logits are calibrated
+the mix shifts the class prior, a correction is added to the dustbin bias after training
+(:mod:`specialists.calibration`): the closed-form prior shift for hard labels (``alpha = 0``), a
+bias fitted on the natural validation split otherwise. The saved model's logits are calibrated
 for data in its natural proportions.
 
 Folder layout written by :func:`train_specialists`::
@@ -41,14 +42,16 @@ from ensemble_kd.models import replace_head
 from ensemble_kd.predict import predict_logits, resolve_device
 from ensemble_kd.train import Objective, TrainConfig, train
 
+from .calibration import dustbin_log_correction, fit_dustbin_correction
 from .subsets import (
-    dustbin_log_correction,
     fold_logits,
     specialist_targets,
     validate_subsets,
 )
 
 SUBSETS_FILE = "subsets.json"
+PRIOR_SHIFT = "prior_shift"  # closed-form dustbin correction (alpha = 0)
+FITTED = "fitted_on_validation"  # dustbin bias fitted on the natural validation split
 
 
 @dataclass
@@ -84,9 +87,12 @@ class Specialist:
         model: maps (B, *input_shape) to logits (B, len(subset) + 1), dustbin last, with the dustbin
             correction already in the head's bias; eval mode.
         subset: its classes, in output order.
-        dustbin_correction: log(natural / training dustbin share), added to the dustbin bias (nats).
+        dustbin_correction: added to the dustbin bias after training (nats): the prior shift
+            for hard labels, or the bias fitted on the validation split (``calibration``).
         history: the shared loop's per-epoch metrics (validation in the specialist's label space).
         meta: what was saved beside the weights (data fingerprint, class names, ...).
+        calibration: how ``dustbin_correction`` was found: ``"prior_shift"`` or
+            ``"fitted_on_validation"``.
     """
 
     model: nn.Module
@@ -94,6 +100,7 @@ class Specialist:
     dustbin_correction: float
     history: list[dict] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    calibration: str = PRIOR_SHIFT
 
 
 def _check_subset(subset: Sequence[int], n_classes: int) -> list[int]:
@@ -265,7 +272,8 @@ def train_specialist(
         generalist: the trained generalist, C = ``splits.n_classes`` outputs (left unchanged).
         subset: the specialist's classes S.
         splits: training data (the mix is drawn from it) and validation data (monitored in the
-            specialist's label space, before the dustbin correction).
+            specialist's label space, before the dustbin correction; with ``alpha > 0`` the
+            dustbin bias is fitted on it, so it needs examples inside and outside the subset).
         train_config: epochs, optimiser, batch size... An epoch is one pass over S's examples.
         spec_config: share, alpha, temperature, freeze_body, jitter.
         run_dir: the shared loop's folder (checkpoints, ``metrics.jsonl``, resume).
@@ -275,6 +283,11 @@ def train_specialist(
 
     Returns:
         The :class:`Specialist`, its dustbin correction already added to the head's dustbin bias.
+
+    Raises:
+        ValueError: a bad subset or config, no training example of the subset, or (alpha > 0) a
+            validation split without examples of the subset or of the rest (checked before
+            training).
     """
     cfg = (spec_config or SpecialistConfig()).validate()
     subset = _check_subset(subset, splits.n_classes)
@@ -299,6 +312,9 @@ def train_specialist(
     mask = torch.isin(y, torch.tensor(subset, dtype=y.dtype))  # (N,) the subset's examples
     if not mask.any():
         raise ValueError(f"subset {subset} has no examples in the training data")
+    val_targets = specialist_targets(splits.y_val, subset) if len(splits.y_val) else None
+    if cfg.alpha > 0:
+        _check_calibration_split(val_targets, subset)
     batches = MixedBatches(
         splits.x_train,
         y,
@@ -319,9 +335,7 @@ def train_specialist(
     objective = specialist_objective(
         targets, folded, cfg, generalist=gen_online, subset=subset if online else None
     )
-    val = None
-    if len(splits.y_val):
-        val = (splits.x_val, specialist_targets(splits.y_val, subset))
+    val = None if val_targets is None else (splits.x_val, val_targets)
 
     extra = {
         "data": splits.fingerprint(),
@@ -352,12 +366,31 @@ def train_specialist(
         p.requires_grad_(True)
 
     # The mix shows the dustbin less often than nature does: shift its prior back (DESIGN.md 3).
-    natural = float((~mask).double().mean())
-    training = 1.0 - batches.training_share
-    correction = dustbin_log_correction(natural, training)
+    if cfg.alpha == 0:
+        natural = float((~mask).double().mean())
+        correction = dustbin_log_correction(natural, 1.0 - batches.training_share)
+        how = PRIOR_SHIFT
+    else:
+        logits = predict_logits(model, splits.x_val, device=dev)  # (N_val, |S|+1)
+        correction = fit_dustbin_correction(logits, val_targets)
+        how = FITTED
     with torch.no_grad():
         model.head.bias[-1] += correction
-    return Specialist(model.eval(), subset, correction, result.history)
+    return Specialist(model.eval(), subset, correction, result.history, calibration=how)
+
+
+def _check_calibration_split(val_targets: torch.Tensor | None, subset: list[int]) -> None:
+    """With alpha > 0 the dustbin bias is fitted on the validation split: it needs both kinds."""
+    if val_targets is None or not (val_targets < len(subset)).any():
+        raise ValueError(
+            f"the validation split has no example of subset {subset}: the dustbin correction "
+            "(alpha > 0) is fitted on it; use a larger validation split or alpha = 0"
+        )
+    if not (val_targets == len(subset)).any():
+        raise ValueError(
+            f"the validation split has no example outside subset {subset}: the dustbin "
+            "correction (alpha > 0) is fitted on it; use a larger validation split or alpha = 0"
+        )
 
 
 def save_specialist(
@@ -376,6 +409,7 @@ def save_specialist(
         "role": "specialist",
         "subset": [int(c) for c in specialist.subset],
         "dustbin_correction": float(specialist.dustbin_correction),
+        "dustbin_calibration": specialist.calibration,
         "history": specialist.history,
     }
     save_model(path, specialist.model, full)
@@ -407,7 +441,9 @@ def load_specialist(path: str | os.PathLike, device: str | torch.device = "cpu")
             f"{path}: the head has {n_out} outputs but the subset has {len(subset)} classes "
             f"(expected {len(subset) + 1} with the dustbin)"
         )
-    return Specialist(model, list(subset), float(c), list(meta.get("history", [])), meta)
+    # Files written before the calibration was recorded used a (wrong) closed form.
+    how = str(meta.get("dustbin_calibration", "unrecorded"))
+    return Specialist(model, list(subset), float(c), list(meta.get("history", [])), meta, how)
 
 
 def specialist_dir(out_dir: str | os.PathLike, m: int) -> Path:

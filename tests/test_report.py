@@ -121,3 +121,29 @@ def test_report_rejects_bad_analysis(tmp_path):
     a.class_names = a.class_names[:3]
     with pytest.raises(ValueError, match="counts has shape"):
         write_confusion_report(a, tmp_path)
+
+
+def test_tables_and_dendrogram_use_the_clustering_affinity(tmp_path, monkeypatch):
+    import specialists.report_figures as figures
+    from specialists.affinity import class_affinity
+
+    a = fashion_analysis()
+    np.testing.assert_array_equal(a.affinity, class_affinity(a.counts, "confusion"))
+    top = a.pairs_symmetric[0]
+    value = f"{a.affinity[top['a'], top['b']]:.4f}"
+    seen = []
+    original = figures.linkage
+
+    def spy(distances, method):
+        seen.append(distances)
+        return original(distances, method=method)
+
+    monkeypatch.setattr(figures, "linkage", spy)
+    write_confusion_report(a, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert f"| {value} |" in md and "affinity inside" in md
+    # the dendrogram's condensed distances are 1 - affinity / max, pair (0, 1) first
+    (d,) = seen
+    aff = a.affinity
+    assert d[0] == pytest.approx(1 - aff[0, 1] / aff.max())
+    assert d.min() == pytest.approx(0.0)

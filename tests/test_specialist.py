@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import specialists.specialist as sp_mod
+import specialists.training as training_mod
 from ensemble_kd.batching import Batch, TensorBatches
 from ensemble_kd.checkpoint import load_checkpoint, save_model
 from ensemble_kd.data import Splits
@@ -17,18 +17,20 @@ from ensemble_kd.io import FormatError, read_jsonl
 from ensemble_kd.models import build_model, model_from_spec
 from ensemble_kd.train import TrainConfig, train
 from specialists.specialist import (
-    SpecialistConfig,
-    build_specialist,
     load_specialist,
     load_specialists,
-    mean_head_input,
     save_specialist,
-    specialist_objective,
     specialist_probs,
-    train_specialist,
     train_specialists,
 )
 from specialists.subsets import fold_logits
+from specialists.training import (
+    SpecialistConfig,
+    build_specialist,
+    mean_head_input,
+    specialist_objective,
+    train_specialist,
+)
 
 N_CLASSES, DIM = 10, 8
 SUBSET = [7, 2]  # 20% of the (balanced) data; deliberately not in ascending order
@@ -217,7 +219,7 @@ def test_trained_specialist_beats_chance_on_its_subset(trained, splits):
     acc_in = (logits[inside, :2].argmax(1) == truth).float().mean()
     assert acc_in > 0.9  # chance is 0.5
     # in its own label space (dustbin included) it is right far more often than chance (1/3)
-    full_acc = (logits.argmax(1) == sp_mod.specialist_targets(splits.y_test, SUBSET)).float().mean()
+    full_acc = (logits.argmax(1) == training_mod.specialist_targets(splits.y_test, SUBSET)).float().mean()
     assert full_acc > 0.9
 
 
@@ -228,7 +230,7 @@ def test_training_lifts_a_specialist_from_chance(splits):
     raw = build_model("mlp", (DIM,), N_CLASSES, widths=[32])
     inside = torch.isin(splits.y_test, torch.tensor(SUBSET))
     truth = torch.tensor([SUBSET.index(c) for c in splits.y_test[inside].tolist()])
-    targets = sp_mod.specialist_targets(splits.y_test, SUBSET)
+    targets = training_mod.specialist_targets(splits.y_test, SUBSET)
 
     def accuracies(model):
         with torch.no_grad():
@@ -383,7 +385,7 @@ def test_train_specialists_writes_folders_and_resumes(generalist, splits, tmp_pa
     def no_training(*args, **kwargs):
         raise AssertionError("a finished specialist was trained again")
 
-    monkeypatch.setattr(sp_mod, "train", no_training)
+    monkeypatch.setattr(training_mod, "train", no_training)
     again = train_specialists(generalist, SUBSETS, splits, SMALL_CFG, None, out, progress=False)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     for a, b in zip(first, again, strict=True):

@@ -21,8 +21,8 @@ from ensemble_kd.data import Splits
 from ensemble_kd.models import build_model
 from ensemble_kd.train import TrainConfig
 from specialists.calibration import dustbin_log_correction, fit_dustbin_correction
-from specialists.specialist import SpecialistConfig, train_specialist
 from specialists.subsets import specialist_targets
+from specialists.training import SpecialistConfig, train_specialist
 
 MEANS = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [0.0, 1.8]], dtype=torch.float64)  # (3, 2)
 PRIOR = torch.tensor([0.05, 0.05, 0.90], dtype=torch.float64)

@@ -21,6 +21,7 @@ from .confusion import ConfusionAnalysis, analyse
 from .counts import confusion_matrix
 from .evaluate import evaluate_specialists, format_coverage_table
 from .report import write_confusion_report
+from .selection import SignalCheck, check_signal, choose_subsets
 from .specialist import (
     load_specialist,
     load_specialists,
@@ -32,8 +33,9 @@ from .subsets import fold_logits, fold_probs, specialist_targets, validate_subse
 from .training import Specialist, SpecialistConfig, build_specialist, train_specialist
 
 __all__ = [
-    "ClassClusterer", "ConfusionAnalysis", "Specialist", "SpecialistConfig", "active_specialists",
-    "analyse", "build_specialist", "class_affinity", "cluster_classes", "combination_objective",
+    "ClassClusterer", "ConfusionAnalysis", "SignalCheck", "Specialist", "SpecialistConfig",
+    "active_specialists", "analyse", "build_specialist", "check_signal", "choose_subsets",
+    "class_affinity", "cluster_classes", "combination_objective",
     "combine_predictions", "confusion_affinity", "confusion_matrix", "covariance_affinity",
     "dustbin_log_correction", "evaluate_specialists", "fit_dustbin_correction", "fold_logits",
     "fold_probs", "format_coverage_table", "load_specialist", "load_specialists",

@@ -22,6 +22,7 @@ from .checks import check_class_names, check_labels, check_n_classes, check_prob
 from .clustering import cluster_classes
 from .counts import cluster_mass, confusion_matrix, most_confused_pairs
 from .predictions import load_predictions, save_predictions
+from .selection import MIN_PAIR_COUNT, check_signal
 
 __all__ = [
     "ConfusionAnalysis",
@@ -158,6 +159,7 @@ def analyse(
     top: int = 10,
     kind: str = "confusion",
     random_state: int = 0,
+    min_pair_count: float = MIN_PAIR_COUNT,
 ) -> ConfusionAnalysis:
     """Analyse where a classifier (or an ensemble) is confused.
 
@@ -176,6 +178,9 @@ def analyse(
         kind: what to cluster: ``"confusion"`` (the labelled confusion counts) or
             ``"covariance"`` (the label-free prediction covariance).
         random_state: seed for the clustering.
+        min_pair_count: when the most confused pair has fewer confusions than this, ``notes``
+            says that the signal is too weak to choose specialist subsets
+            (:func:`specialists.selection.check_signal`; ``choose_subsets`` then returns none).
 
     Returns:
         A :class:`ConfusionAnalysis`. When the model makes no mistake there is
@@ -209,6 +214,10 @@ def analyse(
         notes.append(f"{len(absent)} class(es) have no example: {', '.join(absent[:10])}"
                      + (" ..." if len(absent) > 10 else ""))
     off_diag = counts.sum() - np.trace(counts)
+    signal = check_signal(counts, min_pair_count=min_pair_count, class_names=names)
+    if off_diag > 0 and signal.too_weak:
+        notes.append(signal.reason[0].upper() + signal.reason[1:]
+                     + ": no specialist is trained on these clusters.")
     clusters = _clusters(counts, covariance, n_clusters, method, kind, random_state, off_diag,
                          notes)
 

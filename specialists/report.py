@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 
 from ensemble_kd.io import atomic_write_json, atomic_write_text
 
+from .checks import check_class_lists
 from .confusion import ConfusionAnalysis
 from .report_figures import (
     accuracy_figure,
@@ -37,6 +38,7 @@ from .report_figures import (
     heatmap_figure,
     save_png,
 )
+from .selection import check_signal
 
 __all__ = ["cluster_order", "write_confusion_report"]
 
@@ -59,7 +61,8 @@ p.note { background: #fff6d6; border-left: 4px solid #e0b000; padding: .5em 1em;
 # document blocks -> HTML and Markdown
 
 
-def _blocks(a: ConfusionAnalysis, title: str, figures: dict[str, str]) -> list[tuple]:
+def _blocks(a: ConfusionAnalysis, title: str, figures: dict[str, str],
+            subsets: list[list[int]] | None = None) -> list[tuple]:
     """The report as a list of blocks: ("h1"|"h2"|"p"|"note", text), ("table", head, rows),
     ("img", filename, alt)."""
     names = a.class_names
@@ -114,6 +117,8 @@ def _blocks(a: ConfusionAnalysis, title: str, figures: dict[str, str]) -> list[t
               rows))
     if "dendrogram" in figures:
         b.append(("img", figures["dendrogram"], "dendrogram of the classes"))
+    if subsets is not None:
+        b += _subset_blocks(a, subsets, aff)
 
     b.append(("h2", "Per-class accuracy"))
     b.append(("img", figures["accuracy"], "per-class accuracy bar chart"))
@@ -129,6 +134,29 @@ def _blocks(a: ConfusionAnalysis, title: str, figures: dict[str, str]) -> list[t
                      "-" if np.isnan(acc) else f"{acc:.3f}", top_wrong])
     b.append(("table", ["class", "examples", "correct", "accuracy", "most often predicted as"],
               rows))
+    return b
+
+
+def _subset_blocks(a: ConfusionAnalysis, subsets: list[list[int]],
+                   aff: np.ndarray) -> list[tuple]:
+    """The specialist subsets chosen (``choose_subsets``), or why there are none."""
+    names, counts = a.class_names, np.asarray(a.counts)
+    b: list[tuple] = [("h2", "Specialist subsets")]
+    if not subsets:
+        check = check_signal(counts, class_names=names)
+        why = check.reason if check.too_weak else "no class subset qualifies"
+        b.append(("note", f"No specialist: {why}."))
+        return b
+    rows = []
+    for k, s in enumerate(subsets):
+        inside = counts[np.ix_(s, s)]
+        rows.append([str(k + 1), str(len(s)), ", ".join(names[i] for i in s),
+                     _fmt_num(float(inside.sum() - np.trace(inside))),
+                     f"{float(aff[np.ix_(s, s)].sum()):.4f}"])
+    left = [names[i] for i in range(a.n_classes) if not any(i in s for s in subsets)]
+    b.append(("p", "One dustbin specialist is trained per subset. Classes in no subset "
+                   f"(rarely confused): {', '.join(left) if left else 'none'}."))
+    b.append(("table", ["#", "size", "classes", "confusions inside", "affinity inside"], rows))
     return b
 
 
@@ -203,7 +231,8 @@ def _to_markdown(blocks: list[tuple]) -> str:
 
 
 def write_confusion_report(analysis: ConfusionAnalysis, out_dir: str | os.PathLike, *,
-                           title: str = "Confusion report") -> Path:
+                           title: str = "Confusion report",
+                           subsets: list[list[int]] | None = None) -> Path:
     """Write the confusion report for ``analysis`` into the folder ``out_dir``.
 
     Files written (each atomically): ``report.html`` (self-contained),
@@ -215,6 +244,9 @@ def write_confusion_report(analysis: ConfusionAnalysis, out_dir: str | os.PathLi
         analysis: the output of :func:`specialists.confusion.analyse`.
         out_dir: destination folder, created if missing; existing report files are replaced.
         title: heading of the report.
+        subsets: the specialist subsets chosen (:func:`specialists.selection.choose_subsets`):
+            listed in a section of their own, or, when empty, the reason there are none. Also
+            stored in ``report.json`` under ``"subsets"``. None: no such section.
 
     Returns:
         The path of ``report.html``.
@@ -226,6 +258,8 @@ def write_confusion_report(analysis: ConfusionAnalysis, out_dir: str | os.PathLi
     if np.shape(analysis.counts) != (c, c):
         raise ValueError(f"analysis.counts has shape {np.shape(analysis.counts)} but there are "
                          f"{c} class names")
+    if subsets is not None:
+        subsets = check_class_lists(subsets, c)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     order, blocks = cluster_order(analysis.clusters, c)
@@ -240,9 +274,12 @@ def write_confusion_report(analysis: ConfusionAnalysis, out_dir: str | os.PathLi
     if c >= 2:  # a tree needs at least two leaves
         figs["dendrogram"] = ("dendrogram.png", dendrogram_figure(analysis))
     images = {name: save_png(fig, out / name) for name, fig in figs.values()}
-    doc = _blocks(analysis, title, {key: name for key, (name, _) in figs.items()})
+    doc = _blocks(analysis, title, {key: name for key, (name, _) in figs.items()}, subsets)
 
-    atomic_write_json(out / "report.json", analysis.to_dict())
+    data = analysis.to_dict()
+    if subsets is not None:
+        data["subsets"] = subsets
+    atomic_write_json(out / "report.json", data)
     atomic_write_text(out / "report.md", _to_markdown(doc))
     html_path = out / "report.html"
     atomic_write_text(html_path, _to_html(doc, title, images))

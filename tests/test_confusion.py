@@ -197,7 +197,11 @@ def test_analyse_numbers_on_planted_blocks():
         (0, 4, 4), (0, 8, 4), (1, 3, 4)]
     assert a.covariance.shape == (9, 9)
     assert a.class_names == names
-    assert a.notes == []
+    # 4 confusions in the top pair: below the default signal rule (10), and the notes say so
+    assert a.notes == ["Too little confusion to choose specialist subsets: the most confused "
+                       "pair (c0 <-> c4) has 4 confusion(s) among 180 examples (36 in all); at "
+                       "least 10 are needed: no specialist is trained on these clusters."]
+    assert analyse(probs, y, class_names=names, min_pair_count=4).notes == []
 
 
 def test_analyse_averages_an_ensemble_stack():

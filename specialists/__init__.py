@@ -1,31 +1,45 @@
 """Specialists (Hinton, Vinyals & Dean 2015, section 5): confusion analysis, confusable-class
 clustering, dustbin specialists, and their combination with the generalist at inference.
 
-Builds on :mod:`ensemble_kd` (never the other way round).
+Builds on :mod:`ensemble_kd` (never the other way round). Modules, one job each:
+
+* ``checks``: input checks shared by the modules below.
+* ``counts``: confusion counts, most confused pairs; ``affinity``: the one class affinity.
+* ``clustering``: cluster classes, adjust clusters into subsets; ``selection``: choose the subsets.
+* ``confusion``: the analysis bundle; ``predictions``: saved predictions;
+  ``report`` and ``report_figures``: the confusion report.
+* ``subsets``: validation, dustbin targets, folding; ``calibration``: the dustbin correction.
+* ``training``: build and train one specialist; ``specialist``: save, load, folders, predict.
+* ``combine``: combine generalist and specialists; ``evaluate``: score the combination.
 """
 
+from .affinity import class_affinity, confusion_affinity, covariance_affinity, prediction_covariance
+from .calibration import dustbin_log_correction, fit_dustbin_correction
 from .clustering import ClassClusterer, cluster_classes, select_subsets
 from .combine import active_specialists, combination_objective, combine_predictions
-from .confusion import ConfusionAnalysis, analyse, confusion_matrix, prediction_covariance
+from .confusion import ConfusionAnalysis, analyse
+from .counts import confusion_matrix
 from .evaluate import evaluate_specialists, format_coverage_table
 from .report import write_confusion_report
+from .selection import SignalCheck, check_signal, choose_subsets
 from .specialist import (
-    Specialist,
-    SpecialistConfig,
-    build_specialist,
     load_specialist,
+    load_specialists,
     save_specialist,
     specialist_probs,
-    train_specialist,
     train_specialists,
 )
-from .subsets import dustbin_log_correction, fold_logits, fold_probs, specialist_targets, validate_subsets
+from .subsets import fold_logits, fold_probs, specialist_targets, validate_subsets
+from .training import Specialist, SpecialistConfig, build_specialist, train_specialist
 
 __all__ = [
-    "ClassClusterer", "ConfusionAnalysis", "Specialist", "SpecialistConfig", "active_specialists",
-    "analyse", "build_specialist", "cluster_classes", "combination_objective", "combine_predictions",
-    "confusion_matrix", "dustbin_log_correction", "evaluate_specialists", "fold_logits", "fold_probs",
-    "format_coverage_table", "load_specialist", "prediction_covariance", "save_specialist",
-    "select_subsets", "specialist_probs", "specialist_targets", "train_specialist",
-    "train_specialists", "validate_subsets", "write_confusion_report",
+    "ClassClusterer", "ConfusionAnalysis", "SignalCheck", "Specialist", "SpecialistConfig",
+    "active_specialists", "analyse", "build_specialist", "check_signal", "choose_subsets",
+    "class_affinity", "cluster_classes", "combination_objective",
+    "combine_predictions", "confusion_affinity", "confusion_matrix", "covariance_affinity",
+    "dustbin_log_correction", "evaluate_specialists", "fit_dustbin_correction", "fold_logits",
+    "fold_probs", "format_coverage_table", "load_specialist", "load_specialists",
+    "prediction_covariance", "save_specialist", "select_subsets", "specialist_probs",
+    "specialist_targets", "train_specialist", "train_specialists", "validate_subsets",
+    "write_confusion_report",
 ]

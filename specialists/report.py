@@ -12,35 +12,36 @@ into
   classes, and per-class accuracy.
 
 Both documents are rendered from one list of blocks, so they cannot drift
-apart. Figures are drawn on :class:`matplotlib.figure.Figure` objects without
-pyplot, so no global state or GUI backend is involved.
+apart. The figures are drawn by :mod:`specialists.report_figures`. Affinities in
+the tables and the dendrogram are the ones the clusters were built from
+(:attr:`ConfusionAnalysis.affinity`).
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
-from scipy.cluster.hierarchy import dendrogram, linkage
-from scipy.spatial.distance import squareform
 
-from ensemble_kd.io import atomic_path, atomic_write_json, atomic_write_text
-from specialists.confusion import ConfusionAnalysis, symmetrised_confusion
+from ensemble_kd.io import atomic_write_json, atomic_write_text
+
+from .checks import check_class_lists
+from .confusion import ConfusionAnalysis
+from .report_figures import (
+    accuracy_figure,
+    cluster_order,
+    dendrogram_figure,
+    heatmap_figure,
+    save_png,
+)
+from .selection import check_signal
 
 __all__ = ["cluster_order", "write_confusion_report"]
 
-_DPI = 100
-# Cell annotations stay legible up to about this many classes.
-_ANNOTATE_MAX = 15
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
        max-width: 1200px; padding: 0 1em; color: #222; line-height: 1.45; }
@@ -57,238 +58,20 @@ p.note { background: #fff6d6; border-left: 4px solid #e0b000; padding: .5em 1em;
 
 
 # ---------------------------------------------------------------------------
-# ordering
-
-
-def cluster_order(clusters: list[list[int]], n_classes: int) -> tuple[list[int], list[tuple]]:
-    """Order classes so that each cluster's members are adjacent.
-
-    Args:
-        clusters: class subsets (a partition, or overlapping subsets: a class is
-            placed with the first cluster that holds it).
-        n_classes: C.
-
-    Returns:
-        ``(order, blocks)``: a permutation of ``range(C)`` (classes in no cluster
-        come last, in index order) and one ``(start, size)`` per cluster's block
-        in that order (empty blocks omitted).
-    """
-    order: list[int] = []
-    seen: set[int] = set()
-    blocks = []
-    for members in clusters:
-        start = len(order)
-        for i in members:
-            if i not in seen and 0 <= i < n_classes:
-                seen.add(i)
-                order.append(int(i))
-        if len(order) > start:
-            blocks.append((start, len(order) - start))
-    order += [i for i in range(n_classes) if i not in seen]
-    return order, blocks
-
-
-# ---------------------------------------------------------------------------
-# figures
-
-
-def _label_fontsize(c: int) -> float:
-    return 10.0 if c <= 15 else 8.0 if c <= 40 else 6.0
-
-
-def _label_inches(names: list[str], fontsize: float) -> float:
-    """Rough width of the longest label, so figures leave room for it."""
-    longest = max((len(s) for s in names), default=1)
-    return 0.6 * fontsize / 72 * longest + 0.2
-
-
-def _no_white(name: str) -> ListedColormap:
-    """``name`` without its near-white start: a single confusion must stand out from blank 0."""
-    return ListedColormap(colormaps[name](np.linspace(0.15, 1.0, 256)), name=f"{name}_nw")
-
-
-def _heatmap(a: ConfusionAnalysis, order: list[int], blocks: list[tuple], *,
-             normalised: bool) -> Figure:
-    """Confusion heatmap with rows/columns in cluster order and cluster blocks outlined.
-
-    Raw counts use a log colour scale (zeros blank) so that rare confusions are
-    visible next to the large diagonal. The row-normalised map colours only the
-    off-diagonal rates (the diagonal, i.e. per-class accuracy, is shown in grey)
-    so that its colour scale is spent on the confusions.
-    """
-    c = a.n_classes
-    names = [a.class_names[i] for i in order]
-    m = (a.normalised if normalised else a.counts)[np.ix_(order, order)].astype(float)  # (C, C)
-    fs = _label_fontsize(c)
-    cell = 0.55 if c <= _ANNOTATE_MAX else max(0.2, min(0.4, 12.0 / c))
-    lab = _label_inches(names, fs)
-    fig = Figure(figsize=(max(c * cell + lab + 1.8, 5.5), c * cell + lab + 1.2), dpi=_DPI,
-                 layout="constrained")
-    ax = fig.add_subplot()
-    off = ~np.eye(c, dtype=bool)
-    if normalised:
-        shown = np.ma.masked_array(m, mask=~off | (m == 0))
-        vmax = float(m[off].max()) if c > 1 else 0.0
-        vmax = vmax if vmax > 0 else 1.0  # no confusion at all: any positive scale will do
-        im = ax.imshow(shown, cmap=_no_white("Reds"), vmin=0, vmax=vmax, interpolation="nearest")
-        ax.imshow(np.ma.masked_array(np.ones_like(m), mask=off), cmap="Greys", vmin=0, vmax=4,
-                  interpolation="nearest")
-        cbar_label = "rate (share of the true class), off-diagonal"
-    else:
-        shown = np.ma.masked_array(m, mask=m == 0)
-        vmax = max(float(m.max()), 1.0)
-        im = ax.imshow(shown, cmap=_no_white("Blues"), norm=LogNorm(vmin=1, vmax=max(vmax, 1.5)),
-                       interpolation="nearest")
-        cbar_label = "count (log scale; blank = 0)"
-    ax.set_facecolor("white")
-    cb = fig.colorbar(im, ax=ax, shrink=min(1.0, 0.4 + 4.0 / max(c, 1)), pad=0.02)
-    cb.set_label(cbar_label)
-    if not normalised:
-        # Plain 1-2-5 ticks: a reader should not have to decode "3 x 10^0".
-        ticks = [m_ * 10**e for e in range(int(np.log10(vmax)) + 1) for m_ in (1, 2, 5)]
-        ticks = [t for t in ticks if t <= vmax]
-        cb.ax.minorticks_off()
-        cb.set_ticks(ticks, labels=[f"{t:g}" for t in ticks])
-    ax.set_xticks(range(c), names, rotation=60 if c <= 40 else 90, ha="right",
-                  rotation_mode="anchor", fontsize=fs)
-    ax.set_yticks(range(c), names, fontsize=fs)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.tick_params(length=2)
-    for start, size in blocks:
-        ax.add_patch(Rectangle((start - 0.5, start - 0.5), size, size, fill=False,
-                               edgecolor="#222", lw=2.0 if c <= 40 else 1.2))
-    if c <= _ANNOTATE_MAX:
-        _annotate(ax, m, im, normalised)
-    kind = "row-normalised rates" if normalised else "counts"
-    ax.set_title(f"Confusion ({kind})\n{a.n} examples; boxes = clusters", fontsize=11)
-    return fig
-
-
-def _annotate(ax, m: np.ndarray, im, normalised: bool) -> None:
-    """Write each cell's value in it, dark on light cells and light on dark ones."""
-    c = m.shape[0]
-    for i in range(c):
-        for j in range(c):
-            v = m[i, j]
-            if v == 0 and i != j:
-                continue
-            text = f"{v:.2f}" if normalised else f"{int(v)}"
-            if (i == j and normalised) or v == 0:
-                colour = "black"
-            else:
-                rgba = im.cmap(im.norm(v))
-                colour = "white" if 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2] < 0.5 \
-                    else "black"
-            ax.text(j, i, text, ha="center", va="center", fontsize=8 if c <= 10 else 7,
-                    color=colour)
-
-
-def _cluster_colours(clusters: list[list[int]], n_classes: int) -> list:
-    """One colour per class: that of the first cluster holding it (grey if none)."""
-    # tab10 cycles for many clusters: its colours stay readable on white, tab20's pale half not.
-    cmap = colormaps["tab10"]
-    out: list = ["#666"] * n_classes
-    for k in reversed(range(len(clusters))):  # reversed: the first cluster wins
-        for i in clusters[k]:
-            if 0 <= i < n_classes:
-                out[i] = cmap(k % cmap.N)
-    return out
-
-
-def _dendrogram(a: ConfusionAnalysis) -> Figure:
-    """Average-linkage dendrogram of the classes, distance = 1 - normalised affinity.
-
-    Leaf labels take their cluster's colour, so the tree can be compared with
-    the clusters the report lists.
-    """
-    c = a.n_classes
-    s = symmetrised_confusion(a.counts)  # (C, C), zero diagonal
-    # Normalise to [0, 1] so the most-confused pair sits at distance 0.
-    d = 1.0 - s / s.max() if s.max() > 0 else np.ones_like(s)
-    np.fill_diagonal(d, 0.0)
-    z = linkage(squareform(d, checks=False), method="average")
-    fs = _label_fontsize(c)
-    lab = _label_inches(a.class_names, fs)
-    fig = Figure(figsize=(6.5 + lab, max(2.5, 0.24 * c + 1.2)), dpi=_DPI, layout="constrained")
-    ax = fig.add_subplot()
-    with warnings.catch_warnings():
-        # All merges at one height (e.g. C = 2) make scipy warn about a flat x range;
-        # the fixed limits below replace that range anyway.
-        warnings.filterwarnings("ignore", message="Attempting to set identical")
-        tree = dendrogram(z, labels=list(a.class_names), orientation="left", ax=ax,
-                          leaf_font_size=fs, color_threshold=0.0, above_threshold_color="#444")
-    ax.set_xlim(1.05, 0.0)  # distances lie in [0, 1]; the leaves sit at 0 on the right
-    colours = _cluster_colours(a.clusters, c)
-    for label, i in zip(ax.get_yticklabels(), tree["leaves"], strict=True):
-        label.set_color(colours[i])
-    ax.set_xlabel("distance = 1 - symmetrised confusion rate / its maximum\n"
-                  "(label colour = cluster)")
-    ax.set_title("Classes joined by how often they are confused (average linkage)", fontsize=11)
-    ax.spines[["top", "right"]].set_visible(False)
-    return fig
-
-
-def _accuracy_bars(a: ConfusionAnalysis) -> Figure:
-    """Per-class accuracy, worst first, with the overall accuracy as a line."""
-    c = a.n_classes
-    acc = np.asarray(a.per_class_accuracy, dtype=float)  # (C,), NaN = no example
-    # Worst classes on top, where the eye starts; classes with no example last.
-    order = sorted(range(c), key=lambda i: (np.isnan(acc[i]), acc[i] if not np.isnan(acc[i])
-                                            else 0.0, i))
-    names = [a.class_names[i] for i in order]
-    vals = np.nan_to_num(acc[order], nan=0.0)
-    fs = _label_fontsize(c)
-    lab = _label_inches(names, fs)
-    fig = Figure(figsize=(6.5 + lab, max(2.5, 0.24 * c + 1.2)), dpi=_DPI, layout="constrained")
-    ax = fig.add_subplot()
-    y = np.arange(c)
-    ax.barh(y, vals, color="#4a7fb5", height=0.75)
-    ax.set_yticks(y, names, fontsize=fs)
-    ax.invert_yaxis()
-    ax.set_xlim(0, 1.0)
-    ax.axvline(a.accuracy, color="#c0392b", ls="--", lw=1.5)
-    if c <= 40:
-        for yi, i in enumerate(order):
-            if np.isnan(acc[i]):
-                ax.text(0.01, yi, "no examples", va="center", fontsize=fs - 1, color="#666")
-            elif vals[yi] >= 0.2:
-                # Inside the bar's end, so the dashed line never crosses the number.
-                ax.text(vals[yi] - 0.01, yi, f"{vals[yi]:.3f}", va="center", ha="right",
-                        fontsize=fs - 1, color="white")
-            else:
-                ax.text(vals[yi] + 0.01, yi, f"{vals[yi]:.3f}", va="center", fontsize=fs - 1)
-    ax.set_xlabel("accuracy (share of the class's examples predicted correctly)")
-    ax.set_title(f"Per-class accuracy, worst first; dashed line = overall accuracy "
-                 f"{a.accuracy:.3f}", fontsize=11)
-    ax.spines[["top", "right"]].set_visible(False)
-    return fig
-
-
-def _save_png(fig: Figure, path: Path) -> bytes:
-    """Write ``fig`` to ``path`` atomically and return the PNG bytes (for embedding)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI)
-    data = buf.getvalue()
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    # Figures made without pyplot are not registered anywhere: dropping the
-    # last reference frees them; clearing first releases the artists at once.
-    fig.clear()
-    return data
-
-
-# ---------------------------------------------------------------------------
 # document blocks -> HTML and Markdown
 
 
-def _blocks(a: ConfusionAnalysis, title: str, figures: dict[str, str]) -> list[tuple]:
+def _blocks(a: ConfusionAnalysis, title: str, figures: dict[str, str],
+            subsets: list[list[int]] | None = None) -> list[tuple]:
     """The report as a list of blocks: ("h1"|"h2"|"p"|"note", text), ("table", head, rows),
     ("img", filename, alt)."""
     names = a.class_names
     c = a.n_classes
     counts = np.asarray(a.counts)
     off_total = float(counts.sum() - np.trace(counts))
+    aff = a.affinity  # (C, C) what the clusters and the dendrogram are built from
+    aff_what = ("the clipped correlation of the predicted probabilities" if a.kind == "covariance"
+                else "the mean of the two directions' error rates")
     b: list[tuple] = [("h1", title)]
     b.append(("p", f"{a.n} examples, {c} classes, overall accuracy {a.accuracy:.4f} "
                    f"({int(np.trace(counts))} correct, {int(off_total)} confused). "
@@ -309,11 +92,13 @@ def _blocks(a: ConfusionAnalysis, title: str, figures: dict[str, str]) -> list[t
         b.append(("p", "Directed: examples of the true class predicted as the other class; "
                        "rate = share of the true class's examples."))
         b.append(("table", ["#", "true class", "predicted as", "count", "rate"], rows))
-        rows = [[str(k + 1), names[p["a"]], names[p["b"]], str(p["count"]), f"{p['rate']:.2%}"]
-                for k, p in enumerate(a.pairs_symmetric)]
+        rows = [[str(k + 1), names[p["a"]], names[p["b"]], str(p["count"]), f"{p['rate']:.2%}",
+                 f"{aff[p['a'], p['b']]:.4f}"] for k, p in enumerate(a.pairs_symmetric)]
         b.append(("p", "Both directions together; rate = share of the two classes' examples "
-                       "that went to the other one."))
-        b.append(("table", ["#", "class a", "class b", "count (both ways)", "rate"], rows))
+                       f"that went to the other one; affinity = {aff_what}, the measure the "
+                       "clusters are built from."))
+        b.append(("table", ["#", "class a", "class b", "count (both ways)", "rate", "affinity"],
+                  rows))
     else:
         b.append(("p", "No confusions: every example was classified correctly."))
 
@@ -321,13 +106,19 @@ def _blocks(a: ConfusionAnalysis, title: str, figures: dict[str, str]) -> list[t
     rows = []
     for k, (members, mass) in enumerate(zip(a.clusters, a.cluster_mass, strict=True)):
         share = f"{mass / off_total:.1%}" if off_total > 0 else "-"
+        inside = float(aff[np.ix_(members, members)].sum())
         rows.append([str(k + 1), str(len(members)), ", ".join(names[i] for i in members),
-                     _fmt_num(mass), share])
+                     _fmt_num(mass), share, f"{inside:.4f}"])
     b.append(("p", "Confusion mass = confusions between two different classes of the same "
-                   "cluster; share = that mass over all confusions."))
-    b.append(("table", ["#", "size", "classes", "confusion mass", "share"], rows))
+                   "cluster; share = that mass over all confusions; affinity inside = the "
+                   "affinity summed over ordered pairs of the cluster's classes (clusters are "
+                   "listed by it)."))
+    b.append(("table", ["#", "size", "classes", "confusion mass", "share", "affinity inside"],
+              rows))
     if "dendrogram" in figures:
         b.append(("img", figures["dendrogram"], "dendrogram of the classes"))
+    if subsets is not None:
+        b += _subset_blocks(a, subsets, aff)
 
     b.append(("h2", "Per-class accuracy"))
     b.append(("img", figures["accuracy"], "per-class accuracy bar chart"))
@@ -343,6 +134,29 @@ def _blocks(a: ConfusionAnalysis, title: str, figures: dict[str, str]) -> list[t
                      "-" if np.isnan(acc) else f"{acc:.3f}", top_wrong])
     b.append(("table", ["class", "examples", "correct", "accuracy", "most often predicted as"],
               rows))
+    return b
+
+
+def _subset_blocks(a: ConfusionAnalysis, subsets: list[list[int]],
+                   aff: np.ndarray) -> list[tuple]:
+    """The specialist subsets chosen (``choose_subsets``), or why there are none."""
+    names, counts = a.class_names, np.asarray(a.counts)
+    b: list[tuple] = [("h2", "Specialist subsets")]
+    if not subsets:
+        check = check_signal(counts, class_names=names)
+        why = check.reason if check.too_weak else "no class subset qualifies"
+        b.append(("note", f"No specialist: {why}."))
+        return b
+    rows = []
+    for k, s in enumerate(subsets):
+        inside = counts[np.ix_(s, s)]
+        rows.append([str(k + 1), str(len(s)), ", ".join(names[i] for i in s),
+                     _fmt_num(float(inside.sum() - np.trace(inside))),
+                     f"{float(aff[np.ix_(s, s)].sum()):.4f}"])
+    left = [names[i] for i in range(a.n_classes) if not any(i in s for s in subsets)]
+    b.append(("p", "One dustbin specialist is trained per subset. Classes in no subset "
+                   f"(rarely confused): {', '.join(left) if left else 'none'}."))
+    b.append(("table", ["#", "size", "classes", "confusions inside", "affinity inside"], rows))
     return b
 
 
@@ -417,7 +231,8 @@ def _to_markdown(blocks: list[tuple]) -> str:
 
 
 def write_confusion_report(analysis: ConfusionAnalysis, out_dir: str | os.PathLike, *,
-                           title: str = "Confusion report") -> Path:
+                           title: str = "Confusion report",
+                           subsets: list[list[int]] | None = None) -> Path:
     """Write the confusion report for ``analysis`` into the folder ``out_dir``.
 
     Files written (each atomically): ``report.html`` (self-contained),
@@ -429,6 +244,9 @@ def write_confusion_report(analysis: ConfusionAnalysis, out_dir: str | os.PathLi
         analysis: the output of :func:`specialists.confusion.analyse`.
         out_dir: destination folder, created if missing; existing report files are replaced.
         title: heading of the report.
+        subsets: the specialist subsets chosen (:func:`specialists.selection.choose_subsets`):
+            listed in a section of their own, or, when empty, the reason there are none. Also
+            stored in ``report.json`` under ``"subsets"``. None: no such section.
 
     Returns:
         The path of ``report.html``.
@@ -440,22 +258,28 @@ def write_confusion_report(analysis: ConfusionAnalysis, out_dir: str | os.PathLi
     if np.shape(analysis.counts) != (c, c):
         raise ValueError(f"analysis.counts has shape {np.shape(analysis.counts)} but there are "
                          f"{c} class names")
+    if subsets is not None:
+        subsets = check_class_lists(subsets, c)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     order, blocks = cluster_order(analysis.clusters, c)
 
     figs: dict[str, tuple[str, Figure]] = {
-        "counts": ("confusion_counts.png", _heatmap(analysis, order, blocks, normalised=False)),
+        "counts": ("confusion_counts.png",
+                   heatmap_figure(analysis, order, blocks, normalised=False)),
         "normalised": ("confusion_normalised.png",
-                       _heatmap(analysis, order, blocks, normalised=True)),
-        "accuracy": ("per_class_accuracy.png", _accuracy_bars(analysis)),
+                       heatmap_figure(analysis, order, blocks, normalised=True)),
+        "accuracy": ("per_class_accuracy.png", accuracy_figure(analysis)),
     }
     if c >= 2:  # a tree needs at least two leaves
-        figs["dendrogram"] = ("dendrogram.png", _dendrogram(analysis))
-    images = {name: _save_png(fig, out / name) for name, fig in figs.values()}
-    doc = _blocks(analysis, title, {key: name for key, (name, _) in figs.items()})
+        figs["dendrogram"] = ("dendrogram.png", dendrogram_figure(analysis))
+    images = {name: save_png(fig, out / name) for name, fig in figs.values()}
+    doc = _blocks(analysis, title, {key: name for key, (name, _) in figs.items()}, subsets)
 
-    atomic_write_json(out / "report.json", analysis.to_dict())
+    data = analysis.to_dict()
+    if subsets is not None:
+        data["subsets"] = subsets
+    atomic_write_json(out / "report.json", data)
     atomic_write_text(out / "report.md", _to_markdown(doc))
     html_path = out / "report.html"
     atomic_write_text(html_path, _to_html(doc, title, images))

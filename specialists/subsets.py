@@ -192,33 +192,6 @@ def fold_logits(logits: torch.Tensor, subset: Sequence[int], temperature: float)
     return torch.cat([inside, dustbin.unsqueeze(-1)], dim=-1)
 
 
-def dustbin_log_correction(natural_dustbin_share: float, training_dustbin_share: float) -> float:
-    """Log-odds correction to add to a specialist's dustbin logit after training.
-
-    A specialist is trained on a mix where its own classes are oversampled
-    (e.g. half the examples), so the dustbin is under-represented. Adding
-    ``log(natural / training)`` to the dustbin logit undoes that prior shift
-    (DESIGN.md sec. 3). Example: natural share 0.9, training share 0.5 gives
-    ``log(1.8) ~ 0.588``.
-
-    Args:
-        natural_dustbin_share: fraction of natural data outside the subset, in (0, 1).
-        training_dustbin_share: fraction of the training mix outside the subset, in (0, 1).
-
-    Returns:
-        The correction in logit units (nats).
-    """
-    for name, value in (
-        ("natural_dustbin_share", natural_dustbin_share),
-        ("training_dustbin_share", training_dustbin_share),
-    ):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise ValueError(f"{name} is {value!r}, expected a number in (0, 1)")
-        if not (0.0 < float(value) < 1.0):
-            raise ValueError(f"{name} must lie strictly between 0 and 1, got {value}")
-    return math.log(float(natural_dustbin_share) / float(training_dustbin_share))
-
-
 def coverage(labels: torch.Tensor, subsets: Sequence[Sequence[int]]) -> torch.Tensor:
     """Count, for each example, how many subsets contain its label.
 

@@ -2,14 +2,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from specialists.clustering import (
-    ClassClusterer,
-    cluster_classes,
-    confusion_affinity,
-    covariance_affinity,
-    select_subsets,
-    subset_mass,
-)
+from specialists.affinity import confusion_affinity, covariance_affinity, subset_mass
+from specialists.clustering import ClassClusterer, cluster_classes, select_subsets
 
 SIZES = (2, 3, 4, 5, 7, 9)  # 30 classes in 6 groups of varied sizes
 
@@ -78,10 +72,11 @@ def test_planted_covariance_blocks_are_recovered(method, seed):
     assert adjusted_rand_score(truth, labels_of(subsets, 30)) == 1.0
 
 
-def test_confusion_affinity_normalises_each_class_by_its_mistakes():
+def test_confusion_affinity_is_the_symmetrised_error_rate():
     counts = np.array([[90.0, 10.0, 0.0], [2.0, 8.0, 6.0], [0.0, 0.0, 5.0]])
-    # Mistake shares: class 0 -> 1: 1.0; class 1 -> 0: 0.25, -> 2: 0.75; class 2: none.
-    expected = np.array([[0.0, 0.625, 0.0], [0.625, 0.0, 0.375], [0.0, 0.375, 0.0]])
+    # Rates: class 0 -> 1: 10/100; class 1 -> 0: 2/16, -> 2: 6/16; class 2: none.
+    # A rarely wrong class (0) keeps a low affinity even though all its mistakes go to class 1.
+    expected = np.array([[0.0, 0.1125, 0.0], [0.1125, 0.0, 0.1875], [0.0, 0.1875, 0.0]])
     np.testing.assert_allclose(confusion_affinity(counts), expected)
 
 

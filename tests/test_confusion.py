@@ -7,19 +7,10 @@ import pytest
 import torch
 
 from ensemble_kd.io import FormatError
-from specialists.confusion import (
-    ConfusionAnalysis,
-    analyse,
-    cluster_mass,
-    confusion_matrix,
-    default_n_clusters,
-    load_predictions,
-    most_confused_pairs,
-    prediction_covariance,
-    row_normalise,
-    save_predictions,
-    symmetrised_confusion,
-)
+from specialists.affinity import confusion_affinity, confusion_rates, prediction_covariance
+from specialists.confusion import ConfusionAnalysis, analyse, default_n_clusters
+from specialists.counts import cluster_mass, confusion_matrix, most_confused_pairs
+from specialists.predictions import load_predictions, save_predictions
 
 # Hand-made labels: 4 classes, class 3 never occurs.
 Y_TRUE = [0, 0, 1, 2, 2, 2]
@@ -86,32 +77,29 @@ def test_confusion_matrix_bad_input(y_true, y_pred, match):
 
 
 # ---------------------------------------------------------------------------
-# row_normalise, symmetrised_confusion
+# confusion_rates, confusion_affinity
 
 
-def test_row_normalise_known_answer_empty_row_stays_zero():
-    r = row_normalise(CM)
+def test_confusion_rates_known_answer_empty_row_stays_zero():
+    r = confusion_rates(CM)
     expected = np.array([[0.5, 0.5, 0, 0], [0, 1, 0, 0], [1 / 3, 0, 2 / 3, 0], [0, 0, 0, 0]])
     np.testing.assert_allclose(r, expected)
 
 
-def test_row_normalise_rejects_bad_matrices():
+def test_confusion_rates_rejects_bad_matrices():
     with pytest.raises(ValueError, match="square"):
-        row_normalise(np.ones((2, 3)))
+        confusion_rates(np.ones((2, 3)))
     with pytest.raises(ValueError, match="negative"):
-        row_normalise(np.array([[1, -1], [0, 1]]))
+        confusion_rates(np.array([[1, -1], [0, 1]]))
 
 
-def test_symmetrised_confusion_known_answer():
-    s = symmetrised_confusion(CM)
+def test_confusion_affinity_known_answer():
+    s = confusion_affinity(CM)
     assert s[0, 1] == pytest.approx(0.25)  # (0.5 + 0) / 2
     assert s[0, 2] == pytest.approx(1 / 6)  # (0 + 1/3) / 2
     assert s[1, 2] == 0.0
     np.testing.assert_array_equal(np.diag(s), 0.0)
     np.testing.assert_allclose(s, s.T)
-    raw = symmetrised_confusion(CM, normalise=False)
-    assert raw[0, 1] == pytest.approx(0.5)  # (1 + 0) / 2
-    assert raw[0, 2] == pytest.approx(0.5)  # (0 + 1) / 2
 
 
 # ---------------------------------------------------------------------------
@@ -209,7 +197,11 @@ def test_analyse_numbers_on_planted_blocks():
         (0, 4, 4), (0, 8, 4), (1, 3, 4)]
     assert a.covariance.shape == (9, 9)
     assert a.class_names == names
-    assert a.notes == []
+    # 4 confusions in the top pair: below the default signal rule (10), and the notes say so
+    assert a.notes == ["Too little confusion to choose specialist subsets: the most confused "
+                       "pair (c0 <-> c4) has 4 confusion(s) among 180 examples (36 in all); at "
+                       "least 10 are needed: no specialist is trained on these clusters."]
+    assert analyse(probs, y, class_names=names, min_pair_count=4).notes == []
 
 
 def test_analyse_averages_an_ensemble_stack():
@@ -315,3 +307,19 @@ def test_save_predictions_bad_input(tmp_path):
     with pytest.raises(ValueError, match="probs has 2 rows but labels has 3"):
         save_predictions(tmp_path / "p.npz", np.eye(2), [0, 1, 1])
     assert not (tmp_path / "p.npz").exists()
+
+
+def test_analysis_affinity_is_the_one_its_clusters_were_built_from():
+    from specialists.affinity import covariance_affinity
+
+    probs, y = planted(BLOCKS)
+    a = analyse(probs, y)
+    np.testing.assert_array_equal(a.affinity, confusion_affinity(a.counts))
+    b = analyse(probs, y, kind="covariance")
+    assert b.kind == "covariance"
+    np.testing.assert_array_equal(b.affinity, covariance_affinity(b.covariance))
+    back = ConfusionAnalysis.from_dict(json.loads(json.dumps(b.to_dict())))
+    assert back.kind == "covariance"
+    old = a.to_dict()
+    del old["kind"]  # a report.json written before the kind was recorded
+    assert ConfusionAnalysis.from_dict(old).kind == "confusion"

@@ -121,3 +121,57 @@ def test_report_rejects_bad_analysis(tmp_path):
     a.class_names = a.class_names[:3]
     with pytest.raises(ValueError, match="counts has shape"):
         write_confusion_report(a, tmp_path)
+
+
+def test_tables_and_dendrogram_use_the_clustering_affinity(tmp_path, monkeypatch):
+    import specialists.report_figures as figures
+    from specialists.affinity import class_affinity
+
+    a = fashion_analysis()
+    np.testing.assert_array_equal(a.affinity, class_affinity(a.counts, "confusion"))
+    top = a.pairs_symmetric[0]
+    value = f"{a.affinity[top['a'], top['b']]:.4f}"
+    seen = []
+    original = figures.linkage
+
+    def spy(distances, method):
+        seen.append(distances)
+        return original(distances, method=method)
+
+    monkeypatch.setattr(figures, "linkage", spy)
+    write_confusion_report(a, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert f"| {value} |" in md and "affinity inside" in md
+    # the dendrogram's condensed distances are 1 - affinity / max, pair (0, 1) first
+    (d,) = seen
+    aff = a.affinity
+    assert d[0] == pytest.approx(1 - aff[0, 1] / aff.max())
+    assert d.min() == pytest.approx(0.0)
+
+
+def test_report_lists_the_chosen_subsets(tmp_path):
+    from specialists import choose_subsets
+
+    a = fashion_analysis()
+    subsets = choose_subsets(a.counts, min_pair_count=5)
+    assert subsets  # the fixture's shoes and tops blocks
+    write_confusion_report(a, tmp_path, subsets=subsets)
+    md = (tmp_path / "report.md").read_text()
+    assert "## Specialist subsets" in md
+    for s in subsets:
+        assert ", ".join(FASHION[i] for i in s) in md
+    assert "Trouser" in md.split("## Specialist subsets")[1].split("\n\n")[1]  # left out
+    assert json.loads((tmp_path / "report.json").read_text())["subsets"] == subsets
+
+
+def test_report_says_why_there_is_no_specialist(tmp_path):
+    probs = np.eye(5)[[0, 1, 2, 3, 4, 4, 3]]
+    y = np.array([0, 1, 2, 3, 4, 4, 2])  # one confusion: a 2 read as a 3
+    a = analyse(probs, y)
+    assert any("too little confusion" in n.lower() for n in a.notes)
+    write_confusion_report(a, tmp_path, subsets=[])
+    md = (tmp_path / "report.md").read_text()
+    assert ("No specialist: too little confusion to choose specialist subsets: the most "
+            "confused pair (2 <-> 3) has 1 confusion(s) among 7 examples") in md
+    with pytest.raises(ValueError, match="contains class 7"):
+        write_confusion_report(a, tmp_path, subsets=[[0, 7]])

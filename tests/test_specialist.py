@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import specialists.specialist as sp_mod
+import specialists.training as training_mod
 from ensemble_kd.batching import Batch, TensorBatches
 from ensemble_kd.checkpoint import load_checkpoint, save_model
 from ensemble_kd.data import Splits
@@ -17,18 +17,20 @@ from ensemble_kd.io import FormatError, read_jsonl
 from ensemble_kd.models import build_model, model_from_spec
 from ensemble_kd.train import TrainConfig, train
 from specialists.specialist import (
-    SpecialistConfig,
-    build_specialist,
     load_specialist,
     load_specialists,
-    mean_head_input,
     save_specialist,
-    specialist_objective,
     specialist_probs,
-    train_specialist,
     train_specialists,
 )
 from specialists.subsets import fold_logits
+from specialists.training import (
+    SpecialistConfig,
+    build_specialist,
+    mean_head_input,
+    specialist_objective,
+    train_specialist,
+)
 
 N_CLASSES, DIM = 10, 8
 SUBSET = [7, 2]  # 20% of the (balanced) data; deliberately not in ascending order
@@ -189,15 +191,19 @@ def test_online_objective_equals_precomputed(generalist, splits):
 # ---- training ----
 
 
-def test_dustbin_correction_is_log_natural_over_training_share(trained):
+def test_dustbin_correction_is_fitted_on_validation_with_soft_targets(trained, splits):
     sp, run_dir = trained
     assert sp.subset == SUBSET
-    # subset classes are 20% of the data; half of each batch comes from them
-    assert sp.dustbin_correction == pytest.approx(math.log(0.8 / 0.5))
+    # alpha = 0.5: the bias is fitted on the validation split, where at the optimum the mean
+    # p(dustbin) equals the dustbin's share of the split (80%)
+    assert sp.calibration == "fitted_on_validation"
+    with torch.no_grad():
+        p_dust = sp.model(splits.x_val).double().softmax(1)[:, -1].mean()
+    assert float(p_dust) == pytest.approx(0.8, abs=1e-5)
     # the returned model's dustbin bias = the trained (checkpointed) bias + the correction
     ck = load_checkpoint(run_dir / "checkpoint.pt")["model"]
     assert sp.model.head.bias[-1].item() == pytest.approx(
-        float(ck["head.bias"][-1]) + math.log(1.6), abs=1e-6
+        float(ck["head.bias"][-1]) + sp.dustbin_correction, abs=1e-6
     )
     torch.testing.assert_close(sp.model.head.bias[:-1].detach(), ck["head.bias"][:-1])
 
@@ -213,7 +219,7 @@ def test_trained_specialist_beats_chance_on_its_subset(trained, splits):
     acc_in = (logits[inside, :2].argmax(1) == truth).float().mean()
     assert acc_in > 0.9  # chance is 0.5
     # in its own label space (dustbin included) it is right far more often than chance (1/3)
-    full_acc = (logits.argmax(1) == sp_mod.specialist_targets(splits.y_test, SUBSET)).float().mean()
+    full_acc = (logits.argmax(1) == training_mod.specialist_targets(splits.y_test, SUBSET)).float().mean()
     assert full_acc > 0.9
 
 
@@ -224,7 +230,7 @@ def test_training_lifts_a_specialist_from_chance(splits):
     raw = build_model("mlp", (DIM,), N_CLASSES, widths=[32])
     inside = torch.isin(splits.y_test, torch.tensor(SUBSET))
     truth = torch.tensor([SUBSET.index(c) for c in splits.y_test[inside].tolist()])
-    targets = sp_mod.specialist_targets(splits.y_test, SUBSET)
+    targets = training_mod.specialist_targets(splits.y_test, SUBSET)
 
     def accuracies(model):
         with torch.no_grad():
@@ -244,6 +250,9 @@ def test_training_lifts_a_specialist_from_chance(splits):
     )
     after = accuracies(sp.model)
     assert after[0] > 0.95 and after[1] > 0.95
+    # hard labels: the closed-form prior shift, log(0.8 / 0.5) + log(0.5 / 0.2) = log 4
+    assert sp.calibration == "prior_shift"
+    assert sp.dustbin_correction == pytest.approx(math.log(4.0))
 
 
 def test_freeze_body_trains_only_the_head(generalist, splits):
@@ -285,7 +294,7 @@ def test_jittered_images_run_the_generalist_online(splits):
         SpecialistConfig(jitter=1, alpha=0.5),
         progress=False,
     )
-    assert sp.dustbin_correction == pytest.approx(math.log(1.6))
+    assert sp.calibration == "fitted_on_validation" and math.isfinite(sp.dustbin_correction)
     assert math.isfinite(sp.history[0]["soft"]) and sp.history[0]["soft"] > 0
 
 
@@ -320,6 +329,7 @@ def test_save_load_round_trip(trained, splits, tmp_path):
     assert back.subset == SUBSET
     assert back.dustbin_correction == pytest.approx(sp.dustbin_correction)
     assert back.history == sp.history
+    assert back.calibration == sp.calibration == "fitted_on_validation"
     assert back.meta["data_fingerprint"] == "abc" and back.meta["role"] == "specialist"
     torch.testing.assert_close(back.model(splits.x_test), sp.model(splits.x_test))
     assert back.model.head.bias[-1].item() == pytest.approx(sp.model.head.bias[-1].item())
@@ -331,6 +341,10 @@ def test_load_rejects_head_size_mismatch_and_non_specialists(trained, generalist
     save_model(bad, sp.model, {"subset": [1, 2, 3], "dustbin_correction": 0.1})
     with pytest.raises(FormatError, match="head has 3 outputs but the subset has 3 classes"):
         load_specialist(bad)
+    # written before the calibration was recorded: loads, and says so
+    old = tmp_path / "old.pt"
+    save_model(old, sp.model, {"subset": SUBSET, "dustbin_correction": 0.47})
+    assert load_specialist(old).calibration == "unrecorded"
     plain = tmp_path / "plain.pt"
     save_model(plain, generalist, {})
     with pytest.raises(FormatError, match="not a specialist"):
@@ -363,7 +377,7 @@ def test_train_specialists_writes_folders_and_resumes(generalist, splits, tmp_pa
     for m in range(2):
         assert (out / f"specialist_{m}" / "model.pt").exists()
         assert len(read_jsonl(out / f"specialist_{m}" / "metrics.jsonl")) == 2
-    assert first[1].dustbin_correction == pytest.approx(math.log(0.7 / (1 - 16 / 32)))
+    assert [s.calibration for s in first] == ["fitted_on_validation"] * 2
     stamps = {
         p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.suffix != ".json"
     }
@@ -371,11 +385,12 @@ def test_train_specialists_writes_folders_and_resumes(generalist, splits, tmp_pa
     def no_training(*args, **kwargs):
         raise AssertionError("a finished specialist was trained again")
 
-    monkeypatch.setattr(sp_mod, "train", no_training)
+    monkeypatch.setattr(training_mod, "train", no_training)
     again = train_specialists(generalist, SUBSETS, splits, SMALL_CFG, None, out, progress=False)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     for a, b in zip(first, again, strict=True):
         assert a.subset == b.subset and a.dustbin_correction == pytest.approx(b.dustbin_correction)
+        assert a.calibration == b.calibration
         torch.testing.assert_close(a.model(splits.x_val), b.model(splits.x_val))
     loaded = load_specialists(out)
     assert [s.subset for s in loaded] == SUBSETS

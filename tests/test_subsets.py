@@ -6,7 +6,6 @@ import torch
 
 from specialists.subsets import (
     coverage,
-    dustbin_log_correction,
     fold_logits,
     fold_probs,
     specialist_targets,
@@ -87,20 +86,6 @@ def test_fold_logits_rejects_bad_temperature():
     for t in (0.0, -1.0, math.inf):
         with pytest.raises(ValueError, match="temperature"):
             fold_logits(torch.zeros(1, 4), [0, 1], t)
-
-
-def test_dustbin_log_correction_known_values():
-    assert dustbin_log_correction(0.9, 0.5) == pytest.approx(math.log(1.8))
-    assert dustbin_log_correction(0.5, 0.5) == 0.0
-    assert dustbin_log_correction(0.2, 0.4) == pytest.approx(-math.log(2))
-
-
-@pytest.mark.parametrize("bad", [0.0, 1.0, -0.1, 1.5, float("nan")])
-def test_dustbin_log_correction_rejects_shares_outside_open_unit_interval(bad):
-    with pytest.raises(ValueError, match="natural_dustbin_share"):
-        dustbin_log_correction(bad, 0.5)
-    with pytest.raises(ValueError, match="training_dustbin_share"):
-        dustbin_log_correction(0.5, bad)
 
 
 def test_coverage_counts_overlapping_subsets():

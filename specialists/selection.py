@@ -1,0 +1,250 @@
+"""Choose the class subsets that get a specialist, from where the generalist is confused.
+
+:func:`choose_subsets` is the one function that ``run`` and ``train-specialists`` call. Its rules:
+
+* **Enough signal.** When the confusion counts are too few to say which classes are confusable
+  (:func:`check_signal`), it returns no subset: better no specialist than specialists for noise.
+* **Rarely confused classes stay out.** A class joins a subset only if its strongest affinity to
+  another class reaches ``min_affinity`` times the strongest affinity of any pair. It needs no
+  specialist, and the dustbin is where it belongs.
+* **Strongly confused pairs share a subset.** Every pair whose affinity reaches ``strong_affinity``
+  times the strongest is put in one subset together, adding a class to a subset if clustering
+  split the pair (the subsets may then overlap, as the paper's did).
+
+Affinity is :func:`specialists.affinity.class_affinity` (for confusion counts, the symmetrised
+error rate), the same measure the clustering and the confusion report use.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.sparse.csgraph import connected_components
+
+from .affinity import check_kind, class_affinity
+from .checks import check_confusion, check_count
+from .clustering import METHODS, cluster_classes, select_subsets
+
+__all__ = ["MIN_AFFINITY", "MIN_PAIR_COUNT", "STRONG_AFFINITY", "SignalCheck", "check_signal",
+           "choose_subsets"]
+
+MIN_AFFINITY = 0.15  # a class whose strongest affinity is below this share of the top pair's: out
+STRONG_AFFINITY = 0.5  # pairs at or above this share of the top pair's affinity share a subset
+MIN_PAIR_COUNT = 10  # confusions of the most confused pair below which the signal is too weak
+
+
+@dataclass(frozen=True)
+class SignalCheck:
+    """Whether confusion counts carry enough signal to choose subsets, and why.
+
+    Attributes:
+        too_weak: True when no subset should be chosen.
+        reason: one line for a log or the report, saying what was found and what is needed.
+        n_examples: examples counted (sum of the matrix).
+        n_confusions: off-diagonal counts.
+        top_pair: the pair (a, b), a < b, with the most confusions in both directions, or None.
+        top_pair_count: its confusions, ``cm[a, b] + cm[b, a]``.
+    """
+
+    too_weak: bool
+    reason: str
+    n_examples: float
+    n_confusions: float
+    top_pair: tuple[int, int] | None
+    top_pair_count: float
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:.3g}"
+
+
+def check_signal(confusion: Any, *, min_pair_count: float = MIN_PAIR_COUNT,
+                 class_names: list[str] | None = None) -> SignalCheck:
+    """Say whether confusion counts are enough to choose specialist subsets.
+
+    Rule: the signal is too weak when the most confused pair of classes (confusions in both
+    directions together) has fewer than ``min_pair_count`` confusions. A pair's count is roughly
+    Poisson, with relative standard error ``1 / sqrt(n)``: over 30% below 10, so which pairs are
+    the most confused, and which classes are rarely confused next to them, would be read from
+    noise. Expected (fractional) counts, e.g. summed predicted probabilities, are judged the same
+    way.
+
+    Args:
+        confusion: (C, C) confusion counts, rows = true class.
+        min_pair_count: confusions the most confused pair needs, > 0.
+        class_names: C names for the message (default: class indices).
+
+    Returns:
+        A :class:`SignalCheck`.
+    """
+    cm = check_confusion(confusion)
+    if isinstance(min_pair_count, bool) or not (
+        isinstance(min_pair_count, int | float) and min_pair_count > 0
+    ):
+        raise ValueError(f"min_pair_count must be a number > 0, got {min_pair_count!r}")
+    c = cm.shape[0]
+    names = class_names if class_names is not None else [str(i) for i in range(c)]
+    n, errors = float(cm.sum()), float(cm.sum() - np.trace(cm))
+    both = np.triu(cm + cm.T, k=1)  # (C, C) confusions of each pair a < b
+    if errors == 0 or c < 2:
+        return SignalCheck(True, f"no confusion among {_fmt(n)} examples: no class needs a "
+                           "specialist", n, errors, None, 0.0)
+    a, b = (int(i) for i in np.unravel_index(int(np.argmax(both)), both.shape))
+    top = float(both[a, b])
+    pair = f"{names[a]} <-> {names[b]}"
+    if top < min_pair_count:
+        reason = (f"too little confusion to choose specialist subsets: the most confused pair "
+                  f"({pair}) has {_fmt(top)} confusion(s) among {_fmt(n)} examples "
+                  f"({_fmt(errors)} in all); at least {_fmt(min_pair_count)} are needed")
+        return SignalCheck(True, reason, n, errors, (a, b), top)
+    reason = (f"enough confusion to choose specialist subsets: the most confused pair ({pair}) "
+              f"has {_fmt(top)} confusions among {_fmt(n)} examples")
+    return SignalCheck(False, reason, n, errors, (a, b), top)
+
+
+def _share(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
+def _groups(among: np.ndarray, edges: np.ndarray, keep: np.ndarray, n_clusters: int | None,
+            method: str, max_size: int | None, random_state: int) -> list[list[int]]:
+    """Partition the kept classes: the connected components of ``edges`` (C, C) bool, each split
+    to ``max_size``, or ``n_clusters`` clusters; clustering reads the affinity ``among``."""
+    sub = among[np.ix_(keep, keep)]  # (K, K)
+    if n_clusters is not None:
+        k = min(n_clusters, len(keep))
+        parts = cluster_classes(sub, k, method=method, random_state=random_state, kind="affinity")
+    else:
+        n_comp, labels = connected_components(edges[np.ix_(keep, keep)], directed=False)
+        parts = []
+        for g in range(n_comp):
+            members = np.flatnonzero(labels == g).tolist()
+            if max_size is not None and len(members) > max_size:
+                k = math.ceil(len(members) / max_size)
+                block = sub[np.ix_(members, members)]
+                parts += [[members[i] for i in s] for s in cluster_classes(
+                    block, k, method=method, random_state=random_state, kind="affinity")]
+            else:
+                parts.append(members)
+    return [[int(keep[i]) for i in s] for s in parts]
+
+
+def _join_strong_pairs(subsets: list[list[int]], aff: np.ndarray, strong: float,
+                       n: int) -> list[list[int]]:
+    """Make every pair with affinity >= ``strong`` share a subset, adding the class that fits
+    best (largest affinity to the subset it joins; ties to the smaller subset)."""
+    out = [list(s) for s in subsets]
+    pairs = np.argwhere(np.triu(aff >= strong, k=1))
+    order = sorted(map(tuple, pairs), key=lambda p: (-aff[p], p))  # strongest first
+    for i, j in order:
+        if any(i in s and j in s for s in out):
+            continue
+        options = [(float(aff[new, s].sum()), -len(s), -k, k, new)
+                   for k, s in enumerate(out) for old, new in ((i, j), (j, i))
+                   if old in s and len(s) + 1 < n]
+        if options:
+            *_, k, new = max(options)
+            out[k] = sorted(out[k] + [int(new)])
+        elif n > 2:
+            out.append(sorted([int(i), int(j)]))
+    return out
+
+
+def choose_subsets(
+    confusion: Any,
+    *,
+    kind: str = "confusion",
+    n_clusters: int | None = None,
+    method: str = "spectral",
+    overlap: int = 0,
+    max_specialists: int | None = None,
+    max_subset_size: int | None = None,
+    min_affinity: float = MIN_AFFINITY,
+    strong_affinity: float = STRONG_AFFINITY,
+    min_pair_count: float = MIN_PAIR_COUNT,
+    random_state: int = 0,
+) -> list[list[int]]:
+    """The class subsets that get a specialist, most confused first (possibly none).
+
+    Steps, with A the class affinity and ``top`` its largest off-diagonal entry:
+
+    1. ``kind="confusion"``: if :func:`check_signal` finds the counts too weak
+       (``min_pair_count``), return ``[]``. Any kind: no affinity at all also returns ``[]``.
+    2. Rarely confused classes are left out: class i is kept only if
+       ``max_j A[i, j] >= min_affinity * top``.
+    3. The kept classes are grouped. ``n_clusters=None``: the connected components of the graph
+       whose edges are the pairs with ``A >= min_affinity * top``, a component larger than
+       ``max_subset_size`` split by :func:`cluster_classes` into ``ceil(size / max_subset_size)``
+       clusters. ``n_clusters=k``: :func:`cluster_classes` on the kept classes into
+       ``min(k, kept)`` clusters.
+    4. :func:`select_subsets` drops groups of one class, trims to ``max_subset_size`` and adds up
+       to ``overlap`` classes from outside each group, among those with an edge (as in step 3)
+       to one of its members: never a left-out class, never a class related by noise alone.
+       Trimming and ranking read the affinity of the edges only.
+    5. Every pair with ``A >= strong_affinity * top`` that no subset holds together is joined by
+       adding one of the two to a subset of the other (on top of ``max_subset_size``).
+    6. Repeats and subsets covering every class are dropped; the rest are ranked by affinity
+       inside (over the edges) and cut to ``max_specialists``.
+
+    Args:
+        confusion: (C, C) confusion counts (rows = true class), or the prediction covariance with
+            ``kind="covariance"`` (then step 1's count rule does not apply).
+        kind: ``"confusion"`` or ``"covariance"``.
+        n_clusters: CLI ``--n-clusters``: None for the components rule, else a cluster count >= 1.
+        method: CLI ``--cluster-method``: ``"spectral"``, ``"agglomerative"`` or ``"kmeans"``.
+        overlap: CLI ``--overlap``: classes added to each subset from outside it, >= 0.
+        max_specialists: CLI ``--max-specialists``: most subsets returned; None: all.
+        max_subset_size: CLI ``--max-subset-size``: largest subset before overlap; None: no limit.
+        min_affinity: the "rarely confused" threshold, in (0, 1], as a share of ``top``.
+        strong_affinity: the "strongly confused" threshold, in (0, 1], as a share of ``top``.
+        min_pair_count: the signal rule of :func:`check_signal`.
+        random_state: seed for the clusterer.
+
+    Returns:
+        Subsets of at least 2 classes, sorted inside, each leaving a class for the dustbin.
+    """
+    if check_kind(kind) == "affinity":
+        raise ValueError("kind must be 'confusion' or 'covariance' for choose_subsets")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    min_affinity = _share(min_affinity, "min_affinity")
+    strong_affinity = _share(strong_affinity, "strong_affinity")
+    if strong_affinity < min_affinity:
+        raise ValueError(f"strong_affinity ({strong_affinity}) must be >= min_affinity "
+                         f"({min_affinity}): a strongly confused class is not a rare one")
+    overlap = check_count(overlap, "overlap", 0)
+    if n_clusters is not None:
+        n_clusters = check_count(n_clusters, "n_clusters", 1)
+    if max_specialists is not None:
+        max_specialists = check_count(max_specialists, "max_specialists", 1)
+    if max_subset_size is not None:
+        max_subset_size = check_count(max_subset_size, "max_subset_size", 2)
+    a = class_affinity(confusion, kind)  # (C, C)
+    n = a.shape[0]
+    if kind == "confusion" and check_signal(confusion, min_pair_count=min_pair_count).too_weak:
+        return []
+    top = float(a.max())
+    if top <= 0 or n < 3:
+        return []
+
+    keep = np.flatnonzero(a.max(axis=1) >= min_affinity * top)  # (K,) confusable classes
+    among = a.copy()  # the affinity among kept classes: left-out ones are never added back
+    out = np.setdiff1d(np.arange(n), keep)
+    among[out] = 0.0
+    among[:, out] = 0.0
+    edges = among >= min_affinity * top  # (C, C) the pairs that are not rarely confused
+    groups = _groups(among, edges, keep, n_clusters, method, max_subset_size, random_state)
+    # Trim, extend and rank on the edges' affinity: overlap adds only a class confused with a
+    # member at least as much as the threshold, never one that is related by noise alone.
+    graph = np.where(edges, among, 0.0)
+    subsets = select_subsets(graph, groups, max_size=max_subset_size, overlap=overlap,
+                             kind="affinity")
+    subsets = _join_strong_pairs(subsets, a, strong_affinity * top, n)
+    if not subsets:
+        return []
+    return select_subsets(graph, subsets, max_subsets=max_specialists, kind="affinity")

@@ -1,0 +1,135 @@
+"""Distillation settings chosen on validation: grids, the kept candidate, resume, the CLI's lists."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_blobs
+
+from ensemble_kd.batching import TensorBatches
+from ensemble_kd.cli import main
+from ensemble_kd.data import TransferSet
+from ensemble_kd.distill import DistillConfig
+from ensemble_kd.models import build_model
+from ensemble_kd.predict import predict_logits
+from ensemble_kd.sweep import (
+    AUTO_ALPHAS,
+    AUTO_TEMPERATURES,
+    Candidate,
+    best_candidate,
+    candidate_configs,
+    distill_sweep,
+    resolve_grid,
+)
+from ensemble_kd.train import TrainConfig, evaluate_logits, train
+
+
+def test_grid_values_auto_and_bad_lists():
+    assert resolve_grid([4, 2], AUTO_TEMPERATURES, "temperature") == [4.0, 2.0]
+    assert resolve_grid("auto", AUTO_TEMPERATURES, "temperature") == [1.0, 2.0, 4.0, 8.0]
+    assert resolve_grid("auto", AUTO_ALPHAS, "alpha") == [0.5, 0.9]
+    with pytest.raises(ValueError, match="temperature lists 2 more than once"):
+        resolve_grid([2, 4, 2], AUTO_TEMPERATURES, "temperature")
+    with pytest.raises(ValueError, match="alpha needs at least one value"):
+        resolve_grid([], AUTO_ALPHAS, "alpha")
+    with pytest.raises(ValueError, match="numbers or 'auto'"):
+        resolve_grid("best", AUTO_ALPHAS, "alpha")
+
+
+def test_candidates_cover_the_grid_and_refuse_alpha_zero_in_a_sweep():
+    cfgs = candidate_configs(DistillConfig(), [1.0, 4.0], [0.5, 0.9])
+    assert [(c.temperature, c.alpha) for c in cfgs] == [(1, .5), (1, .9), (4, .5), (4, .9)]
+    assert len(candidate_configs(DistillConfig(), [4.0], [0.0])) == 1  # alone: allowed
+    with pytest.raises(ValueError, match="sweep needs alpha > 0"):
+        candidate_configs(DistillConfig(), [2.0, 4.0], [0.0])
+    with pytest.raises(ValueError, match="temperature must be finite and > 0"):
+        candidate_configs(DistillConfig(), [0.0, 4.0], [0.5])
+
+
+def test_best_candidate_by_accuracy_then_nll_then_order():
+    c = [Candidate(1, .5, 0.90, 0.30, "a"), Candidate(2, .5, 0.92, 0.40, "b"),
+         Candidate(4, .5, 0.92, 0.35, "c"), Candidate(8, .5, 0.92, 0.35, "d")]
+    assert best_candidate(c) == 2  # highest accuracy; lower NLL breaks the tie; then the earlier
+    assert best_candidate(c[:1]) == 0
+
+
+def _problem():
+    x, y = make_blobs(n=300, dim=6, n_classes=3, seed=3)
+    torch.manual_seed(0)
+    teacher = build_model("mlp", (6,), 3, widths=[16])
+    train(teacher, TensorBatches(x[:240], y[:240], batch_size=32),
+          TrainConfig(epochs=5, lr=1e-2), progress=False)
+    transfer = TransferSet(x[:240], y[:240], torch.arange(240))
+    return [teacher], transfer, (x[240:], y[240:])
+
+
+def _student():
+    torch.manual_seed(1)
+    return build_model("mlp", (6,), 3, widths=[4])
+
+
+def test_the_kept_candidate_is_the_best_on_validation(tmp_path):
+    teachers, transfer, val = _problem()
+    cfgs = candidate_configs(DistillConfig(), [1.0, 8.0], [0.1, 0.9])
+    res = distill_sweep(_student, teachers, transfer, TrainConfig(epochs=2, lr=1e-2), cfgs,
+                        val=val, run_dir=tmp_path / "s")
+    assert len(res.candidates) == 4 and len({c.folder for c in res.candidates}) == 4
+    # each candidate's recorded score is its own model's (re-evaluated from its saved file)
+    from ensemble_kd.run import Run
+    for c in res.candidates:
+        model = Run(c.folder).load_finished()[0]
+        v = evaluate_logits(predict_logits(model, val[0]), val[1])
+        assert v["acc"] == pytest.approx(c.val_acc) and v["nll"] == pytest.approx(c.val_nll)
+    best = max(res.candidates, key=lambda c: (c.val_acc, -c.val_nll))
+    assert res.candidates[res.best] == best
+    kept = evaluate_logits(predict_logits(res.model, val[0]), val[1])
+    assert kept["acc"] == pytest.approx(best.val_acc)
+    assert (tmp_path / "s" / "cache" / "meta.json").exists()  # one cache for every candidate
+
+
+def test_a_sweep_resumes_without_retraining_finished_candidates(tmp_path, monkeypatch):
+    teachers, transfer, val = _problem()
+    cfgs = candidate_configs(DistillConfig(), [2.0, 4.0], [0.5])
+    tcfg = TrainConfig(epochs=2, lr=1e-2)
+    first = distill_sweep(_student, teachers, transfer, tcfg, cfgs, val=val, run_dir=tmp_path / "s")
+    # the second candidate is "interrupted": its finished model is removed, its checkpoint stays
+    (tmp_path / "s" / "candidates" / "T4-a0.5" / "model.pt").unlink()
+    import ensemble_kd.sweep as sweep_mod
+    calls = []
+    real = sweep_mod.distill
+
+    def spy(student, teachers, transfer, train_config, cfg, **kw):
+        calls.append(cfg.temperature)
+        return real(student, teachers, transfer, train_config, cfg, **kw)
+
+    monkeypatch.setattr(sweep_mod, "distill", spy)
+    again = distill_sweep(_student, teachers, transfer, tcfg, cfgs, val=val, run_dir=tmp_path / "s")
+    assert calls == [4.0]  # only the unfinished one; it resumes from its last checkpoint
+    assert again.candidates == first.candidates  # and ends exactly where it had
+
+
+def test_cli_lists_auto_and_bad_values(tmp_path, capsys):
+    common = ["run", "--no-specialists", "--teachers", "1", "--teacher-arch", "mlp",
+              "--teacher-widths", "8", "--teacher-epochs", "1", "--student-widths", "4",
+              "--epochs", "1", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "a"), "--temperature", "1", "3",
+                 "--alpha", "0.7"]) == 0
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert [c["temperature"] for c in summary["candidates"]] == [1.0, 3.0]
+    assert summary["distilled_temperature"] in (1.0, 3.0) and summary["distilled_alpha"] == 0.7
+    for key in ("baseline_accuracy", "distilled_accuracy", "ensemble_accuracy", "agreement",
+                "kl_to_ensemble", "student_ms_per_256", "ensemble_params"):
+        assert key in summary
+    assert "| T | alpha |" in (tmp_path / "a" / "summary.md").read_text()
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())["config"]
+    assert cfg["temperature"] == [1.0, 3.0] and cfg["alpha"] == [0.7]
+    for bad, msg in ((["--temperature", "2", "2"], "temperature lists 2 more than once"),
+                     (["--alpha", "0", "0.5"], "sweep needs alpha > 0"),
+                     (["--temperature", "hot"], "expected a number or auto")):
+        capsys.readouterr()
+        assert main([*common, "--out", str(tmp_path / "bad"), *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert msg in err and len(err.splitlines()) == 1
+        assert not (tmp_path / "bad").exists()  # nothing written

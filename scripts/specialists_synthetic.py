@@ -53,7 +53,7 @@ def one_seed(seed: int, out: Path, args) -> dict:
     analysis = sp.analyse(predict_probs(g, s.x_val), s.y_val, class_names=s.class_names,
                           n_clusters=len(s.groups))
     ari = adjusted_rand_score(labels_of(s.groups, s.n_classes), labels_of(analysis.clusters, s.n_classes))
-    subsets = sp.select_subsets(analysis.counts, analysis.clusters)
+    subsets = sp.choose_subsets(analysis.counts)
     specs = sp.train_specialists(
         g, subsets, s, TrainConfig(epochs=args.specialist_epochs, batch_size=64, lr=3e-3, seed=seed),
         sp.SpecialistConfig(alpha=args.alpha), out / f"seed_{seed}" / "specialists", progress=False,

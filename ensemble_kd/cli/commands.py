@@ -31,7 +31,6 @@ from .context import Ctx, load_data
 from .inputs import check_model_data, read_generalist, read_teachers
 from .run_record import prepare_out, saved_config
 from .specialist_steps import (
-    choose_subsets,
     generalist_path,
     load_run_specialists,
     specialist_rows,
@@ -66,15 +65,12 @@ def cmd_run(ctx: Ctx, splits: Splits) -> int:
     rows, extra = comparison(ctx, splits, teachers, baseline, student, meta)
     if cfg.specialists:
         generalist = load_model(generalist_path(cfg, out), ctx.device)[0]
-        analysis = step_report(ctx, splits, generalist, out / "report")
-        subsets = choose_subsets(ctx, analysis)
+        subsets = step_report(ctx, splits, generalist, out / "report")
         if subsets:
             specs = step_specialists(ctx, splits, generalist, subsets, out / "specialists")
             srows, sextra = specialist_rows(ctx, splits, generalist, specs)
             rows += srows
             extra.update(sextra)
-        else:
-            ctx.say("no class subset with confusion to train a specialist on")
     write_summary(ctx, out, rows, extra, f"ensemble-kd run on {splits.name} (test set)")
     ctx.say(f"done: {out / 'summary.md'}")
     return 0
@@ -138,10 +134,10 @@ def cmd_confusion_report(ctx: Ctx, args: argparse.Namespace) -> int:
 def cmd_train_specialists(ctx: Ctx, splits: Splits, generalist, subsets) -> int:
     """``train-specialists``: specialists for ``subsets`` (None: from the generalist's confusion)."""
     if subsets is None:
-        analysis = step_report(ctx, splits, generalist, ctx.out / "report")
-        subsets = choose_subsets(ctx, analysis)
+        subsets = step_report(ctx, splits, generalist, ctx.out / "report")
         if not subsets:
-            raise ValueError("the generalist's validation confusion has no subset worth a specialist")
+            raise ValueError("the generalist's confusion is too weak to choose a subset worth a "
+                             f"specialist (see {ctx.out / 'report' / 'report.md'}); pass --subsets")
     specs = step_specialists(ctx, splits, generalist, subsets, ctx.out / "specialists")
     rows, extra = specialist_rows(ctx, splits, generalist, specs)
     write_summary(ctx, ctx.out, rows, extra, f"Specialists on {splits.name} (test set)")

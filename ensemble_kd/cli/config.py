@@ -96,8 +96,9 @@ class RunConfig:
                            "specialists")
     specialists_from: str = _f("student", "the generalist in run: the distilled student or teacher 0",
                          "specialists")
-    n_clusters: int | None = _f(None, "number of class clusters (default: about sqrt(classes))",
-                                "specialists")
+    n_clusters: int | None = _f(None, "number of clusters among the confusable classes (default: the "
+                                "connected groups of strongly confused pairs; rarely confused "
+                                "classes get no specialist)", "specialists")
     cluster_method: str = _f("spectral", "spectral, agglomerative or kmeans", "specialists")
     max_specialists: int | None = _f(None, "at most this many specialists", "specialists")
     max_subset_size: int | None = _f(None, "largest subset a specialist covers", "specialists")

@@ -30,29 +30,51 @@ def generalist_path(cfg: RunConfig, run: Path) -> Path:
     raise ValueError(f"generalist must be 'student' or 'teacher', got {cfg.specialists_from!r}")
 
 
-def step_report(ctx: Ctx, splits: Splits, model, folder: Path):
-    """Confusion analysis (and report) of ``model`` on the validation split, used for clustering."""
-    from specialists.confusion import analyse
-    from specialists.report import write_confusion_report
+def step_report(ctx: Ctx, splits: Splits, model, folder: Path) -> list[list[int]]:
+    """Confusion report of ``model`` on the validation split, with the class subsets chosen for
+    specialists (:func:`choose_subsets`); returns the subsets (possibly none)."""
+    from specialists import analyse, write_confusion_report
 
     probs = torch.softmax(predict_logits(model, splits.x_val, device=ctx.device), -1)
     analysis = analyse(probs, splits.y_val, class_names=splits.class_names,
                        n_clusters=ctx.cfg.n_clusters, method=ctx.cfg.cluster_method)
+    subsets = choose_subsets(ctx, splits, model, analysis.counts)
     if dist.is_main():
-        html = write_confusion_report(analysis, folder, title="Confusion report (validation split)")
+        html = write_confusion_report(analysis, folder, title="Confusion report (validation split)",
+                                      subsets=subsets)
         ctx.say(f"confusion report: {html}")
-    return analysis
+    return subsets
 
 
-def choose_subsets(ctx: Ctx, analysis) -> list[list[int]]:
-    """The class subsets worth a specialist, from the analysis's clusters (rank 0's on every rank)."""
-    from specialists.clustering import select_subsets
+def choose_subsets(ctx: Ctx, splits: Splits, generalist, counts) -> list[list[int]]:
+    """The class subsets worth a specialist (rank 0's on every rank), possibly none.
+
+    The validation confusion counts come first. When they are too few to tell which classes are
+    confused (:func:`specialists.check_signal`), the expected confusion of the generalist over the
+    whole training set is used instead: its predicted probabilities summed per true class (the
+    paper clustered the generalist's predictions over its whole transfer set). When that too is
+    too weak, no specialist is trained, and the reason is said.
+    """
+    from specialists import check_signal
+    from specialists import choose_subsets as choose
 
     cfg = ctx.cfg
-    subsets = select_subsets(
-        analysis.counts, analysis.clusters, max_size=cfg.max_subset_size,
-        max_subsets=cfg.max_specialists, overlap=cfg.overlap,
-    )
+    options = dict(n_clusters=cfg.n_clusters, method=cfg.cluster_method, overlap=cfg.overlap,
+                   max_specialists=cfg.max_specialists, max_subset_size=cfg.max_subset_size)
+    check = check_signal(counts, class_names=list(splits.class_names))
+    if check.too_weak:
+        probs = torch.softmax(predict_logits(generalist, splits.x_train, device=ctx.device), -1)
+        expected = torch.zeros(splits.n_classes, splits.n_classes, dtype=torch.float64)
+        expected.index_add_(0, splits.y_train.long(), probs.double())  # (C, C), rows: true class
+        counts = expected.numpy()
+        check2 = check_signal(counts, class_names=list(splits.class_names))
+        if check2.too_weak:
+            ctx.say(f"no specialists: validation confusion: {check.reason}; expected confusion on "
+                    f"the training set: {check2.reason}")
+            return dist.broadcast_object([])
+        ctx.say(f"validation confusion too weak ({check.reason}); subsets from the expected "
+                "confusion of the generalist on the training set")
+    subsets = choose(counts, **options)
     return dist.broadcast_object(subsets)  # every rank trains against rank 0's subsets
 
 

@@ -4,7 +4,7 @@ Paper (sec. 5, JFT): 61 specialists on a 25%-accurate generalist raised test acc
 26.1% (4.4% relative; a 1.5% relative *error* reduction), conditional accuracy 43.1% -> 45.9%, and
 the gain grew with the number of specialists covering the true class. Here: each generalist is one
 E3 model; its *validation* confusion is clustered (``specialists.analyse``), the clusters become
-subsets (``select_subsets``, one overlapping class added to each so that some classes are covered
+subsets (``choose_subsets``, one overlapping class added to each so that some classes are covered
 twice), one dustbin specialist is trained per subset from the generalist's weights
 (``train_specialists``), and the test predictions are combined with ``combine_predictions`` and
 scored with ``evaluate_specialists`` (top-n = 1).
@@ -16,9 +16,9 @@ from ensemble_kd import predict_probs
 from specialists import (
     SpecialistConfig,
     analyse,
+    choose_subsets,
     combine_predictions,
     evaluate_specialists,
-    select_subsets,
     specialist_probs,
     train_specialists,
 )
@@ -44,8 +44,7 @@ def run(ctx: Context) -> dict:
         analysis = analyse(predict_probs(gen, s.x_val, device=ctx.device), s.y_val,
                            class_names=s.class_names, n_clusters=p.e5_n_clusters,
                            kind="confusion", random_state=0)
-        subsets = select_subsets(analysis.counts, analysis.clusters, min_size=2,
-                                 overlap=p.e5_overlap)
+        subsets = choose_subsets(analysis.counts, overlap=p.e5_overlap)
         entry = {"generalist": g, "clusters": analysis.clusters, "subsets": subsets,
                  "subset_names": [[s.class_names[c] for c in sub] for sub in subsets],
                  "val_confusion": analysis.counts.tolist()}

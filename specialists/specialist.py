@@ -28,6 +28,7 @@ from ensemble_kd.data import Splits
 from ensemble_kd.ensemble import data_meta
 from ensemble_kd.io import FormatError, atomic_write_json, read_json
 from ensemble_kd.predict import predict_logits, resolve_device
+from ensemble_kd.run import Run
 from ensemble_kd.train import TrainConfig
 
 from .subsets import validate_subsets
@@ -176,8 +177,9 @@ def train_specialists(
         if m % world != rank:
             continue
         folder = specialist_dir(out, m)
-        path = folder / "model.pt"
-        if path.exists():
+        run = Run(folder)  # finished: load it; else train (resuming from its checkpoint)
+        path = run.model_path
+        if run.finished():
             sp = load_specialist(path, device)
             _check_resumed(path, sp, subset, base["data_fingerprint"], gen_fp)
             result.append(sp)

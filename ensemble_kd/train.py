@@ -20,9 +20,9 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 from . import distributed as dist
 from .batching import Batch, BatchSource
 from .losses import LossParts, hard_loss
-from .predict import predict_logits, resolve_device
+from .members import Members, SingleModel
+from .predict import resolve_device
 from .run import Run, TrainState, run_identity
 
 Objective = Callable[[torch.Tensor, Batch], LossParts]
@@ -148,72 +149,6 @@ def _cpu(obj):
     if isinstance(obj, list):
         return [_cpu(v) for v in obj]
     return obj
-
-
-class Members(Protocol):
-    """What the loop trains: N >= 1 members stepped by one optimiser.
-
-    A single model is one member (:class:`SingleModel`); a vectorised ensemble is N members whose
-    weights are stacked (:class:`ensemble_kd.vectorized.StackedModels`). The loop is the same.
-    """
-
-    n: int  # number of members
-
-    def parameters(self) -> Iterable[torch.Tensor]: ...  # what the optimiser updates
-
-    def train(self, mode: bool = True) -> Any: ...
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...  # the batch's logits
-
-    def val_logits(self, x: torch.Tensor, device: torch.device) -> torch.Tensor: ...  # (N, M, C)
-
-    def member_state(self, k: int) -> dict: ...  # member k's weights, on the CPU
-
-    def load_member_state(self, k: int, state: dict) -> None: ...
-
-    def member_optimizer_state(self, state: dict, k: int) -> dict: ...  # k's slice, on the CPU
-
-    def stacked_optimizer_state(self, states: Sequence[dict]) -> dict: ...  # inverse of the above
-
-    def models(self) -> list[nn.Module]: ...  # the members as modules (after load_member_state)
-
-
-class SingleModel:
-    """One model as the loop's single member (optionally run through DDP)."""
-
-    n = 1
-
-    def __init__(self, model: nn.Module, net: nn.Module | None = None):
-        self.model = model
-        self.net = net if net is not None else model  # what the forward runs through
-
-    def parameters(self) -> Iterable[torch.Tensor]:
-        return self.model.parameters()
-
-    def train(self, mode: bool = True) -> SingleModel:
-        self.model.train(mode)
-        return self
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)  # (B, C)
-
-    def val_logits(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-        return predict_logits(self.model, x, device=device)[None]  # (1, M, C)
-
-    def member_state(self, k: int) -> dict:
-        return {name: t.detach().cpu().clone() for name, t in self.model.state_dict().items()}
-
-    def load_member_state(self, k: int, state: dict) -> None:
-        self.model.load_state_dict(state)
-
-    def member_optimizer_state(self, state: dict, k: int) -> dict:
-        return state
-
-    def stacked_optimizer_state(self, states: Sequence[dict]) -> dict:
-        return states[0]
-
-    def models(self) -> list[nn.Module]:
-        return [self.model]
 
 
 def train(

@@ -152,6 +152,12 @@ def evaluate_config(cfg: RunConfig, run: Path) -> RunConfig:
     return RunConfig(**merged)
 
 
+def resumed_config(cfg: RunConfig, out: Path, given: frozenset) -> RunConfig:
+    """``--resume``: the run's saved settings, except those the user set now (checked after)."""
+    old = saved_config(out)
+    return RunConfig(**{k: (v if k in given or k not in old else old[k]) for k, v in vars(cfg).items()})
+
+
 def dispatch(args: argparse.Namespace, cfg: RunConfig) -> int:
     """Run the subcommand ``args.command`` with ``cfg``; returns the exit code."""
     cmd = args.command
@@ -163,6 +169,8 @@ def dispatch(args: argparse.Namespace, cfg: RunConfig) -> int:
         cfg = evaluate_config(cfg, run)
         ctx = Ctx(cfg, out)
         return cmd_evaluate(ctx, load_data(cfg), run)
+    if getattr(args, "resume", False) and out is not None and (out / "config.json").exists():
+        cfg = resumed_config(cfg, out, getattr(args, "given", frozenset()))
     ctx = Ctx(cfg, out)
     if cmd == "confusion-report":
         return cmd_confusion_report(ctx, args)

@@ -65,8 +65,9 @@ def _add_config_flags(p: argparse.ArgumentParser, groups) -> None:
         scalar, is_list, _ = field_type(f.name)
         help_ = f.metadata["help"]
         if f.name in SWEEP_FIELDS:
+            shown = default if isinstance(default, str) else " ".join(f"{v:g}" for v in default)
             p.add_argument(flag, type=sweep_value, nargs="+", default=None, metavar="VALUE",
-                           help=f"{help_} (default {' '.join(f'{v:g}' for v in default)})")
+                           help=f"{help_} (default {shown})")
         elif scalar is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif is_list:
@@ -125,4 +126,5 @@ def resolve_config(args: argparse.Namespace, groups) -> RunConfig:
         v = getattr(args, f.name, None)
         if v is not None:
             values[f.name] = coerce(f.name, v)
+    args.given = frozenset(values)  # what the user set (flags or config file): it always wins
     return RunConfig(**values)

@@ -29,6 +29,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from . import distributed as dist
 from .data import TransferSet
 from .distill import DistillConfig, distill
 from .predict import predict_logits
@@ -144,8 +145,8 @@ def distill_sweep(
                             run_dir=folder, cache_dir=run_dir / "cache", device=device,
                             progress=progress).model
             if not single:
-                Run(folder).finish(model, {"role": "candidate", "temperature": cfg.temperature,
-                                           "alpha": cfg.alpha})
+                meta = {"role": "candidate", "temperature": cfg.temperature, "alpha": cfg.alpha}
+                Run(folder, writer=dist.is_main()).finish(model, meta)
         v = evaluate_logits(predict_logits(model, val[0], device=device), val[1].cpu())
         candidates.append(Candidate(cfg.temperature, cfg.alpha, v["acc"], v["nll"], str(folder)))
         models.append(model)

@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ensemble_kd.io import atomic_write_text
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -48,7 +50,7 @@ def main() -> None:
     command = " ".join(["python scripts/main_job_seeds.py", "--out", str(args.out), "--seeds",
                         *map(str, args.seeds), *(["--", *extra] if extra else [])])
     text = f"`{command}`\n\n" + "\n".join(lines) + "\n"
-    (args.out / "seeds.md").write_text(text)
+    atomic_write_text(args.out / "seeds.md", text)
     print(text)
 
 

@@ -21,7 +21,13 @@ from .confusion import ConfusionAnalysis, analyse
 from .counts import confusion_matrix
 from .evaluate import evaluate_specialists, format_coverage_table
 from .report import write_confusion_report
-from .selection import SignalCheck, check_signal, choose_subsets
+from .selection import (
+    SignalCheck,
+    check_signal,
+    choose_subsets,
+    expected_confusion,
+    subsets_for_generalist,
+)
 from .specialist import (
     load_specialist,
     load_specialists,
@@ -35,6 +41,7 @@ from .training import Specialist, SpecialistConfig, build_specialist, train_spec
 __all__ = [
     "ClassClusterer", "ConfusionAnalysis", "SignalCheck", "Specialist", "SpecialistConfig",
     "active_specialists", "analyse", "build_specialist", "check_signal", "choose_subsets",
+    "expected_confusion", "subsets_for_generalist",
     "class_affinity", "cluster_classes", "combination_objective",
     "combine_predictions", "confusion_affinity", "confusion_matrix", "covariance_affinity",
     "dustbin_log_correction", "evaluate_specialists", "fit_dustbin_correction", "fold_logits",

@@ -248,3 +248,65 @@ def choose_subsets(
     if not subsets:
         return []
     return select_subsets(graph, subsets, max_subsets=max_specialists, kind="affinity")
+
+
+def expected_confusion(probs: Any, y: Any, n_classes: int) -> np.ndarray:
+    """Expected confusion counts: predicted probabilities summed per true class.
+
+    Args:
+        probs: (N, C) predicted probabilities of the generalist.
+        y: (N,) true classes.
+        n_classes: C.
+
+    Returns:
+        (C, C) float64, rows = true class; row c sums to the number of examples of class c.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(y, dtype=np.int64)
+    if p.ndim != 2 or p.shape[1] != n_classes or len(labels) != len(p):
+        raise ValueError(f"probs must be (N, {n_classes}) with one label per row, got "
+                         f"{p.shape} and {labels.shape}")
+    out = np.zeros((n_classes, n_classes))
+    np.add.at(out, labels, p)
+    return out
+
+
+def subsets_for_generalist(
+    val_counts: Any,
+    *,
+    train_probs: Any = None,
+    train_labels: Any = None,
+    class_names: list[str] | None = None,
+    **options: Any,
+) -> tuple[list[list[int]], str]:
+    """The subsets for a generalist's specialists, from the best signal available, and why.
+
+    The validation confusion counts come first. When they are too weak (:func:`check_signal`),
+    the expected confusion of the generalist over the training (transfer) set is used instead
+    (:func:`expected_confusion`: the paper clustered the generalist's predictions over its whole
+    transfer set). When that too is too weak, there are no subsets.
+
+    Args:
+        val_counts: (C, C) validation confusion counts.
+        train_probs, train_labels: (N, C) predicted probabilities and (N,) labels on the training
+            set; None: no fallback.
+        class_names: for the messages.
+        **options: passed to :func:`choose_subsets`.
+
+    Returns:
+        (subsets, one line saying which signal they came from, or why there are none).
+    """
+    check = check_signal(val_counts, class_names=class_names)
+    if not check.too_weak:
+        return choose_subsets(val_counts, **options), "subsets from the validation confusion"
+    if train_probs is None or train_labels is None:
+        return [], f"no specialists: validation confusion: {check.reason}"
+    c = np.asarray(val_counts).shape[0]
+    expected = expected_confusion(train_probs, train_labels, c)
+    check2 = check_signal(expected, class_names=class_names)
+    if check2.too_weak:
+        return [], (f"no specialists: validation confusion: {check.reason}; expected confusion on "
+                    f"the training set: {check2.reason}")
+    return choose_subsets(expected, **options), (
+        f"validation confusion too weak ({check.reason}); subsets from the expected confusion of "
+        "the generalist on the training set")

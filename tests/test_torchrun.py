@@ -19,7 +19,8 @@ TINY = [
     "--dataset", "synthetic", "--synthetic-classes", "6", "--synthetic-groups", "2",
     "--synthetic-train", "600", "--teachers", "3", "--teacher-widths", "32",
     "--teacher-epochs", "2", "--epochs", "2", "--specialist-epochs", "2", "--student-widths", "8",
-    "--batch-size", "64", "--n-clusters", "2", "--quiet", "--device", "cpu",
+    "--batch-size", "64", "--n-clusters", "2", "--temperature", "4", "--alpha", "0.5", "--quiet",
+    "--device", "cpu",
 ]  # fmt: skip
 
 
@@ -64,7 +65,7 @@ def test_ddp_student_matches_a_single_process_run(ddp_run, tmp_path):
     single = tmp_path / "single"
     shutil.copytree(out / "teachers", single / "teachers")
     distill_args = [*TINY[:8], "--epochs", "2", "--student-widths", "8", "--batch-size", "64",
-                    "--quiet", "--device", "cpu"]
+                    "--temperature", "4", "--alpha", "0.5", "--quiet", "--device", "cpu"]
     assert main(["distill", "--teachers", str(single), "--out", str(tmp_path / "d"),
                  *distill_args]) == 0
     ddp_student, _ = load_model(out / "student" / "model.pt")

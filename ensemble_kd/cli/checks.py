@@ -40,11 +40,11 @@ def check_options(cfg: RunConfig, splits: Splits, command: str, n_teachers: int 
         if command in ("distill", "run"):
             cfg.train_config()
             cfg.student_spec().build(shape, c)
-            for dcfg in cfg.distill_configs():  # every candidate of a sweep
-                dcfg.validate(cfg.teachers if command == "run" else n_teachers)
             if cfg.cache_topk >= c:
                 raise ValueError(f"cache_topk must lie in [0, {c - 1}] for {c} classes, "
                                  f"got {cfg.cache_topk}")
+            for dcfg in cfg.distill_configs():  # every candidate of a sweep
+                dcfg.validate(cfg.teachers if command == "run" else n_teachers)
             jitter_ok("student_jitter", cfg.student_jitter)
             transfer_of(cfg, splits)
     if command == "train-specialists" or (command == "run" and cfg.specialists):

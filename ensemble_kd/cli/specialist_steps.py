@@ -47,34 +47,19 @@ def step_report(ctx: Ctx, splits: Splits, model, folder: Path) -> list[list[int]
 
 
 def choose_subsets(ctx: Ctx, splits: Splits, generalist, counts) -> list[list[int]]:
-    """The class subsets worth a specialist (rank 0's on every rank), possibly none.
-
-    The validation confusion counts come first. When they are too few to tell which classes are
-    confused (:func:`specialists.check_signal`), the expected confusion of the generalist over the
-    whole training set is used instead: its predicted probabilities summed per true class (the
-    paper clustered the generalist's predictions over its whole transfer set). When that too is
-    too weak, no specialist is trained, and the reason is said.
-    """
-    from specialists import check_signal
-    from specialists import choose_subsets as choose
+    """The class subsets worth a specialist (rank 0's on every rank), possibly none: from the
+    validation confusion, else the generalist's expected confusion on the training set
+    (:func:`specialists.subsets_for_generalist`); the reason is said."""
+    from specialists import subsets_for_generalist
 
     cfg = ctx.cfg
-    options = dict(n_clusters=cfg.n_clusters, method=cfg.cluster_method, overlap=cfg.overlap,
-                   max_specialists=cfg.max_specialists, max_subset_size=cfg.max_subset_size)
-    check = check_signal(counts, class_names=list(splits.class_names))
-    if check.too_weak:
-        probs = torch.softmax(predict_logits(generalist, splits.x_train, device=ctx.device), -1)
-        expected = torch.zeros(splits.n_classes, splits.n_classes, dtype=torch.float64)
-        expected.index_add_(0, splits.y_train.long(), probs.double())  # (C, C), rows: true class
-        counts = expected.numpy()
-        check2 = check_signal(counts, class_names=list(splits.class_names))
-        if check2.too_weak:
-            ctx.say(f"no specialists: validation confusion: {check.reason}; expected confusion on "
-                    f"the training set: {check2.reason}")
-            return dist.broadcast_object([])
-        ctx.say(f"validation confusion too weak ({check.reason}); subsets from the expected "
-                "confusion of the generalist on the training set")
-    subsets = choose(counts, **options)
+    train_probs = torch.softmax(predict_logits(generalist, splits.x_train, device=ctx.device), -1)
+    subsets, why = subsets_for_generalist(
+        counts, train_probs=train_probs.numpy(), train_labels=splits.y_train.numpy(),
+        class_names=list(splits.class_names), n_clusters=cfg.n_clusters, method=cfg.cluster_method,
+        overlap=cfg.overlap, max_specialists=cfg.max_specialists, max_subset_size=cfg.max_subset_size,
+    )
+    ctx.say(why)
     return dist.broadcast_object(subsets)  # every rank trains against rank 0's subsets
 
 

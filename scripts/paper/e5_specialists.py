@@ -16,10 +16,10 @@ from ensemble_kd import predict_probs
 from specialists import (
     SpecialistConfig,
     analyse,
-    choose_subsets,
     combine_predictions,
     evaluate_specialists,
     specialist_probs,
+    subsets_for_generalist,
     train_specialists,
 )
 
@@ -44,12 +44,14 @@ def run(ctx: Context) -> dict:
         analysis = analyse(predict_probs(gen, s.x_val, device=ctx.device), s.y_val,
                            class_names=s.class_names, n_clusters=p.e5_n_clusters,
                            kind="confusion", random_state=0)
-        subsets = choose_subsets(analysis.counts, overlap=p.e5_overlap)
+        subsets, why = subsets_for_generalist(
+            analysis.counts, train_probs=predict_probs(gen, s.x_train, device=ctx.device).numpy(),
+            train_labels=s.y_train.numpy(), class_names=list(s.class_names), overlap=p.e5_overlap)
         entry = {"generalist": g, "clusters": analysis.clusters, "subsets": subsets,
                  "subset_names": [[s.class_names[c] for c in sub] for sub in subsets],
-                 "val_confusion": analysis.counts.tolist()}
+                 "val_confusion": analysis.counts.tolist(), "subset_source": why}
         if not subsets:
-            entry["note"] = "no class subset with confusion: no specialist trained"
+            entry["note"] = why
             runs.append(entry)
             continue
         names = "; ".join("{" + ", ".join(n) + "}" for n in entry["subset_names"])

@@ -30,6 +30,7 @@ from .config import RunConfig
 from .context import Ctx, load_data
 from .inputs import check_model_data, read_generalist, read_teachers
 from .parser import COMMANDS, given_fields
+from .products import cmd_export, cmd_predict
 from .run_record import prepare_out, saved_config
 from .specialist_steps import (
     generalist_path,
@@ -176,6 +177,10 @@ def dispatch(args: argparse.Namespace, cfg: RunConfig) -> int:
     ctx = Ctx(cfg, out)
     if cmd == "confusion-report":
         return cmd_confusion_report(ctx, args)
+    if cmd == "predict":
+        return cmd_predict(ctx, args)
+    if cmd == "export":
+        return cmd_export(ctx, args)
     # Fail on bad data, files or options before touching the output folder.
     splits = load_data(cfg)
     cfg = ctx.cfg = cfg.resolve_auto(splits.input_shape)

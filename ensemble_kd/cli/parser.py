@@ -43,6 +43,14 @@ COMMANDS = {
         "the main job: ensemble -> distil -> evaluate -> confusion report -> specialists",
         GROUPS,
     ),
+    "predict": (
+        "write a model's or an ensemble's predictions on a split as an .npz",
+        ("data", "runtime"),
+    ),
+    "export": (
+        "write a saved model as a file that runs without ensemble-kd (TorchScript or ONNX)",
+        ("runtime",),
+    ),
 }
 
 
@@ -123,6 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
             src.add_argument("--predictions", metavar="FILE.npz", help="saved probs + labels")
             p.add_argument("--split", choices=("val", "test"), default="test",
                            help="which split to analyse (default test)")
+        if name == "predict":
+            src = p.add_mutually_exclusive_group(required=True)
+            src.add_argument("--model", metavar="FILE", help="a saved model (model.pt)")
+            src.add_argument("--teachers", metavar="DIR",
+                             help="an ensemble (the mean of its probabilities): a run folder with "
+                                  "teachers/ or a folder of teacher_<k>/")
+            p.add_argument("--split", choices=("test", "val", "train"), default="test",
+                           help="which split to predict (default test)")
+        if name == "export":
+            p.add_argument("--model", metavar="FILE", required=True, help="a saved model (model.pt)")
+            p.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript",
+                           help="torchscript (needs only torch) or onnx (needs the onnx package: "
+                                "pip install 'ensemble-kd[onnx]'); default torchscript")
         if name == "train-specialists":
             p.add_argument("--generalist", metavar="FILE", required=True, help="the generalist's model.pt")
             p.add_argument("--subsets", metavar="FILE.json",

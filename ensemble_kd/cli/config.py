@@ -56,6 +56,11 @@ class RunConfig:
                                   "transfer")
     omit_classes: list[int] = _f([], "classes left out of the transfer set", "transfer")
     unlabelled: bool = _f(False, "drop the transfer set's labels (soft targets only)", "transfer")
+    transfer_data: str | None = _f(
+        None, "distil on this data instead of the training split: an .npz (X, optional y) or an "
+        "image folder (PATH/<class>/... labelled, or images directly in PATH, unlabelled); "
+        "unlabelled data carries the teachers' knowledge too. The hard-label baseline still "
+        "trains on the labelled training split", "transfer")
     # ---- teachers ----
     teachers: int = _f(5, "number of teachers in the ensemble (they differ by seed)", "teachers")
     teacher_arch: str = _f("auto", "teacher architecture: mlp, convnet, or auto "

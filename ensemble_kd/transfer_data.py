@@ -35,9 +35,12 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise ValueError(f"{path}: holds a single .npy array, not an .npz archive with X (and y)")
     with npz:
+        if not any(name.endswith(".npy") for name in npz.zip.namelist()):
+            raise ValueError(f"{path}: not an .npz archive (a zip without .npy arrays)")
         if "X" not in npz.files:
-            raise ValueError(f"{path}: missing key X (found: {', '.join(npz.files) or 'none'}); "
-                             "a transfer set .npz holds X and optionally y")
+            found = ", ".join(npz.files[:6]) + (", ..." if len(npz.files) > 6 else "")
+            raise ValueError(f"{path}: missing key X (found: {found}); a transfer set .npz holds "
+                             "X and optionally y")
         try:
             x = npz["X"]
             y = npz["y"] if "y" in npz.files else None

@@ -9,7 +9,7 @@ import torch
 
 from ..checkpoint import load_model
 from ..ensemble import find_teachers, load_teachers
-from ..export import check_export_target, export_model
+from ..export import export_model
 from ..predict import predict_logits
 from .context import Ctx, load_data
 from .inputs import check_model_data
@@ -59,7 +59,6 @@ def cmd_predict(ctx: Ctx, args: argparse.Namespace) -> int:
 
 def cmd_export(ctx: Ctx, args: argparse.Namespace) -> int:
     """``export``: ``--model`` as a TorchScript or ONNX file at ``--out``."""
-    check_export_target(args.out, args.format, overwrite=args.overwrite)
     path = export_model(args.model, args.format, args.out, overwrite=args.overwrite)
     ctx.say(f"wrote {path} ({args.format}; inputs (B, ...) float32 -> logits (B, n_classes))")
     return 0

@@ -4,7 +4,7 @@ Every loader returns a :class:`Splits`: train / validation / test tensors plus t
 with a seeded stratified validation split. Four sources (see :func:`load_dataset`):
 scikit-learn's embedded 8x8 digits, Fashion-MNIST read from its original IDX files, synthetic data
 with planted groups of confusable classes (so tests know the right clusters), and a user's own
-``.npz`` file.
+``.npz`` file or image folder.
 
 The pieces live in modules of one job each, and everything is importable from here as before:
 
@@ -28,6 +28,7 @@ from .datasets import (
     load_npz,
 )
 from .idx import read_idx, write_idx
+from .image_folder import load_image_folder
 from .splits import Splits, make_splits, stratified_split
 from .synthetic import SYNTHETIC_DEFAULTS, load_synthetic, make_synthetic
 from .transfer import TransferSet, make_transfer_set
@@ -38,7 +39,7 @@ __all__ = [
     "make_synthetic", "make_transfer_set", "read_idx", "stratified_split", "write_idx",
 ]  # fmt: skip
 
-DATASET_NAMES = ("digits", "fashion-mnist", "synthetic", "npz")
+DATASET_NAMES = ("digits", "fashion-mnist", "synthetic", "npz", "folder")
 
 
 def load_dataset(
@@ -56,14 +57,15 @@ def load_dataset(
         name: ``"digits"`` (scikit-learn's embedded 8x8 digits, inputs (N, 1, 8, 8) in
             [0, 1], fixed 25% test split), ``"fashion-mnist"`` (IDX files, inputs
             (N, 1, 28, 28) in [0, 1]), ``"synthetic"`` (inputs (N, dim), planted
-            ``groups``; ``options`` as in :func:`make_synthetic`) or ``"npz"``
-            (a user's file at ``path``).
+            ``groups``; ``options`` as in :func:`make_synthetic`), ``"npz"``
+            (a user's file at ``path``) or ``"folder"`` (an image folder at ``path``, see
+            :mod:`ensemble_kd.image_folder`; option ``image_size``).
         data_dir: folder of the Fashion-MNIST IDX files; default
             ``/usr/share/datasets/fashion-mnist``. Ignored by other data sets.
-        path: the ``.npz`` file for ``"npz"``. Ignored by other data sets.
+        path: the ``.npz`` file for ``"npz"``, the folder for ``"folder"``. Ignored by others.
         val_fraction: share of the training data held out for validation, in (0, 1).
         seed: drives only the validation split; the same seed gives the same split.
-        **options: synthetic-data options; other data sets take none.
+        **options: synthetic-data options, or ``image_size`` for ``"folder"``; others take none.
 
     Raises:
         ValueError: unknown name or option, bad ``val_fraction``, malformed file.
@@ -75,6 +77,8 @@ def load_dataset(
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if name == "synthetic":
         return load_synthetic(options, val_fraction, seed)
+    if name == "folder" and set(options) <= {"image_size"}:
+        return load_image_folder(path, val_fraction, seed, **options)
     if options:
         raise ValueError(f"data set {name!r} takes no options, got: {', '.join(sorted(options))}")
     if name == "digits":

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from image_files import write_images
 
 from ensemble_kd.batching import TensorBatches
 from ensemble_kd.cache import ensure_cache, open_cache, write_cache
@@ -129,7 +130,23 @@ def world(tmp_path_factory, digits) -> dict[str, Path]:
     probs = np.full((5, 3), 1 / 3, np.float32)
     with open(root / "preds_mismatch.npz", "wb") as f:
         np.savez(f, probs=probs, labels=np.zeros(4, np.int64))
-    w.update({k: root / f"{k}.npz" for k in ("missing_keys", "mismatch", "nan", "preds_mismatch")})
+    # image folders: one good, and one for each mistake
+    write_images(root / "images" / "train", {"a": 3, "b": 3, "c": 3})
+    write_images(root / "images" / "test", {"a": 1, "b": 1})
+    for name in ("img_not_image", "img_sizes", "img_empty", "img_unknown"):
+        shutil.copytree(root / "images", root / name)
+    (root / "img_not_image" / "train" / "b" / "notes.png").write_text("not an image")
+    write_images(root / "img_sizes" / "test", {"c": 1}, size=(9, 9))
+    (root / "img_empty" / "train" / "d").mkdir()
+    write_images(root / "img_unknown" / "test", {"z": 1})
+    with open(root / "transfer_shape.npz", "wb") as f:
+        np.savez(f, X=np.zeros((5, 64), np.float32))
+    with open(root / "transfer_labels.npz", "wb") as f:
+        np.savez(f, X=np.zeros((5, 1, 8, 8), np.float32), y=np.full(5, 10))
+    w.update({k: root / k for k in ("images", "img_not_image", "img_sizes", "img_empty",
+                                    "img_unknown")})
+    w.update({k: root / f"{k}.npz" for k in ("missing_keys", "mismatch", "nan", "preds_mismatch",
+                                             "transfer_shape", "transfer_labels")})
     w.update({f"subsets_{k}": root / f"subsets_{k}.json" for k in
               ("dup", "range", "small", "not_lists")})
     w.update({"configs": cfg, "new": root / "new-out", "fashion_empty": root / "fashion_empty",
@@ -289,6 +306,75 @@ CLI_CASES = {
         r"t10k-labels-idx1-ubyte: not an IDX file: wrong magic number 0x08080801"),
     "unknown-data-set": (lambda w: _ensemble(w, "--dataset", "mnist"),
                          r"unknown data set 'mnist'; valid names: digits"),
+    # image folders (--dataset folder)
+    "folder-not-an-image": (
+        lambda w: _ensemble(w, "--dataset", "folder", "--data-path", w["img_not_image"]),
+        r"train/b/notes\.png: not an image Pillow can read"),
+    "folder-mixed-sizes": (
+        lambda w: _ensemble(w, "--dataset", "folder", "--data-path", w["img_sizes"]),
+        r"test/c/img_0\.png: 9x9 pixels but .*img_0\.png is 6x5; pass --image-size"),
+    "folder-empty-class": (
+        lambda w: _ensemble(w, "--dataset", "folder", "--data-path", w["img_empty"]),
+        r"train/d: empty class folder"),
+    "folder-unknown-test-class": (
+        lambda w: _ensemble(w, "--dataset", "folder", "--data-path", w["img_unknown"]),
+        r"test/z: class 'z' is not one of the training classes \(a, b, c\)"),
+    "folder-without-path": (lambda w: _ensemble(w, "--dataset", "folder"),
+                            r"needs --data-path DIR"),
+    "folder-is-a-file": (lambda w: _ensemble(w, "--dataset", "folder", "--data-path", w["nan"]),
+                         r"nan\.npz: no such folder"),
+    "image-size-zero": (
+        lambda w: _ensemble(w, "--dataset", "folder", "--data-path", w["images"], "--image-size", "0"),
+        r"image_size must be >= 1 pixel, got 0"),
+    "image-size-on-digits": (lambda w: _ensemble(w, "--image-size", "8"),
+                             r"data set 'digits' takes no options, got: image_size"),
+    # external transfer sets (--transfer-data)
+    "transfer-data-shape": (lambda w: _distill(w, "--transfer-data", w["transfer_shape"]),
+                            r"transfer_shape\.npz: X inputs have shape \(64,\) but the training "
+                            r"inputs have \(1, 8, 8\)"),
+    "transfer-data-labels": (lambda w: _distill(w, "--transfer-data", w["transfer_labels"]),
+                             r"transfer_labels\.npz: y holds labels in \[10, 10\]"),
+    "transfer-data-missing": (lambda w: _distill(w, "--transfer-data", w["root"] / "none.npz"),
+                              r"none\.npz: no such file or folder \(--transfer-data\)"),
+    "transfer-data-not-npz": (lambda w: _distill(w, "--transfer-data", w["checkpoint"]),
+                              r"checkpoint\.pt: not an \.npz archive \(a zip without \.npy arrays\)"),
+    "transfer-data-with-fraction": (
+        lambda w: _distill(w, "--transfer-data", w["transfer_labels"], "--transfer-fraction", "0.5"),
+        r"--transfer-fraction choose\(s\) from the training split"),
+    "transfer-data-folder-on-vectors": (
+        lambda w: _distill(w, "--dataset", "synthetic", "--synthetic-classes", "10",
+                           "--transfer-data", w["images"]),
+        r"trained on other data|needs image training data"),
+    # export and predict (one file out)
+    "export-out-is-a-folder": (
+        lambda w: ["export", "--model", w["teacher"], "--out", w["configs"]],
+        r"configs is a folder; --out names the file to write"),
+    "export-out-exists": (lambda w: ["export", "--model", w["teacher"], "--out", w["garbage"]],
+                          r"garbage\.pt exists; pass --overwrite"),
+    "export-not-a-model": (
+        lambda w: ["export", "--model", w["checkpoint"], "--out", w["root"] / "m.ts"],
+        r"checkpoint\.pt: not an ensemble-kd model file"),
+    "export-corrupt-model": (
+        lambda w: ["export", "--model", w["garbage"], "--out", w["root"] / "m.ts"],
+        r"garbage\.pt: cannot be loaded safely"),
+    "export-unknown-format": (
+        lambda w: ["export", "--model", w["teacher"], "--format", "tflite", "--out", w["new"]],
+        r"argument --format: invalid choice: 'tflite'"),
+    "predict-out-exists": (
+        lambda w: ["predict", "--model", w["teacher"], "--out", w["garbage"], *DIGITS],
+        r"garbage\.pt exists; pass --overwrite"),
+    "predict-out-is-a-folder": (
+        lambda w: ["predict", "--teachers", w["run"], "--out", w["configs"], *DIGITS],
+        r"configs is a folder"),
+    "predict-other-data": (
+        lambda w: ["predict", "--model", w["teacher"], "--out", w["root"] / "p.npz", *DIGITS,
+                   "--data-seed", "3"], r"model was trained on other data"),
+    "predict-bad-split": (
+        lambda w: ["predict", "--model", w["teacher"], "--out", w["root"] / "p.npz", "--split",
+                   "all"], r"argument --split: invalid choice: 'all'"),
+    "confusion-report-into-a-run": (
+        lambda w: ["confusion-report", "--model", w["teacher"], "--out", w["run"], *DIGITS],
+        r"already holds a run; pass --resume to continue it or --overwrite"),
     # configs and flags
     "config-unknown-key": (
         lambda w: _ensemble(w, "--config", w["configs"] / "unknown.toml"),

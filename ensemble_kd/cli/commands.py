@@ -29,6 +29,8 @@ from .checks import check_options
 from .config import RunConfig
 from .context import Ctx, load_data
 from .inputs import check_model_data, read_generalist, read_teachers
+from .parser import COMMANDS, given_fields
+from .products import cmd_export, cmd_predict
 from .run_record import prepare_out, saved_config
 from .specialist_steps import (
     generalist_path,
@@ -95,8 +97,12 @@ def cmd_evaluate(ctx: Ctx, splits: Splits, run: Path) -> int:
         srows, sextra = specialist_rows(ctx, splits, generalist, specs)
         rows += srows
         extra.update(sextra)
-    out = ctx.out or run
-    write_summary(ctx, out, rows, extra, f"Evaluation of {run} on {splits.name} (test set)")
+    # Without --out the table goes beside the run's own summary (evaluate.json / evaluate.md),
+    # never over it: summary.json stays the record of what the run itself measured.
+    name = "summary" if ctx.out else "evaluate"
+    write_summary(ctx, ctx.out or run, rows, extra,
+                  f"Evaluation of {run} on {splits.name} (test set)", name=name)
+    ctx.say(f"wrote {(ctx.out or run) / (name + '.md')}")
     return 0
 
 
@@ -109,6 +115,7 @@ def cmd_confusion_report(ctx: Ctx, args: argparse.Namespace) -> int:
         probs, labels, names = load_predictions(args.predictions)
         analysis = analyse(probs, labels, class_names=names, n_clusters=ctx.cfg.n_clusters,
                            method=ctx.cfg.cluster_method)
+        prepare_out(ctx.out, ctx.cfg, "confusion-report", resume=False, overwrite=args.overwrite)
         html = write_confusion_report(analysis, ctx.out)
     else:
         splits = load_data(ctx.cfg)
@@ -124,6 +131,7 @@ def cmd_confusion_report(ctx: Ctx, args: argparse.Namespace) -> int:
         ).mean(0)
         analysis = analyse(probs, y, class_names=splits.class_names, n_clusters=ctx.cfg.n_clusters,
                            method=ctx.cfg.cluster_method)
+        prepare_out(ctx.out, ctx.cfg, "confusion-report", resume=False, overwrite=args.overwrite)
         html = write_confusion_report(
             analysis, ctx.out, title=f"Confusion report: {splits.name}, {args.split} split"
         )
@@ -144,11 +152,14 @@ def cmd_train_specialists(ctx: Ctx, splits: Splits, generalist, subsets) -> int:
     return 0
 
 
-def evaluate_config(cfg: RunConfig, run: Path) -> RunConfig:
-    """The run's own data and specialist settings, unless flags (non-defaults) say otherwise."""
-    old, defaults = saved_config(run), RunConfig()
-    merged = {k: (getattr(cfg, k) if getattr(cfg, k) != getattr(defaults, k) else old.get(k, v))
-              for k, v in vars(cfg).items()}
+def evaluate_config(cfg: RunConfig, run: Path, given: set[str]) -> RunConfig:
+    """The run's own data and specialist settings, except those the user set (``given``).
+
+    A flag the user typed wins even when it equals the default (``--top-n 1`` on a run saved with
+    2 uses 1); every other setting comes from ``run/config.json`` (or the default).
+    """
+    old = saved_config(run)
+    merged = {k: (v if k in given else old.get(k, v)) for k, v in vars(cfg).items()}
     return RunConfig(**merged)
 
 
@@ -166,7 +177,7 @@ def dispatch(args: argparse.Namespace, cfg: RunConfig) -> int:
         run = Path(args.run)
         if not run.is_dir():
             raise FileNotFoundError(f"{run}: no such run folder")
-        cfg = evaluate_config(cfg, run)
+        cfg = evaluate_config(cfg, run, given_fields(args, COMMANDS[cmd][1]))
         ctx = Ctx(cfg, out)
         return cmd_evaluate(ctx, load_data(cfg), run)
     if getattr(args, "resume", False) and out is not None and (out / "config.json").exists():
@@ -174,6 +185,10 @@ def dispatch(args: argparse.Namespace, cfg: RunConfig) -> int:
     ctx = Ctx(cfg, out)
     if cmd == "confusion-report":
         return cmd_confusion_report(ctx, args)
+    if cmd == "predict":
+        return cmd_predict(ctx, args)
+    if cmd == "export":
+        return cmd_export(ctx, args)
     # Fail on bad data, files or options before touching the output folder.
     splits = load_data(cfg)
     cfg = ctx.cfg = cfg.resolve_auto(splits.input_shape)

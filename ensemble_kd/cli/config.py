@@ -33,11 +33,18 @@ class RunConfig:
     """All options of the ``ensemble-kd`` subcommands (each uses the groups it needs)."""
 
     # ---- data ----
-    dataset: str = _f("digits", "data set: digits, fashion-mnist, synthetic or npz", "data")
+    dataset: str = _f("digits", "data set: digits, fashion-mnist, synthetic, npz or folder (an image "
+                      "folder: DIR/train/<class>/*.png|jpg, DIR/test/<class>/..., optional "
+                      "DIR/val/...)", "data")
     data_dir: str | None = _f(None, "folder of the Fashion-MNIST IDX .gz files "
                               "(default /usr/share/datasets/fashion-mnist)", "data")
-    data_path: str | None = _f(None, "the .npz file for --dataset npz "
-                               "(X_train, y_train, X_test, y_test, optional class_names)", "data")
+    data_path: str | None = _f(None, "the .npz file for --dataset npz (X_train, y_train, X_test, "
+                               "y_test, optional class_names), or the folder for --dataset folder",
+                               "data")
+    image_size: int | None = _f(None, "--dataset folder (and an image-folder --transfer-data): resize "
+                                "every image to this many pixels square (default: keep the size, "
+                                "which must then be one size; all-gray images give 1 channel, "
+                                "any colour image makes every image RGB)", "data")
     val_fraction: float = _f(0.1, "share of the training data held out for validation", "data")
     data_seed: int = _f(0, "seed of the validation split", "data")
     synthetic_classes: int = _f(30, "synthetic data: number of classes", "data")
@@ -49,6 +56,11 @@ class RunConfig:
                                   "transfer")
     omit_classes: list[int] = _f([], "classes left out of the transfer set", "transfer")
     unlabelled: bool = _f(False, "drop the transfer set's labels (soft targets only)", "transfer")
+    transfer_data: str | None = _f(
+        None, "distil on this data instead of the training split: an .npz (X, optional y) or an "
+        "image folder (PATH/<class>/... labelled, or images directly in PATH, unlabelled); "
+        "unlabelled data carries the teachers' knowledge too. The hard-label baseline still "
+        "trains on the labelled training split", "transfer")
     # ---- teachers ----
     teachers: int = _f(5, "number of teachers in the ensemble (they differ by seed)", "teachers")
     teacher_arch: str = _f("auto", "teacher architecture: mlp, convnet, or auto "
@@ -178,6 +190,7 @@ class RunConfig:
                  "n_train": self.synthetic_train, "synthetic_seed": self.synthetic_seed}
                 if self.dataset == "synthetic" else {}
             ),
+            **({"image_size": self.image_size} if self.image_size is not None else {}),
         }
 
 

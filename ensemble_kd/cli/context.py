@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 from .. import distributed as dist
 from ..data import Splits, TransferSet, load_dataset, make_transfer_set
 from ..predict import resolve_device
+from ..transfer_data import load_transfer_data
 from .config import RunConfig
 
 
@@ -32,8 +34,21 @@ def load_data(cfg: RunConfig) -> Splits:
     return load_dataset(cfg.dataset, **cfg.data_options())
 
 
+@functools.lru_cache(maxsize=1)  # the options check and the training step read it once
+def _external(path: str, splits: Splits, labelled: bool) -> TransferSet:
+    return load_transfer_data(path, splits, labelled=labelled)
+
+
 def transfer_of(cfg: RunConfig, splits: Splits) -> TransferSet:
-    """The student's transfer set: a share of the training data, maybe without classes or labels."""
+    """The student's transfer set: ``--transfer-data``, or a share of the training data, maybe
+    without classes or labels."""
+    if cfg.transfer_data is not None:
+        chosen = [flag for flag, on in (("--transfer-fraction", cfg.transfer_fraction != 1.0),
+                                        ("--omit-classes", bool(cfg.omit_classes))) if on]
+        if chosen:
+            raise ValueError(f"{' and '.join(chosen)} choose(s) from the training split and do not "
+                             "apply with --transfer-data; leave them out")
+        return _external(cfg.transfer_data, splits, not cfg.unlabelled)
     return make_transfer_set(
         splits, fraction=cfg.transfer_fraction, omit_classes=cfg.omit_classes,
         labelled=not cfg.unlabelled, seed=cfg.data_seed,

@@ -43,6 +43,26 @@ COMMANDS = {
         "the main job: ensemble -> distil -> evaluate -> confusion report -> specialists",
         GROUPS,
     ),
+    "predict": (
+        "write a model's or an ensemble's predictions on a split as an .npz",
+        ("data", "runtime"),
+    ),
+    "export": (
+        "write a saved model as a file that runs without ensemble-kd (TorchScript or ONNX)",
+        ("runtime",),
+    ),
+}
+
+
+OUT_METAVAR = {"predict": "FILE.npz", "export": "FILE"}
+OUT_HELP = {
+    "evaluate": "folder to write summary.json and summary.md in (default: evaluate.json and "
+                "evaluate.md beside the run's own summary in --run, which is left as it is)",
+    "confusion-report": "folder to write the report in (refused if it holds another run or "
+                        "report, unless --overwrite)",
+    "predict": "the .npz file to write (probs, labels, class_names: what confusion-report "
+               "--predictions reads); an existing file is replaced only with --overwrite",
+    "export": "the file to write (an existing file is replaced only with --overwrite)",
 }
 
 
@@ -89,14 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_, groups) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         p.add_argument("--config", metavar="FILE.toml", help="TOML file of option defaults")
-        p.add_argument("--out", metavar="DIR", required=name != "evaluate",
-                       help="run directory to write"
-                       + (" (default: the --run folder)" if name == "evaluate" else ""))
+        p.add_argument("--out", metavar=OUT_METAVAR.get(name, "DIR"), required=name != "evaluate",
+                       help=OUT_HELP.get(name, "run directory to write"))
         if name in ("run", "train-ensemble", "distill", "train-specialists"):
             g = p.add_mutually_exclusive_group()
             g.add_argument("--resume", action="store_true", help="continue the run in --out")
             g.add_argument("--overwrite", action="store_true",
                            help="delete the run in --out and start again")
+        elif name != "evaluate":
+            p.add_argument("--overwrite", action="store_true",
+                           help="replace what --out holds (a report folder or a file)")
         if name == "distill":
             p.add_argument("--teachers", metavar="DIR", required=True,
                            help="a run folder with teachers/ (from train-ensemble) "
@@ -110,6 +132,19 @@ def build_parser() -> argparse.ArgumentParser:
             src.add_argument("--predictions", metavar="FILE.npz", help="saved probs + labels")
             p.add_argument("--split", choices=("val", "test"), default="test",
                            help="which split to analyse (default test)")
+        if name == "predict":
+            src = p.add_mutually_exclusive_group(required=True)
+            src.add_argument("--model", metavar="FILE", help="a saved model (model.pt)")
+            src.add_argument("--teachers", metavar="DIR",
+                             help="an ensemble (the mean of its probabilities): a run folder with "
+                                  "teachers/ or a folder of teacher_<k>/")
+            p.add_argument("--split", choices=("test", "val", "train"), default="test",
+                           help="which split to predict (default test)")
+        if name == "export":
+            p.add_argument("--model", metavar="FILE", required=True, help="a saved model (model.pt)")
+            p.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript",
+                           help="torchscript (needs only torch) or onnx (needs the onnx package: "
+                                "pip install 'ensemble-kd[onnx]'); default torchscript")
         if name == "train-specialists":
             p.add_argument("--generalist", metavar="FILE", required=True, help="the generalist's model.pt")
             p.add_argument("--subsets", metavar="FILE.json",
@@ -117,6 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
                                 "default: clusters of the generalist's validation confusion")
         _add_config_flags(p, groups)
     return parser
+
+
+def given_fields(args: argparse.Namespace, groups) -> set[str]:
+    """The config fields the user set: by a flag on the command line or a key of ``--config``.
+
+    Flags default to None, so a flag typed with its default value still counts as given.
+    """
+    named = set(read_config_file(args.config, groups)) if getattr(args, "config", None) else set()
+    return named | {f.name for f in fields_of(groups) if getattr(args, f.name, None) is not None}
 
 
 def resolve_config(args: argparse.Namespace, groups) -> RunConfig:

@@ -24,6 +24,9 @@ FORMAT = "ensemble-kd/run-config"
 FORMAT_VERSION = 2
 NAME = "config.json"
 IGNORED_ON_RESUME = frozenset({"quiet", "device"})  # may differ between a run and its resumption
+# Options added after records of this format were first written, with the value that does what the
+# older versions did; a record without them reads as having that value.
+ADDED_OPTIONS = {"image_size": None, "transfer_data": None}
 
 
 def run_record(command: str, cfg: RunConfig) -> dict:
@@ -57,7 +60,7 @@ def read_run_record(path: str | Path) -> dict:
         raise FormatError(f"{path}: run record of unknown format version {version!r}")
     if not isinstance(obj.get("config"), dict) or not isinstance(obj.get("command"), str):
         raise FormatError(f"{path}: malformed ensemble-kd run record (no command or config)")
-    config = dict(obj["config"])
+    config = {**ADDED_OPTIONS, **obj["config"]}
     for name in SWEEP_FIELDS:  # version 1 stored one number; now a list (or "auto")
         if name in config:
             try:

@@ -11,7 +11,7 @@ import torch
 
 from .. import distributed as dist
 from ..batching import TensorBatches
-from ..data import Splits, TransferSet
+from ..data import Splits, TransferSet, make_transfer_set
 from ..ensemble import data_meta, find_teachers, load_teachers, train_ensemble
 from ..run import Run
 from ..sweep import distill_sweep
@@ -88,12 +88,20 @@ def step_students(ctx: Ctx, splits: Splits, teachers, out: Path):
     cfg = ctx.cfg
     transfer = transfer_of(cfg, splits)
     ctx.say(f"transfer set: {len(transfer)} examples"
+            + (f" from {cfg.transfer_data}" if cfg.transfer_data else "")
             + (f", without classes {cfg.omit_classes}" if cfg.omit_classes else "")
             + (", unlabelled" if transfer.y is None else ""))
     baseline = None
-    if transfer.y is not None:
-        ctx.say(f"training the baseline student ({cfg.student_arch} {cfg.student_widths}) on hard labels")
-        baseline = _train_baseline(ctx, splits, transfer, out / "baseline")
+    # The baseline learns from hard labels: on the transfer set when it is a labelled part of the
+    # training split; with --transfer-data (labelled or not) on the whole labelled training split,
+    # so it never sees data the teachers did not; without labels at all it is skipped.
+    labelled = make_transfer_set(splits, seed=cfg.data_seed) if cfg.transfer_data else transfer
+    if labelled.y is not None:
+        ctx.say(f"training the baseline student ({cfg.student_arch} {cfg.student_widths}) on hard "
+                f"labels{' of the training split' if cfg.transfer_data else ''}")
+        baseline = _train_baseline(ctx, splits, labelled, out / "baseline")
+    else:
+        ctx.say("no hard-label baseline: the transfer set is unlabelled (--unlabelled)")
     grid = cfg.distill_configs()
     settings = (f"T={grid[0].temperature:g}, alpha={grid[0].alpha:g}" if len(grid) == 1 else
                 f"{len(grid)} candidate settings (T in {' '.join(f'{t:g}' for t in cfg.temperatures())}, "

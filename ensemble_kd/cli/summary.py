@@ -114,8 +114,9 @@ def _verdict(ctx: Ctx, splits: Splits, baseline, student, meta: dict) -> dict:
     return out
 
 
-def write_summary(ctx: Ctx, out: Path, rows: list[dict], extra: dict, title: str) -> str:
-    """Write summary.json / summary.md (rank 0 only) and print the table."""
+def write_summary(ctx: Ctx, out: Path, rows: list[dict], extra: dict, title: str,
+                  name: str = "summary") -> str:
+    """Write ``out/<name>.json`` and ``out/<name>.md`` (rank 0 only) and print the table."""
     table = format_table(rows, COLUMNS)
     if not dist.is_main():
         return table
@@ -125,9 +126,9 @@ def write_summary(ctx: Ctx, out: Path, rows: list[dict], extra: dict, title: str
     for v in extra.values():
         if isinstance(v, str) and "\n" in v:
             text += f"\n{v}\n"
-    atomic_write_json(out / "summary.json", {"rows": rows, **extra,
+    atomic_write_json(out / f"{name}.json", {"rows": rows, **extra,
                                              "seconds": time.perf_counter() - ctx.t0})
-    atomic_write_text(out / "summary.md", text)
+    atomic_write_text(out / f"{name}.md", text)
     print(table)
     if "coverage_table" in extra:
         print("\n" + extra["coverage_table"])

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ensemble_kd.cli import main
-from ensemble_kd.cli.commands import evaluate_config
+from ensemble_kd.cli.commands import saved_settings
 from ensemble_kd.cli.parser import COMMANDS, build_parser, given_fields, resolve_config
 from ensemble_kd.io import atomic_write_json
 
@@ -39,7 +39,7 @@ def _evaluate_cfg(tmp_path: Path, argv: list[str], saved: dict):
     atomic_write_json(tmp_path / "config.json", {"command": "run", "config": saved})
     args = build_parser().parse_args(["evaluate", "--run", str(tmp_path), *argv])
     groups = COMMANDS["evaluate"][1]
-    return evaluate_config(resolve_config(args, groups), tmp_path, given_fields(args, groups))
+    return saved_settings(resolve_config(args, groups), tmp_path, given_fields(args, groups))
 
 
 def test_a_typed_flag_equal_to_the_default_wins(tmp_path):

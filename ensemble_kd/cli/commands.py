@@ -152,21 +152,15 @@ def cmd_train_specialists(ctx: Ctx, splits: Splits, generalist, subsets) -> int:
     return 0
 
 
-def evaluate_config(cfg: RunConfig, run: Path, given: set[str]) -> RunConfig:
-    """The run's own data and specialist settings, except those the user set (``given``).
+def saved_settings(cfg: RunConfig, run: Path, given: set[str]) -> RunConfig:
+    """A run's own settings (``run/config.json``), except those the user set now (``given``).
 
-    A flag the user typed wins even when it equals the default (``--top-n 1`` on a run saved with
-    2 uses 1); every other setting comes from ``run/config.json`` (or the default).
+    Used by ``evaluate`` and ``--resume``: a flag the user typed wins even when it equals the
+    default (``--top-n 1`` on a run saved with 2 uses 1); every other setting is the run's (or the
+    default, for a setting the run did not record).
     """
     old = saved_config(run)
-    merged = {k: (v if k in given else old.get(k, v)) for k, v in vars(cfg).items()}
-    return RunConfig(**merged)
-
-
-def resumed_config(cfg: RunConfig, out: Path, given: frozenset) -> RunConfig:
-    """``--resume``: the run's saved settings, except those the user set now (checked after)."""
-    old = saved_config(out)
-    return RunConfig(**{k: (v if k in given or k not in old else old[k]) for k, v in vars(cfg).items()})
+    return RunConfig(**{k: (v if k in given else old.get(k, v)) for k, v in vars(cfg).items()})
 
 
 def dispatch(args: argparse.Namespace, cfg: RunConfig) -> int:
@@ -177,11 +171,11 @@ def dispatch(args: argparse.Namespace, cfg: RunConfig) -> int:
         run = Path(args.run)
         if not run.is_dir():
             raise FileNotFoundError(f"{run}: no such run folder")
-        cfg = evaluate_config(cfg, run, given_fields(args, COMMANDS[cmd][1]))
+        cfg = saved_settings(cfg, run, given_fields(args, COMMANDS[cmd][1]))
         ctx = Ctx(cfg, out)
         return cmd_evaluate(ctx, load_data(cfg), run)
     if getattr(args, "resume", False) and out is not None and (out / "config.json").exists():
-        cfg = resumed_config(cfg, out, getattr(args, "given", frozenset()))
+        cfg = saved_settings(cfg, out, given_fields(args, COMMANDS[cmd][1]))
     ctx = Ctx(cfg, out)
     if cmd == "confusion-report":
         return cmd_confusion_report(ctx, args)

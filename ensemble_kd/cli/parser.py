@@ -170,5 +170,4 @@ def resolve_config(args: argparse.Namespace, groups) -> RunConfig:
         v = getattr(args, f.name, None)
         if v is not None:
             values[f.name] = coerce(f.name, v)
-    args.given = frozenset(values)  # what the user set (flags or config file): it always wins
     return RunConfig(**values)

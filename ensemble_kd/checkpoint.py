@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .factories import ImportNotAllowed, model_from_any_spec
+from .factories import ImportNotAllowed, model_from_any_spec, scoped_allowance
 from .io import FormatError, load_tensors, save_tensors
 
 MODEL_FORMAT = "ensemble-kd/model"
@@ -66,12 +66,13 @@ def load_model(
     path: str | os.PathLike,
     device: str | torch.device = "cpu",
     *,
-    allow_imports: Collection[str] = (),
+    allow_imports: Collection[str] | None = None,
 ) -> tuple[nn.Module, dict]:
     """Load a model saved by :func:`save_model`, in eval mode.
 
     A model whose spec names an import path (``pkg.module:function``) is rebuilt by importing that
-    module only when ``allow_imports`` allows it (see :mod:`ensemble_kd.factories`).
+    module only when ``allow_imports`` allows it (None: the modules of the enclosing
+    :func:`~ensemble_kd.factories.allowing_imports` block, none outside one).
 
     Returns:
         (model, meta).
@@ -92,7 +93,8 @@ def load_model(
     except (KeyError, TypeError, json.JSONDecodeError) as e:
         raise FormatError(f"{path}: malformed model file ({e})") from None
     try:
-        model = model_from_any_spec(spec, allow_imports)
+        allowed = scoped_allowance() if allow_imports is None else allow_imports
+        model = model_from_any_spec(spec, allowed)
     except ImportNotAllowed as e:
         raise ImportNotAllowed(f"{path}: {e}") from None
     except ValueError as e:  # an unknown builder, a factory that fails

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import nn
@@ -28,6 +30,26 @@ from .models import available_models, build_model, replace_head
 from .models import model_from_spec as builtin_from_spec
 
 _IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+# Modules allowed within a ``with allowing_imports(...)`` block, for code that cannot pass them on
+# (the specialists package loads its models itself); everything else takes ``allow_imports``.
+_SCOPE: ContextVar[frozenset[str]] = ContextVar("ensemble_kd_allow_imports", default=frozenset())
+
+
+@contextmanager
+def allowing_imports(modules: Collection[str]) -> Iterator[None]:
+    """Within the block, models loaded without an explicit ``allow_imports`` may import ``modules``."""
+    token = _SCOPE.set(frozenset(modules))
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
+
+
+def scoped_allowance() -> frozenset[str]:
+    """The modules allowed by the innermost :func:`allowing_imports` block (none outside one)."""
+    return _SCOPE.get()
 
 
 class ImportNotAllowed(ValueError):

@@ -57,8 +57,9 @@ class RunConfig:
                            "auto (convnet for images, mlp otherwise), pkg.module:function "
                            "(function(input_shape, n_classes, **kwargs) -> nn.Module), "
                            "torchvision/NAME or timm/NAME", "arch")
-    teacher_kwargs: dict | None = _f(None, "options of the teacher builder, a JSON object "
-                                     "(TOML: an inline table)", "arch")
+    teacher_kwargs: dict | None = _f(None, "options of the teacher builder(s), a JSON object "
+                                     "(TOML: an inline table), passed to every teacher "
+                                     "architecture", "arch")
     teacher_widths: list[int] | None = _f(None, "teacher hidden sizes (convnet: channels); "
                                         "default 32 64 for a convnet, 256 256 for an mlp", "teachers")
     teacher_dropout: float = _f(0.0, "teacher dropout", "teachers")

@@ -14,6 +14,7 @@ Every teacher is run once on zeros to check that it maps the data's inputs to on
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -77,7 +78,9 @@ def load_foreign_teacher(
         raise FileNotFoundError(f"{path}: no such file")
     if is_torchscript(path):
         try:
-            model = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():  # "torch.jit.load is deprecated": noise for a user
+                warnings.simplefilter("ignore", DeprecationWarning)
+                model = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:
             raise FormatError(f"{path}: not a loadable TorchScript file "
                               f"({type(e).__name__})") from None

@@ -385,6 +385,9 @@ BYO_CASES = {
         rf"import_path_model\.pt: model '{bm.GOOD}:make' would import .*--allow-import {bm.GOOD}"),
     "generalist-not-allowed": (lambda w, b: [*_specialists(w), "--generalist", b["model"]],
                                rf"pass --allow-import {bm.GOOD} if you trust it"),
+    "generalist-without-head": (
+        lambda w, b: ["run", "--out", w["new"], *DIGITS, *TEACHERS, "--student-arch", f"{bm.BAD}:good"],
+        rf"'{bm.BAD}:good' has none: give it one or pass --no-specialists"),
     "hub-package-missing": (lambda w, b: _arch(w, "timm/resnet18"),
                             r"need the timm package, which is not installed"),
     "dataset-function-not-a-dict": (lambda w, b: _ensemble(w, "--dataset", f"{bm.BAD}:data_not_dict"),

@@ -39,12 +39,11 @@ def check_options(cfg: RunConfig, splits: Splits, command: str, n_teachers: int 
             if cfg.teacher_vectorize not in VECTORIZE:
                 raise ValueError(f"teacher_vectorize must be auto, on or off, got {cfg.teacher_vectorize!r}")
             cfg.train_config(cfg.teacher_epochs)
-            for spec in cfg.teacher_specs():
-                spec.build(shape, c, allow_imports=allow_imports)
+            teachers = [spec.build(shape, c, allow_imports=allow_imports) for spec in cfg.teacher_specs()]
             jitter_ok("teacher_jitter", cfg.teacher_jitter)
         if command in ("distill", "run"):
             cfg.train_config()
-            cfg.student_spec().build(shape, c, allow_imports=allow_imports)
+            student = cfg.student_spec().build(shape, c, allow_imports=allow_imports)
             for dcfg in cfg.distill_configs():  # every candidate of a sweep
                 dcfg.validate(cfg.teachers if command == "run" else n_teachers)
             if cfg.cache_topk >= c:
@@ -54,6 +53,12 @@ def check_options(cfg: RunConfig, splits: Splits, command: str, n_teachers: int 
             transfer_of(cfg, splits)
     if command == "train-specialists" or (command == "run" and cfg.specialists):
         _check_specialist_options(cfg, splits)
+    if command == "run" and cfg.specialists:
+        generalist = student if cfg.specialists_from == "student" else teachers[0]
+        if not isinstance(getattr(generalist, "head", None), torch.nn.Linear):
+            raise ValueError(
+                f"specialists replace the generalist's final nn.Linear called 'head', and "
+                f"{generalist.spec['name']!r} has none: give it one or pass --no-specialists")
 
 
 def _check_specialist_options(cfg: RunConfig, splits: Splits) -> None:

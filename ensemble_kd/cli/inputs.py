@@ -61,6 +61,9 @@ def read_generalist(ctx: Ctx, splits: Splits, args: argparse.Namespace):
     """``--generalist`` checked against the data, and ``--subsets`` (None: from its confusion)."""
     generalist, meta = load_model(args.generalist, ctx.device, allow_imports=ctx.allow_imports)
     check_model_data(args.generalist, meta, splits)
+    if not isinstance(getattr(generalist, "head", None), torch.nn.Linear):
+        raise ValueError(f"{args.generalist}: specialists replace the generalist's final nn.Linear "
+                         "called 'head', and this model has none")
     subsets = None
     if args.subsets:
         from specialists.subsets import validate_subsets

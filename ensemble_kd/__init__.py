@@ -30,3 +30,11 @@ __all__ = [
     "make_transfer_set", "open_cache", "predict_logits", "predict_probs", "save_model",
     "seed_everything", "soft_targets", "train", "train_ensemble", "write_cache",
 ]
+
+# Your own models, data and teachers (import paths need consent: ``allow_imports``).
+from .factories import ImportNotAllowed, allowing_imports, build_any  # noqa: E402
+from .foreign import load_foreign_teacher  # noqa: E402
+from .user_data import load_dataset_function  # noqa: E402
+
+__all__ += ["ImportNotAllowed", "allowing_imports", "build_any", "load_dataset_function",
+            "load_foreign_teacher"]

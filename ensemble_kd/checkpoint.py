@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .factories import ImportNotAllowed, model_from_any_spec, scoped_allowance
 from .io import FormatError, load_tensors, save_tensors
-from .models import model_from_spec
 
 MODEL_FORMAT = "ensemble-kd/model"
 CHECKPOINT_FORMAT = "ensemble-kd/train-checkpoint"
@@ -62,9 +63,16 @@ def save_model(path: str | os.PathLike, model: nn.Module, meta: dict | None = No
 
 
 def load_model(
-    path: str | os.PathLike, device: str | torch.device = "cpu"
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    *,
+    allow_imports: Collection[str] | None = None,
 ) -> tuple[nn.Module, dict]:
     """Load a model saved by :func:`save_model`, in eval mode.
+
+    A model whose spec names an import path (``pkg.module:function``) is rebuilt by importing that
+    module only when ``allow_imports`` allows it (None: the modules of the enclosing
+    :func:`~ensemble_kd.factories.allowing_imports` block, none outside one).
 
     Returns:
         (model, meta).
@@ -73,6 +81,7 @@ def load_model(
         FileNotFoundError: no such file.
         FormatError: truncated/corrupt/unsafe file, not an ensemble-kd model, or weights that do not
             fit the stated architecture.
+        ImportNotAllowed: the spec names a module that was not allowed (nothing is imported).
     """
     obj = load_tensors(path)
     if obj.get("format") != MODEL_FORMAT:
@@ -81,9 +90,18 @@ def load_model(
     try:
         spec = json.loads(obj["spec"])
         meta = json.loads(obj.get("meta", "{}"))
-        model = model_from_spec(spec)
-        model.load_state_dict(obj["state_dict"])
     except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise FormatError(f"{path}: malformed model file ({e})") from None
+    try:
+        allowed = scoped_allowance() if allow_imports is None else allow_imports
+        model = model_from_any_spec(spec, allowed)
+    except ImportNotAllowed as e:
+        raise ImportNotAllowed(f"{path}: {e}") from None
+    except ValueError as e:  # an unknown builder, a factory that fails
+        raise FormatError(f"{path}: the model cannot be rebuilt: {e}") from None
+    try:
+        model.load_state_dict(obj["state_dict"])
+    except (KeyError, TypeError) as e:
         raise FormatError(f"{path}: malformed model file ({e})") from None
     except (RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +27,9 @@ from torch import nn
 from .batching import TensorBatches
 from .checkpoint import load_model
 from .data import Splits
+from .factories import build_any, is_import_path, module_of
 from .metrics import disagreement, evaluate
-from .models import build_model, count_parameters
+from .models import count_parameters
 from .predict import ensemble_logits, resolve_device
 from .run import Run
 from .train import TrainConfig, TrainResult, train
@@ -43,21 +44,38 @@ CPU_VECTORIZE_MAX_PARAMS = 50_000
 
 @dataclass
 class ModelSpec:
-    """A model architecture to build: a registered builder's name and its options.
+    """A model architecture to build: a builder's name and its options.
 
     (A built model carries its own JSON ``spec`` attribute, the exact builder call that rebuilds it
     from a checkpoint; a ``ModelSpec`` is the user's choice before building.)
     """
 
-    arch: str = "mlp"  # a registered model name: "mlp" or "convnet"
-    widths: tuple[int, ...] = (256, 256)  # mlp hidden sizes (convnet: channels)
-    dropout: float = 0.0  # dropout after each hidden layer
+    arch: str = "mlp"  # "mlp", "convnet", an import path pkg.module:function, or torchvision/...
+    widths: tuple[int, ...] = (256, 256)  # mlp hidden sizes (convnet: channels); built-ins only
+    dropout: float = 0.0  # dropout after each hidden layer; built-ins only
+    kwargs: dict | None = None  # the builder's options (built-ins: added to widths and dropout)
 
-    def build(self, input_shape, n_classes: int) -> nn.Module:
+    def build(self, input_shape, n_classes: int, *,
+              allow_imports: Collection[str] | None = None) -> nn.Module:
+        """Build the model.
+
+        Args:
+            input_shape, n_classes: of the data.
+            allow_imports: modules an import-path ``arch`` may import; None (the Python API's
+                default): the module of ``arch`` itself, which the caller chose.
+        """
+        extra = dict(self.kwargs or {})
+        if is_import_path(self.arch) or "/" in self.arch:
+            if allow_imports is None:
+                allow_imports = self.own_modules()
+            return build_any(self.arch, input_shape, n_classes, allow_imports=allow_imports, **extra)
         key = "channels" if self.arch == "convnet" else "widths"
-        return build_model(
-            self.arch, input_shape, n_classes, **{key: list(self.widths), "dropout": self.dropout}
-        )
+        options = {key: list(self.widths), "dropout": self.dropout, **extra}
+        return build_any(self.arch, input_shape, n_classes, **options)
+
+    def own_modules(self) -> tuple[str, ...]:
+        """The module an import-path ``arch`` names (empty for other names)."""
+        return (module_of(self.arch),) if is_import_path(self.arch) else ()
 
 
 TeacherSpec = ModelSpec  # the name of ensemble-kd 0.1.0, kept for the Python API
@@ -90,6 +108,7 @@ def train_ensemble(
     progress: bool | None = None,
     ranks: tuple[int, int] = (0, 1),
     vectorize: bool | None = None,
+    allow_imports: Collection[str] | None = None,
 ) -> list[nn.Module]:
     """Train ``n_teachers`` teachers on ``splits`` that differ by seed (``config.seed + k``).
 
@@ -106,6 +125,8 @@ def train_ensemble(
             vectorised model (MLPs; convnets hold batch-norm buffers and stay sequential). None
             (default): where it is faster (CUDA; CPU for members of at most
             ``CPU_VECTORIZE_MAX_PARAMS`` parameters); True: wherever it applies; False: never.
+        allow_imports: modules that import-path architectures (of ``specs`` and of teachers saved
+            in ``out_dir`` by an earlier run) may import; None: the modules ``specs`` name.
 
     Returns:
         The teachers trained (or loaded) by this process, in order, in eval mode.
@@ -115,6 +136,8 @@ def train_ensemble(
     specs = [specs] if isinstance(specs, ModelSpec) else list(specs)
     if not specs:
         raise ValueError("no teacher architecture given")
+    if allow_imports is None:
+        allow_imports = [m for s in specs for m in s.own_modules()]
     rank, world = ranks
     meta_base = data_meta(splits)
     done: dict[int, nn.Module] = {}
@@ -123,14 +146,16 @@ def train_ensemble(
         if k % world != rank:
             continue
         finished = Run(teacher_dir(out_dir, k)).load_finished(
-            device, expect={"data_fingerprint": meta_base["data_fingerprint"]}
+            device, expect={"data_fingerprint": meta_base["data_fingerprint"]},
+            allow_imports=allow_imports,
         )
         if finished is not None:
             done[k] = finished[0]
             continue
         cfg = TrainConfig(**{**vars(config), "seed": config.seed + k})
         torch.manual_seed(cfg.seed)  # the teacher's initial weights
-        pending[k] = (specs[k % len(specs)].build(splits.input_shape, splits.n_classes), cfg)
+        pending[k] = (specs[k % len(specs)].build(splits.input_shape, splits.n_classes,
+                                                  allow_imports=allow_imports), cfg)
 
     def extra(model: nn.Module) -> dict:
         return {"data": meta_base["data_fingerprint"], "jitter": jitter, "spec": model.spec}
@@ -208,12 +233,19 @@ def find_teachers(folder: str | os.PathLike) -> list[Path]:
 
 
 def load_teachers(
-    paths: Sequence[str | os.PathLike], device: str | torch.device = "cpu", *, splits: Splits | None = None
+    paths: Sequence[str | os.PathLike],
+    device: str | torch.device = "cpu",
+    *,
+    splits: Splits | None = None,
+    allow_imports: Collection[str] = (),
 ) -> tuple[list[nn.Module], list[dict]]:
-    """Load saved teachers and check that they belong together (and to ``splits`` if given)."""
+    """Load saved teachers and check that they belong together (and to ``splits`` if given).
+
+    ``allow_imports``: modules the teachers' specs may import (see :func:`load_model`).
+    """
     models, metas = [], []
     for p in paths:
-        m, meta = load_model(p, device)
+        m, meta = load_model(p, device, allow_imports=allow_imports)
         models.append(m)
         metas.append(meta)
     classes = {m.get("n_classes") for m in metas}

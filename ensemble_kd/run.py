@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,7 +96,11 @@ class Run:
         return self.model_path.exists()
 
     def load_finished(
-        self, device: str | torch.device = "cpu", *, expect: dict | None = None
+        self,
+        device: str | torch.device = "cpu",
+        *,
+        expect: dict | None = None,
+        allow_imports: Collection[str] = (),
     ) -> tuple[nn.Module, dict] | None:
         """The finished model and its metadata, or None when the run is not finished.
 
@@ -103,13 +108,14 @@ class Run:
             device: where to put the model.
             expect: metadata the model must record with these values (e.g. the data fingerprint);
                 a key the file does not record is not checked (older files).
+            allow_imports: modules the saved spec may import (see :func:`load_model`).
 
         Raises:
             ValueError: the saved model records other values for ``expect``'s keys.
         """
         if not self.finished():
             return None
-        model, meta = load_model(self.model_path, device)
+        model, meta = load_model(self.model_path, device, allow_imports=allow_imports)
         for key, want in (expect or {}).items():
             if key in meta and meta[key] != want:
                 what = "other data" if key == "data_fingerprint" else f"another {key.replace('_', ' ')}"

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -114,6 +114,7 @@ def distill_sweep(
     device: str | torch.device = "cpu",
     progress: bool | None = None,
     say: Callable[[str], None] | None = None,
+    allow_imports: Collection[str] = (),
 ) -> SweepResult:
     """Distil one student per config (same initial weights, one shared cache), keep the best.
 
@@ -126,6 +127,7 @@ def distill_sweep(
         run_dir: the sweep's folder (layout in the module docstring).
         device, progress: as for ``distill``.
         say: where to report each candidate's validation result (e.g. ``print``).
+        allow_imports: modules a finished candidate's spec may import (see ``load_model``).
 
     Returns:
         :class:`SweepResult` with the kept student and every candidate's validation scores.
@@ -137,7 +139,7 @@ def distill_sweep(
     candidates, models = [], []
     for cfg in configs:
         folder = run_dir if single else run_dir / "candidates" / candidate_name(cfg)
-        done = None if single else Run(folder).load_finished(device)
+        done = None if single else Run(folder).load_finished(device, allow_imports=allow_imports)
         if done is not None:
             model = done[0]
         else:

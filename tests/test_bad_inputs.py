@@ -24,6 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import byo_modules as bm
 import numpy as np
 import pytest
 import torch
@@ -37,6 +38,7 @@ from ensemble_kd.cli.config import GROUPS, read_config_file
 from ensemble_kd.data import Splits, load_dataset, make_transfer_set, read_idx, write_idx
 from ensemble_kd.distill import DistillConfig, distill
 from ensemble_kd.ensemble import ModelSpec, data_meta, load_teachers, train_ensemble
+from ensemble_kd.factories import build_any
 from ensemble_kd.io import FormatError, atomic_write_json, atomic_write_text, load_tensors, save_tensors
 from ensemble_kd.losses import distillation_loss
 from ensemble_kd.models import build_model
@@ -404,6 +406,112 @@ CLI_CASES = {
 def test_cli_refuses_bad_input(world, capsys, case):
     argv, pattern = CLI_CASES[case]
     _cli_error(capsys, argv(world), pattern)
+
+
+# ---------------------------------------------------------------- bring your own models and data
+
+
+@pytest.fixture(scope="module")
+def byo(tmp_path_factory) -> dict[str, Path]:
+    """User modules (on sys.path only in the tests below), and files that name or hold models."""
+    root = bm.write_modules(tmp_path_factory.mktemp("byo"))
+    sys.path.insert(0, str(root))
+    try:
+        bm.forget()
+        model = build_any(f"{bm.GOOD}:make", (1, 8, 8), 10, allow_imports=[bm.GOOD])
+        save_model(root / "import_path_model.pt", model, {"n_classes": 10})
+        torch.save(model.state_dict(), root / "state_dict.pt")
+    finally:
+        sys.path.remove(str(root))
+        bm.forget()
+    atomic_write_text(root / "arch.toml", f'teacher-arch = "{bm.GOOD}:make"\n')
+    atomic_write_text(root / "kwargs_not_table.toml", "teacher-kwargs = 3\n")
+    return {"root": root, "model": root / "import_path_model.pt", "state": root / "state_dict.pt",
+            "arch_toml": root / "arch.toml", "kwargs_toml": root / "kwargs_not_table.toml"}
+
+
+def _arch(w, arch, *extra):
+    return _ensemble(w, "--teacher-arch", arch, *extra)
+
+
+BYO_CASES = {
+    "arch-module-missing": (lambda w, b: _arch(w, "ekd_no_such_module:make"),
+                            r"module 'ekd_no_such_module' not found \(is it on PYTHONPATH\?\)"),
+    "arch-not-an-import-path": (lambda w, b: _arch(w, "a:b:c"),
+                                r"model 'a:b:c' is not an import path of the form pkg.module:function"),
+    "arch-no-such-function": (lambda w, b: _arch(w, f"{bm.BAD}:nope"),
+                              rf"module '{bm.BAD}' has no attribute 'nope'"),
+    "arch-factory-raises": (lambda w, b: _arch(w, f"{bm.BAD}:raises"),
+                            rf"factory '{bm.BAD}:raises' raised RuntimeError: no GPU here"),
+    "arch-not-a-module": (lambda w, b: _arch(w, f"{bm.BAD}:not_module"),
+                          rf"'{bm.BAD}:not_module' returned int, not an nn.Module"),
+    "arch-wrong-classes": (lambda w, b: _arch(w, f"{bm.BAD}:wrong_classes"),
+                           r"gives outputs of shape \(2, 3\) .*for 10 classes"),
+    "arch-second-of-several-fails": (lambda w, b: _arch(w, "mlp", f"{bm.BAD}:raises"),
+                                     rf"'{bm.BAD}:raises' raised RuntimeError"),
+    "student-arch-wrong-inputs": (lambda w, b: _distill(w, "--student-arch", f"{bm.BAD}:wrong_inputs"),
+                                  r"fails on inputs of shape \(1, 8, 8\)"),
+    "kwargs-not-json": (lambda w, b: _arch(w, f"{bm.GOOD}:make", "--teacher-kwargs", "{width: 3"),
+                        r"argument --teacher-kwargs: not valid JSON"),
+    "kwargs-not-an-object": (lambda w, b: _arch(w, f"{bm.GOOD}:make", "--teacher-kwargs", "[3]"),
+                             r"argument --teacher-kwargs: expected a JSON object"),
+    "kwargs-unknown-option": (
+        lambda w, b: _arch(w, f"{bm.GOOD}:make", "--teacher-kwargs", '{"depth": 3}'),
+        rf"'{bm.GOOD}:make' raised TypeError: .*unexpected keyword argument 'depth'"),
+    "kwargs-toml-not-a-table": (lambda w, b: _ensemble(w, "--config", b["kwargs_toml"]),
+                                r"config key 'teacher_kwargs' must be dict, got 3"),
+    "arch-in-toml-not-allowed": (
+        lambda w, b: ["train-ensemble", "--out", w["new"], *DIGITS, "--config", b["arch_toml"],
+                      "--teachers", "1", "--teacher-epochs", "1"],
+                                 rf"would import and run module '{bm.GOOD}'.*--allow-import {bm.GOOD}"),
+    "allow-import-not-a-module": (lambda w, b: _ensemble(w, "--allow-import", "1bad"),
+                                  r"--allow-import: '1bad' is not a module name"),
+    "saved-model-not-allowed": (
+        lambda w, b: ["confusion-report", "--model", b["model"], "--out", w["new"], *DIGITS],
+        rf"import_path_model\.pt: model '{bm.GOOD}:make' would import .*--allow-import {bm.GOOD}"),
+    "generalist-not-allowed": (lambda w, b: [*_specialists(w), "--generalist", b["model"]],
+                               rf"pass --allow-import {bm.GOOD} if you trust it"),
+    "generalist-without-head": (
+        lambda w, b: ["run", "--out", w["new"], *DIGITS, *TEACHERS, "--student-arch", f"{bm.BAD}:good"],
+        rf"'{bm.BAD}:good' has none: give it one or pass --no-specialists"),
+    "hub-package-missing": (lambda w, b: _arch(w, "timm/resnet18"),
+                            r"need the timm package, which is not installed"),
+    "dataset-function-not-a-dict": (lambda w, b: _ensemble(w, "--dataset", f"{bm.BAD}:data_not_dict"),
+                                    r"returned list, expected a dict with keys X_train"),
+    "dataset-function-raises": (lambda w, b: _ensemble(w, "--dataset", f"{bm.BAD}:data_raises"),
+                                r"raised OSError: the share is not mounted"),
+    "dataset-function-missing-keys": (
+        lambda w, b: _ensemble(w, "--dataset", f"{bm.BAD}:data_missing"),
+        r"data set 'ekd_byo_bad:data_missing': missing key\(s\) X_test, y_test"),
+    "teacher-model-missing": (
+        lambda w, b: ["distill", "--teacher-model", w["root"] / "nope.pt", "--out", w["new"],
+                      *DIGITS, *STUDENT], r"nope\.pt: no such file"),
+    "teacher-model-garbage": (
+        lambda w, b: ["distill", "--teacher-model", w["garbage"], "--out", w["new"], *DIGITS,
+                      *STUDENT], r"garbage\.pt: cannot be loaded safely"),
+    "teacher-model-state-dict-other-arch": (
+        lambda w, b: ["distill", "--teacher-model", b["state"], "--out", w["new"], *DIGITS,
+                      *STUDENT], r"state_dict\.pt: the state dict does not fit 'convnet'"),
+    "teacher-model-and-teachers": (
+        lambda w, b: [*_distill(w), "--teacher-model", b["state"]],
+        r"argument --teacher-model: not allowed with argument --teachers"),
+}
+
+
+@pytest.mark.parametrize("case", list(BYO_CASES))
+def test_cli_refuses_bad_models_and_data_of_your_own(world, byo, capsys, monkeypatch, case):
+    """An import path or file of the user's that does not work: one line, nothing written."""
+    if case == "hub-package-missing":
+        monkeypatch.setitem(sys.modules, "timm", None)  # not installed, even where it is
+    monkeypatch.syspath_prepend(str(byo["root"]))
+    before = _snapshot(byo["root"])
+    argv, pattern = BYO_CASES[case]
+    try:
+        _cli_error(capsys, argv(world, byo), pattern)
+    finally:
+        bm.forget()
+    assert _snapshot(byo["root"]) == before
+    assert not (byo["root"] / bm.MARKER_FILE).exists()
 
 
 # ---------------------------------------------------------------- command line, real processes

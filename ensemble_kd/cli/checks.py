@@ -11,11 +11,15 @@ from .specialist_steps import specialist_config
 from .steps import VECTORIZE
 
 
-def check_options(cfg: RunConfig, splits: Splits, command: str, n_teachers: int | None = None) -> None:
+def check_options(cfg: RunConfig, splits: Splits, command: str, n_teachers: int | None = None,
+                  allow_imports: frozenset[str] = frozenset()) -> None:
     """Check every option ``command`` will use against the data, before the output folder is touched.
 
     A bad value found here costs a second; found by the step that uses it, after the teachers have
     trained for hours, it would cost the run (and leave a half-made output folder behind).
+
+    Architectures named by import path are built once here, so a module that is not allowed, a
+    factory that fails or a model of the wrong output size stops the command before any work.
 
     Raises:
         ValueError: naming the option and the problem.
@@ -35,11 +39,11 @@ def check_options(cfg: RunConfig, splits: Splits, command: str, n_teachers: int 
             if cfg.teacher_vectorize not in VECTORIZE:
                 raise ValueError(f"teacher_vectorize must be auto, on or off, got {cfg.teacher_vectorize!r}")
             cfg.train_config(cfg.teacher_epochs)
-            cfg.teacher_spec().build(shape, c)
+            teachers = [spec.build(shape, c, allow_imports=allow_imports) for spec in cfg.teacher_specs()]
             jitter_ok("teacher_jitter", cfg.teacher_jitter)
         if command in ("distill", "run"):
             cfg.train_config()
-            cfg.student_spec().build(shape, c)
+            student = cfg.student_spec().build(shape, c, allow_imports=allow_imports)
             if cfg.cache_topk >= c:
                 raise ValueError(f"cache_topk must lie in [0, {c - 1}] for {c} classes, "
                                  f"got {cfg.cache_topk}")
@@ -49,6 +53,12 @@ def check_options(cfg: RunConfig, splits: Splits, command: str, n_teachers: int 
             transfer_of(cfg, splits)
     if command == "train-specialists" or (command == "run" and cfg.specialists):
         _check_specialist_options(cfg, splits)
+    if command == "run" and cfg.specialists:
+        generalist = student if cfg.specialists_from == "student" else teachers[0]
+        if not isinstance(getattr(generalist, "head", None), torch.nn.Linear):
+            raise ValueError(
+                f"specialists replace the generalist's final nn.Linear called 'head', and "
+                f"{generalist.spec['name']!r} has none: give it one or pass --no-specialists")
 
 
 def _check_specialist_options(cfg: RunConfig, splits: Splits) -> None:

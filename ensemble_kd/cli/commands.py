@@ -27,7 +27,7 @@ from ..predict import predict_logits
 from ..run import Run
 from .checks import check_options
 from .config import RunConfig
-from .context import Ctx, load_data
+from .context import Ctx, allowed_modules, load_data
 from .inputs import check_model_data, read_generalist, read_teachers
 from .parser import COMMANDS, given_fields
 from .products import cmd_export, cmd_predict
@@ -66,7 +66,8 @@ def cmd_run(ctx: Ctx, splits: Splits) -> int:
     baseline, student, meta = step_students(ctx, splits, teachers, out)
     rows, extra = comparison(ctx, splits, teachers, baseline, student, meta)
     if cfg.specialists:
-        generalist = load_model(generalist_path(cfg, out), ctx.device)[0]
+        generalist = load_model(generalist_path(cfg, out), ctx.device,
+                                allow_imports=ctx.allow_imports)[0]
         subsets = step_report(ctx, splits, generalist, out / "report")
         if subsets:
             specs = step_specialists(ctx, splits, generalist, subsets, out / "specialists")
@@ -82,17 +83,20 @@ def cmd_evaluate(ctx: Ctx, splits: Splits, run: Path) -> int:
     """``evaluate``: the table of every model saved in ``run``."""
     teachers = []
     if (run / "teachers").is_dir():
-        teachers, _ = load_teachers(find_teachers(run / "teachers"), ctx.device, splits=splits)
+        teachers, _ = load_teachers(find_teachers(run / "teachers"), ctx.device, splits=splits,
+                                    allow_imports=ctx.allow_imports)
 
     def saved(name: str):
-        return Run(run / name).load_finished(ctx.device) or (None, None)
+        return Run(run / name).load_finished(ctx.device, allow_imports=ctx.allow_imports) or (
+            None, None)
 
     baseline, student, meta = saved("baseline")[0], *saved("student")
     if not teachers and baseline is None and student is None:
         raise FileNotFoundError(f"{run}: no trained models (teachers/, baseline/ or student/)")
     rows, extra = comparison(ctx, splits, teachers, baseline, student, meta)
     if (run / "specialists" / "subsets.json").exists():
-        generalist = load_model(generalist_path(ctx.cfg, run), ctx.device)[0]
+        generalist = load_model(generalist_path(ctx.cfg, run), ctx.device,
+                                allow_imports=ctx.allow_imports)[0]
         specs = load_run_specialists(ctx, run / "specialists")
         srows, sextra = specialist_rows(ctx, splits, generalist, specs)
         rows += srows
@@ -118,13 +122,14 @@ def cmd_confusion_report(ctx: Ctx, args: argparse.Namespace) -> int:
         prepare_out(ctx.out, ctx.cfg, "confusion-report", resume=False, overwrite=args.overwrite)
         html = write_confusion_report(analysis, ctx.out)
     else:
-        splits = load_data(ctx.cfg)
+        splits = load_data(ctx.cfg, ctx.allow_imports)
         if args.model:
-            model, meta = load_model(args.model, ctx.device)
+            model, meta = load_model(args.model, ctx.device, allow_imports=ctx.allow_imports)
             check_model_data(args.model, meta, splits)
             models = [model]
         else:
-            models, _ = load_teachers(find_teachers(args.teachers), ctx.device, splits=splits)
+            models, _ = load_teachers(find_teachers(args.teachers), ctx.device, splits=splits,
+                                      allow_imports=ctx.allow_imports)
         x, y = (splits.x_val, splits.y_val) if args.split == "val" else (splits.x_test, splits.y_test)
         probs = torch.stack(
             [torch.softmax(predict_logits(m, x, device=ctx.device), -1) for m in models]
@@ -167,16 +172,17 @@ def dispatch(args: argparse.Namespace, cfg: RunConfig) -> int:
     """Run the subcommand ``args.command`` with ``cfg``; returns the exit code."""
     cmd = args.command
     out = Path(args.out) if args.out else None
+    allowed = allowed_modules(args)
     if cmd == "evaluate":
         run = Path(args.run)
         if not run.is_dir():
             raise FileNotFoundError(f"{run}: no such run folder")
         cfg = saved_settings(cfg, run, given_fields(args, COMMANDS[cmd][1]))
-        ctx = Ctx(cfg, out)
-        return cmd_evaluate(ctx, load_data(cfg), run)
+        ctx = Ctx(cfg, out, allowed)
+        return cmd_evaluate(ctx, load_data(cfg, allowed), run)
     if getattr(args, "resume", False) and out is not None and (out / "config.json").exists():
         cfg = saved_settings(cfg, out, given_fields(args, COMMANDS[cmd][1]))
-    ctx = Ctx(cfg, out)
+    ctx = Ctx(cfg, out, allowed)
     if cmd == "confusion-report":
         return cmd_confusion_report(ctx, args)
     if cmd == "predict":
@@ -184,12 +190,13 @@ def dispatch(args: argparse.Namespace, cfg: RunConfig) -> int:
     if cmd == "export":
         return cmd_export(ctx, args)
     # Fail on bad data, files or options before touching the output folder.
-    splits = load_data(cfg)
+    splits = load_data(cfg, allowed)
     cfg = ctx.cfg = cfg.resolve_auto(splits.input_shape)
-    teachers = read_teachers(ctx, splits, args.teachers) if cmd == "distill" else None
+    teachers = read_teachers(ctx, splits, args) if cmd == "distill" else None
     generalist, subsets = read_generalist(ctx, splits, args) if cmd == "train-specialists" else (
         None, None)
-    check_options(cfg, splits, cmd, n_teachers=len(teachers) if teachers else None)
+    check_options(cfg, splits, cmd, n_teachers=len(teachers) if teachers else None,
+                  allow_imports=allowed)
     prepare_out(out, cfg, cmd, resume=getattr(args, "resume", False),
                 overwrite=getattr(args, "overwrite", False))
     if cmd == "train-ensemble":

@@ -33,9 +33,10 @@ class RunConfig:
     """All options of the ``ensemble-kd`` subcommands (each uses the groups it needs)."""
 
     # ---- data ----
-    dataset: str = _f("digits", "data set: digits, fashion-mnist, synthetic, npz or folder (an image "
+    dataset: str = _f("digits", "data set: digits, fashion-mnist, synthetic, npz, folder (an image "
                       "folder: DIR/train/<class>/*.png|jpg, DIR/test/<class>/..., optional "
-                      "DIR/val/...)", "data")
+                      "DIR/val/...), or pkg.module:function returning a dict of X_train, y_train, "
+                      "X_test, y_test (optional class_names)", "data")
     data_dir: str | None = _f(None, "folder of the Fashion-MNIST IDX .gz files "
                               "(default /usr/share/datasets/fashion-mnist)", "data")
     data_path: str | None = _f(None, "the .npz file for --dataset npz (X_train, y_train, X_test, "
@@ -63,8 +64,13 @@ class RunConfig:
         "trains on the labelled training split", "transfer")
     # ---- teachers ----
     teachers: int = _f(5, "number of teachers in the ensemble (they differ by seed)", "teachers")
-    teacher_arch: str = _f("auto", "teacher architecture: mlp, convnet, or auto "
-                            "(convnet for images, mlp otherwise)", "teachers")
+    teacher_arch: str = _f("auto", "teacher architecture(s), one per teacher, cycled: mlp, convnet, "
+                           "auto (convnet for images, mlp otherwise), pkg.module:function "
+                           "(function(input_shape, n_classes, **kwargs) -> nn.Module), "
+                           "torchvision/NAME or timm/NAME", "arch")
+    teacher_kwargs: dict | None = _f(None, "options of the teacher builder(s), a JSON object "
+                                     "(TOML: an inline table), passed to every teacher "
+                                     "architecture", "arch")
     teacher_widths: list[int] | None = _f(None, "teacher hidden sizes (convnet: channels); "
                                         "default 32 64 for a convnet, 256 256 for an mlp", "teachers")
     teacher_dropout: float = _f(0.0, "teacher dropout", "teachers")
@@ -74,7 +80,10 @@ class RunConfig:
                                 "model: auto (where it measured faster), on or off", "teachers")
     teacher_epochs: int | None = _f(30, "teacher epochs; teachers do not follow --epochs", "teachers")
     # ---- student ----
-    student_arch: str = _f("mlp", "student architecture: mlp or convnet", "student")
+    student_arch: str = _f("mlp", "student architecture: mlp, convnet, pkg.module:function, "
+                           "torchvision/NAME or timm/NAME", "student")
+    student_kwargs: dict | None = _f(None, "options of the student builder, a JSON object "
+                                     "(TOML: an inline table)", "student")
     student_widths: list[int] = _f([64], "student hidden sizes (convnet: channels)", "student")
     student_dropout: float = _f(0.0, "student dropout", "student")
     # ---- training (teachers, students and specialists) ----
@@ -140,10 +149,11 @@ class RunConfig:
     def resolve_auto(self, input_shape) -> RunConfig:
         """A copy with the "auto" defaults decided for data of this input shape."""
         image = len(input_shape) == 3
-        arch = self.teacher_arch if self.teacher_arch != "auto" else ("convnet" if image else "mlp")
+        archs = [a if a != "auto" else ("convnet" if image else "mlp") for a in self.teacher_archs()]
+        arch = " ".join(archs)
         widths = self.teacher_widths
         if widths is None:
-            widths = [32, 64] if arch == "convnet" else [256, 256]
+            widths = [32, 64] if "convnet" in archs and "mlp" not in archs else [256, 256]
         jitter = self.teacher_jitter if self.teacher_jitter is not None else (1 if image else 0)
         return dataclasses.replace(
             self, teacher_arch=arch, teacher_widths=list(widths), teacher_jitter=jitter
@@ -157,11 +167,22 @@ class RunConfig:
             schedule=self.schedule, early_stopping=self.early_stopping, seed=self.seed,
         ).validate()
 
+    def teacher_archs(self) -> list[str]:
+        """The teacher architectures (``teacher_arch`` holds them space-separated)."""
+        return self.teacher_arch.split() or ["auto"]
+
+    def teacher_specs(self) -> list[ModelSpec]:
+        """One spec per teacher architecture (teachers cycle through them); after resolve_auto."""
+        return [ModelSpec(a, tuple(self.teacher_widths or ()), self.teacher_dropout,
+                          self.teacher_kwargs) for a in self.teacher_archs()]
+
     def teacher_spec(self) -> ModelSpec:
-        return ModelSpec(self.teacher_arch, tuple(self.teacher_widths), self.teacher_dropout)
+        """The first teacher architecture."""
+        return self.teacher_specs()[0]
 
     def student_spec(self) -> ModelSpec:
-        return ModelSpec(self.student_arch, tuple(self.student_widths), self.student_dropout)
+        return ModelSpec(self.student_arch, tuple(self.student_widths), self.student_dropout,
+                         self.student_kwargs)
 
     def temperatures(self) -> list[float]:
         return resolve_grid(self.temperature, AUTO_TEMPERATURES, "temperature")
@@ -194,7 +215,11 @@ class RunConfig:
         }
 
 
-GROUPS = ("data", "transfer", "teachers", "student", "train", "distill", "specialists", "runtime")
+GROUPS = ("data", "transfer", "teachers", "arch", "student", "train", "distill", "specialists",
+          "runtime")
+# Fields holding names of architectures or data sets: several words (--teacher-arch a:f b:g) are
+# stored joined by spaces, so a record of one name keeps its old form.
+WORD_LIST_FIELDS = ("teacher_arch",)
 
 
 def fields_of(groups) -> list[dataclasses.Field]:
@@ -253,6 +278,10 @@ def coerce(name: str, value):
     """Check a config-file value against the field's type; ValueError naming the key if wrong."""
     if name in SWEEP_FIELDS:
         return normalise_sweep(name, value)
+    if name in WORD_LIST_FIELDS and isinstance(value, list):
+        if not value or not all(isinstance(v, str) and v.strip() for v in value):
+            raise ValueError(f"config key {name!r} must be a str or a list of strs, got {value!r}")
+        value = " ".join(value)
     scalar, is_list, optional = field_type(name)
     if value is None and optional:
         return None
@@ -269,6 +298,9 @@ def coerce(name: str, value):
                 return float(v)
         elif scalar is str:
             if isinstance(v, str):
+                return v
+        elif scalar is dict:
+            if isinstance(v, dict):
                 return v
         raise ValueError(
             f"config key {name!r} must be {'a list of ' if is_list else ''}{scalar.__name__}"

@@ -1,5 +1,5 @@
-"""The models and files that flags name (``--teachers``, ``--generalist``, ``--subsets``), read and
-checked against the data before any work starts."""
+"""The models and files that flags name (``--teachers``, ``--teacher-model``, ``--generalist``,
+``--subsets``), read and checked against the data before any work starts."""
 
 from __future__ import annotations
 
@@ -11,15 +11,26 @@ import torch
 from ..checkpoint import load_model
 from ..data import Splits
 from ..ensemble import find_teachers, load_teachers
+from ..foreign import load_foreign_teacher
 from ..io import read_json
 from .context import Ctx
 
 
-def read_teachers(ctx: Ctx, splits: Splits, teachers_arg: str) -> list[torch.nn.Module]:
-    """The teachers in ``--teachers`` (a run folder, or a folder of teacher_<k>/) that fit ``splits``."""
-    src = Path(teachers_arg)
+def read_teachers(ctx: Ctx, splits: Splits, args: argparse.Namespace) -> list[torch.nn.Module]:
+    """The teachers of ``distill`` that fit ``splits``: those in ``--teachers`` (a run folder, or a
+    folder of teacher_<k>/), or the files of ``--teacher-model`` (trained elsewhere; state dicts are
+    built by the ``--teacher-arch`` architectures, cycled)."""
+    if getattr(args, "teacher_model", None):
+        specs = ctx.cfg.teacher_specs()
+        return [
+            load_foreign_teacher(path, splits.input_shape, splits.n_classes,
+                                 spec=specs[k % len(specs)], allow_imports=ctx.allow_imports,
+                                 device=ctx.device)
+            for k, path in enumerate(args.teacher_model)
+        ]
+    src = Path(args.teachers)
     paths = find_teachers(src / "teachers" if (src / "teachers").is_dir() else src)
-    return load_teachers(paths, ctx.device, splits=splits)[0]
+    return load_teachers(paths, ctx.device, splits=splits, allow_imports=ctx.allow_imports)[0]
 
 
 def check_model_data(path, meta: dict, splits: Splits) -> None:
@@ -48,8 +59,11 @@ def read_subsets(path: str | Path) -> list[list[int]]:
 
 def read_generalist(ctx: Ctx, splits: Splits, args: argparse.Namespace):
     """``--generalist`` checked against the data, and ``--subsets`` (None: from its confusion)."""
-    generalist, meta = load_model(args.generalist, ctx.device)
+    generalist, meta = load_model(args.generalist, ctx.device, allow_imports=ctx.allow_imports)
     check_model_data(args.generalist, meta, splits)
+    if not isinstance(getattr(generalist, "head", None), torch.nn.Linear):
+        raise ValueError(f"{args.generalist}: specialists replace the generalist's final nn.Linear "
+                         "called 'head', and this model has none")
     subsets = None
     if args.subsets:
         from specialists.subsets import validate_subsets

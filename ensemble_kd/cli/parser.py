@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 
 from .. import __version__
 from .config import (
     GROUPS,
     SWEEP_FIELDS,
+    WORD_LIST_FIELDS,
     RunConfig,
     coerce,
     field_type,
@@ -24,11 +26,11 @@ from .config import (
 COMMANDS = {
     "train-ensemble": (
         "train N teachers that differ by seed",
-        ("data", "teachers", "train", "runtime"),
+        ("data", "teachers", "arch", "train", "runtime"),
     ),
     "distill": (
         "distil saved teachers into a student (and train a hard-label baseline)",
-        ("data", "transfer", "student", "train", "distill", "runtime"),
+        ("data", "transfer", "arch", "student", "train", "distill", "runtime"),
     ),
     "evaluate": ("compare the models of a run on the test set", ("data", "specialists", "runtime")),
     "confusion-report": (
@@ -77,6 +79,18 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
+def json_object(text: str) -> dict:
+    """One command-line value that is a JSON object (a builder's keyword arguments)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"depth\": 2}}', "
+                                         f"got {text!r}")
+    return value
+
+
 def _add_config_flags(p: argparse.ArgumentParser, groups) -> None:
     """One flag per config field of ``groups``; None (unset) lets the config file or default win."""
     for f in fields_of(groups):
@@ -88,6 +102,12 @@ def _add_config_flags(p: argparse.ArgumentParser, groups) -> None:
             shown = default if isinstance(default, str) else " ".join(f"{v:g}" for v in default)
             p.add_argument(flag, type=sweep_value, nargs="+", default=None, metavar="VALUE",
                            help=f"{help_} (default {shown})")
+        elif f.name in WORD_LIST_FIELDS:
+            p.add_argument(flag, nargs="+", default=None, metavar="NAME",
+                           help=f"{help_} (default {default})")
+        elif scalar is dict:
+            p.add_argument(flag, type=json_object, default=None, metavar="JSON",
+                           help=f"{help_} (default {default})")
         elif scalar is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif is_list:
@@ -119,10 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
         elif name != "evaluate":
             p.add_argument("--overwrite", action="store_true",
                            help="replace what --out holds (a report folder or a file)")
+        p.add_argument("--allow-import", metavar="MODULE", nargs="+", action="extend", default=[],
+                       help="allow importing MODULE (and its submodules) for models and data sets "
+                            "named by import path, also those named in saved files (repeatable)")
         if name == "distill":
-            p.add_argument("--teachers", metavar="DIR", required=True,
-                           help="a run folder with teachers/ (from train-ensemble) "
-                                "or a folder of teacher_<k>/")
+            src = p.add_mutually_exclusive_group(required=True)
+            src.add_argument("--teachers", metavar="DIR",
+                             help="a run folder with teachers/ (from train-ensemble) "
+                                  "or a folder of teacher_<k>/")
+            src.add_argument("--teacher-model", metavar="FILE", nargs="+",
+                             help="teachers trained elsewhere: TorchScript files, ensemble-kd model "
+                                  "files, or state dicts built by --teacher-arch pkg.module:function")
         if name == "evaluate":
             p.add_argument("--run", metavar="DIR", required=True, help="a run folder to evaluate")
         if name == "confusion-report":

@@ -27,12 +27,16 @@ IGNORED_ON_RESUME = frozenset({"quiet", "device"})  # may differ between a run a
 # Options added after records of this format were first written, with the value that does what the
 # older versions did; a record without them reads as having that value.
 ADDED_OPTIONS = {"image_size": None, "transfer_data": None}
+# Options added after format version 2 was fixed: left out of the record while unset (None), so
+# the record of a run that does not use them is what older versions wrote.
+OMITTED_WHEN_UNSET = frozenset({"teacher_kwargs", "student_kwargs"})
 
 
 def run_record(command: str, cfg: RunConfig) -> dict:
     """The JSON record of a run of ``command`` with ``cfg``, in the current format."""
+    config = {k: v for k, v in vars(cfg).items() if not (k in OMITTED_WHEN_UNSET and v is None)}
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "command": command,
-            "version": __version__, "config": vars(cfg)}
+            "version": __version__, "config": config}
 
 
 def read_run_record(path: str | Path) -> dict:

@@ -14,6 +14,7 @@ import torch
 from .. import distributed as dist
 from ..data import Splits
 from ..ensemble import find_teachers
+from ..factories import allowing_imports
 from ..models import count_parameters
 from ..predict import predict_logits
 from .config import RunConfig
@@ -77,14 +78,15 @@ def step_specialists(ctx: Ctx, splits: Splits, generalist, subsets, folder: Path
 
     names = [[splits.class_names[c] for c in s] for s in subsets]
     ctx.say(f"training {len(subsets)} specialist(s): " + "; ".join(", ".join(n) for n in names))
-    specs = train_specialists(
-        generalist, subsets, splits, ctx.cfg.train_config(ctx.cfg.specialist_epochs),
-        specialist_config(ctx.cfg), folder, device=ctx.device, progress=ctx.progress,
-        ranks=(dist.rank(), dist.world()),
-    )
-    if dist.active():  # each rank trained its share; all of them read every specialist
-        dist.barrier()
-        specs = load_specialists(folder, ctx.device)
+    with allowing_imports(ctx.allow_imports):  # specialists load (resumed) models themselves
+        specs = train_specialists(
+            generalist, subsets, splits, ctx.cfg.train_config(ctx.cfg.specialist_epochs),
+            specialist_config(ctx.cfg), folder, device=ctx.device, progress=ctx.progress,
+            ranks=(dist.rank(), dist.world()),
+        )
+        if dist.active():  # each rank trained its share; all of them read every specialist
+            dist.barrier()
+            specs = load_specialists(folder, ctx.device)
     return specs
 
 
@@ -92,7 +94,8 @@ def load_run_specialists(ctx: Ctx, folder: Path):
     """The specialists saved in ``folder`` (a run's ``specialists/``)."""
     from specialists.specialist import load_specialists
 
-    return load_specialists(folder, ctx.device)
+    with allowing_imports(ctx.allow_imports):
+        return load_specialists(folder, ctx.device)
 
 
 def specialist_rows(ctx: Ctx, splits: Splits, generalist, specs) -> tuple[list[dict], dict]:

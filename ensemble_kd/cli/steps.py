@@ -27,27 +27,31 @@ def step_teachers(ctx: Ctx, splits: Splits, out: Path) -> list[torch.nn.Module]:
     ctx.say(f"training {cfg.teachers} teacher(s) ({cfg.teacher_arch} {cfg.teacher_widths}) on "
             f"{splits.describe()}")
     teachers = train_ensemble(
-        splits, cfg.teacher_spec(), cfg.teachers, cfg.train_config(cfg.teacher_epochs),
+        splits, cfg.teacher_specs(), cfg.teachers, cfg.train_config(cfg.teacher_epochs),
         out / "teachers", jitter=cfg.teacher_jitter, device=ctx.device, progress=ctx.progress,
         ranks=(dist.rank(), dist.world()), vectorize=VECTORIZE[cfg.teacher_vectorize],
+        allow_imports=ctx.allow_imports,
     )
     if dist.active():  # each rank trained its share; all of them read every teacher
         dist.barrier()
-        teachers = load_teachers(find_teachers(out / "teachers"), ctx.device, splits=splits)[0]
+        teachers = load_teachers(find_teachers(out / "teachers"), ctx.device, splits=splits,
+                                 allow_imports=ctx.allow_imports)[0]
     return teachers
 
 
 def _initial_student(ctx: Ctx, splits: Splits) -> torch.nn.Module:
     """The student before training: the same initial weights for the baseline and every candidate."""
     torch.manual_seed(ctx.cfg.seed + 10_000)
-    return ctx.cfg.student_spec().build(splits.input_shape, splits.n_classes)
+    return ctx.cfg.student_spec().build(splits.input_shape, splits.n_classes,
+                                        allow_imports=ctx.allow_imports)
 
 
 def _train_baseline(ctx: Ctx, splits: Splits, transfer: TransferSet, folder: Path):
     """The student architecture on hard labels, same budget, saved in ``folder``."""
     cfg = ctx.cfg
     run = Run(folder, writer=dist.is_main())
-    if (done := run.load_finished(ctx.device, expect={"data_fingerprint": splits.fingerprint()})):
+    if (done := run.load_finished(ctx.device, expect={"data_fingerprint": splits.fingerprint()},
+                                  allow_imports=ctx.allow_imports)):
         return done[0]
     if transfer.y is None:
         raise ValueError("the hard-label baseline needs a labelled transfer set")
@@ -67,12 +71,13 @@ def _train_distilled(ctx: Ctx, splits: Splits, transfer: TransferSet, folder: Pa
     """The distilled student (the best candidate on validation when T or alpha is swept)."""
     cfg = ctx.cfg
     run = Run(folder, writer=dist.is_main())
-    if (done := run.load_finished(ctx.device, expect={"data_fingerprint": splits.fingerprint()})):
+    if (done := run.load_finished(ctx.device, expect={"data_fingerprint": splits.fingerprint()},
+                                  allow_imports=ctx.allow_imports)):
         return done
     sweep = distill_sweep(
         lambda: _initial_student(ctx, splits), teachers, transfer, cfg.train_config(),
         cfg.distill_configs(), val=(splits.x_val, splits.y_val), run_dir=folder,
-        device=ctx.device, progress=ctx.progress, say=ctx.say,
+        device=ctx.device, progress=ctx.progress, say=ctx.say, allow_imports=ctx.allow_imports,
     )
     kept = sweep.candidates[sweep.best]
     meta = {**data_meta(splits), "role": "student", "temperature": kept.temperature,

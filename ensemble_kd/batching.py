@@ -22,7 +22,7 @@ from typing import NamedTuple, Protocol
 
 import torch
 
-from .views import UNBOUNDED, Mix, ViewConfig, apply_views, draw_views
+from .views import UNBOUNDED, Mix, ViewConfig, apply_views, draw_views, pad_images
 
 
 class Batch(NamedTuple):
@@ -236,6 +236,7 @@ class ViewBatches(TensorBatches):
     resumed run the same ones. The views themselves are regenerated from their keys, so example i
     in view v is exactly the input the teachers' view cache holds logits for. Batches carry
     ``view`` and, when mixing, ``mix`` with the partners' labels (the hard targets are mixed too).
+    With crops or shifts, a padded copy of the inputs is kept.
 
     Args:
         x: (N, *input_shape) inputs (mixup partners come from all of them).
@@ -256,26 +257,32 @@ class ViewBatches(TensorBatches):
     ):
         super().__init__(x, y, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last)
         self.views = views.validate(tuple(x.shape[1:]))
+        # the inputs padded once for crops or shifts (a second copy): faster than every batch
+        self.padded = pad_images(x, self.views)
 
     def to(self, device: torch.device) -> ViewBatches:
         out = super().to(device)
         out.__class__ = ViewBatches
+        out.padded = None if self.padded is None else self.padded.to(device)
         return out
 
     def epoch(self, generator: torch.Generator) -> Iterator[Batch]:
         n, cfg = len(self.x), self.views
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
         view = torch.randint(0, cfg.views or UNBOUNDED, (n,), generator=generator)  # (N,)
-        # every example's draws at once: hashing per batch would cost more than the model's step
+        # the whole epoch's draws at once, in batch order: hashing per batch would cost more than
+        # the model's step, and each batch is then a slice
+        view = view[order]  # (N,) view of the epoch's i-th example
         hw = tuple(self.x.shape[-2:]) if self.x.dim() == 4 else None
-        draws = draw_views(torch.arange(n), view, n, cfg, hw)
+        draws = draw_views(order, view, n, cfg, hw)
         for i in range(len(self)):
-            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            x, mix = apply_views(self.x, idx, view[idx], draws.take(idx), cfg)
+            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            idx, v = order[sl], view[sl]
+            x, mix = apply_views(self.x, idx, v, draws.take(sl), cfg, self.padded)
             y = None if self.y is None else self.y.index_select(0, idx.to(self.y.device))
             if mix is not None and self.y is not None:
                 mix = mix._replace(partner_y=self.y.index_select(0, mix.partner.to(self.y.device)))
-            yield Batch(x, y, idx, view[idx], mix)
+            yield Batch(x, y, idx, v, mix)
 
 
 class _Indexed(torch.utils.data.Dataset):

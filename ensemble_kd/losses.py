@@ -143,8 +143,8 @@ def mixed_targets(
         (B, C) probabilities (each row sums to 1) in ``lam``'s dtype.
     """
     out = torch.zeros(len(labels), n_classes, dtype=lam.dtype, device=lam.device)
-    out.scatter_(1, labels.long()[:, None], lam[:, None])
-    return out.scatter_add_(1, partner_labels.long()[:, None], (1.0 - lam)[:, None])
+    classes = torch.stack([labels.long(), partner_labels.long()], 1)  # (B, 2)
+    return out.scatter_add_(1, classes, torch.stack([lam, 1.0 - lam], 1))
 
 
 def hard_term(student_logits: torch.Tensor, labels: torch.Tensor, mix: Mix | None = None) -> torch.Tensor:

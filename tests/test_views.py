@@ -105,6 +105,18 @@ def test_uniform_mixup_weights_at_a_equal_one():
     assert hist.min() > 850 and hist.max() < 1150
 
 
+def test_beta_quantiles_match_the_arcsine_law_and_the_uniform():
+    from ensemble_kd.views import _beta
+
+    u = torch.cat([torch.rand(20_000, dtype=torch.float64), torch.tensor([0.0, 0.5, 1 - 2**-32])])
+    # Beta(1/2, 1/2) is the arcsine distribution, Q(u) = sin^2(pi u / 2); Beta(1, 1) is uniform
+    torch.testing.assert_close(_beta(0.5, u), torch.sin(torch.pi * u / 2) ** 2, rtol=0, atol=1e-7)
+    torch.testing.assert_close(_beta(1.0, u), u, rtol=0, atol=1e-12)
+    q = _beta(3.0, u)  # a > 1: symmetric about 1/2, median 1/2
+    torch.testing.assert_close(q + _beta(3.0, 1 - u), torch.ones_like(u), rtol=0, atol=1e-9)
+    assert float(_beta(3.0, torch.tensor([0.5], dtype=torch.float64))) == pytest.approx(0.5)
+
+
 def test_cutmix_pastes_a_box_of_the_partner_and_lam_is_the_kept_area():
     n, side = 30, 16
     x = torch.arange(1, n + 1, dtype=torch.float32)[:, None, None, None].expand(n, 1, side, side)
@@ -151,9 +163,12 @@ def test_mixed_targets_sum_to_one_and_hold_lam_and_its_complement():
     torch.testing.assert_close(parts.loss, (lam * ce[0] + (1 - lam) * ce[1]).mean())
 
 
-def test_view_batches_draw_views_per_epoch_and_regenerate_them():
+@pytest.mark.parametrize("cfg", [
+    ViewConfig(shift=1, mixup=0.4, views=3, seed=7),
+    ViewConfig(crop_padding=2, shift=1, flip=True, cutmix=1.0, mixup=0.3, noise=0.1, views=3),
+])
+def test_view_batches_draw_views_per_epoch_and_regenerate_them(cfg):
     x, y = _images(n=50), torch.arange(50) % 5
-    cfg = ViewConfig(shift=1, mixup=0.4, views=3, seed=7)
     src = ViewBatches(x, y, views=cfg, batch_size=16)
     epoch = list(src.epoch(torch.Generator().manual_seed(0)))
     idx = torch.cat([b.idx for b in epoch])

@@ -72,8 +72,13 @@ class ViewConfig:
         return not self.augments and self.views == 1
 
     def as_dict(self) -> dict:
-        """The settings as JSON-able values (for fingerprints and run identities)."""
-        return dataclasses.asdict(self)
+        """The settings as JSON-able values of fixed types (for fingerprints and run identities:
+        ``mixup=1`` and ``mixup=1.0`` are one setting)."""
+        out = dataclasses.asdict(self)
+        for name in ("mixup", "cutmix", "noise"):
+            out[name] = float(out[name])
+        out["flip"] = bool(out["flip"])
+        return out
 
     def validate(self, input_shape: tuple[int, ...] | None = None) -> ViewConfig:
         """Check the settings (and, given ``input_shape``, that they fit the data); return self.

@@ -131,11 +131,12 @@ def test_cached_views_equal_online_views(tmp_path, digits, transfer):
         assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-4)
 
 
-@pytest.mark.parametrize("online", [False, True])
-def test_teachers_and_student_receive_identical_inputs(tmp_path, digits, transfer, online):
+@pytest.mark.parametrize("online, views", [(False, VIEWS), (True, VIEWS),
+                                          (True, ViewConfig(shift=1, mixup=0.4, views=None))])
+def test_teachers_and_student_receive_identical_inputs(tmp_path, digits, transfer, online, views):
     teachers = [Spy(t) for t in _teachers(digits)]
     student = Spy(_student(digits), training_only=True)
-    distill(student, teachers, transfer, TRAIN, DistillConfig(views=VIEWS, online=online),
+    distill(student, teachers, transfer, TRAIN, DistillConfig(views=views, online=online),
             cache_dir=tmp_path / "c", progress=False)
     steps = student.seen
     assert len(steps) == TRAIN.epochs * 4
@@ -186,6 +187,15 @@ def test_resume_after_an_interruption_is_bit_identical_with_views(tmp_path, digi
     resumed = go(tmp_path / "cut")
     for k, v in whole.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_equal_settings_of_other_number_types_are_one_cache():
+    from ensemble_kd.cache import cache_fingerprint
+
+    a = ViewConfig(shift=1, mixup=1, noise=0, views=2)
+    b = ViewConfig(shift=1, mixup=1.0, noise=0.0, views=2)
+    assert cache_fingerprint("t", "x", "float32", 0, a) == cache_fingerprint("t", "x", "float32", 0, b)
+    assert cache_fingerprint("t", "x", "float32", 0, a) != cache_fingerprint("t", "x", "float32", 0)
 
 
 def test_views_are_part_of_a_runs_identity_and_plain_views_are_not(tmp_path, digits, transfer):

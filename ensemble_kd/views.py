@@ -7,7 +7,7 @@ teachers must see the same input, and a teacher cache must be able to store the 
 for it, so nothing here draws from a stateful generator: every random number is a counter-based
 hash of the key ``(seed, example i, view v, purpose)`` (big_vision / JAX-style key splitting). The
 view ``(i, v)`` therefore comes out bit for bit the same in whatever batch, order or process it is
-regenerated (on one device; across devices the noise may differ in the last bit).
+regenerated (on one device; on another, mixed and noisy views may differ in the last bit).
 
 Mixup (Zhang et al. 2018) and cutmix (Yun et al. 2019) pair example i with a partner j, itself a
 hash of ``(i, v, seed)`` over the whole set of N examples, taken in its own view ``(j, v)``; the
@@ -104,7 +104,8 @@ class ViewConfig:
                 what = "a Beta parameter > 0 (0 = off)" if name != "noise" else "a std >= 0"
                 raise ValueError(f"views: {name} must be {what}, got {v!r}")
         if self.views is not None:
-            if isinstance(self.views, bool) or not isinstance(self.views, int) or self.views < 1:
+            if (isinstance(self.views, bool) or not isinstance(self.views, int) or self.views < 1
+                    or self.views > UNBOUNDED):
                 raise ValueError(f"views: the number of views V must be an integer >= 1 (or None: "
                                  f"unbounded), got {self.views!r}")
             if self.views > 1 and not self.augments:
@@ -119,7 +120,8 @@ class ViewConfig:
         needs_image = [n for n in ("shift", "crop_padding", "flip", "cutmix") if getattr(self, n)]
         if needs_image and not image:
             raise ValueError(
-                f"views: {', '.join(needs_image)} need image inputs (C, H, W), but one example has "
+                f"views: {' and '.join(needs_image)} need{'s' if len(needs_image) == 1 else ''} "
+                f"image inputs (C, H, W), but one example has "
                 f"shape {tuple(input_shape)}; use mixup or noise for such data"
             )
         if self.crop_padding and self.crop_padding >= min(input_shape[1:]):

@@ -209,10 +209,10 @@ def test_batch_rows_keep_views_and_mixes_and_stacking_refuses_mixes():
 @pytest.mark.parametrize(
     "kwargs, shape, match",
     [
-        (dict(shift=1), (10,), "shift need image inputs"),
-        (dict(crop_padding=2), (3, 4), "crop_padding need image inputs"),
-        (dict(flip=True), (10,), "flip need image inputs"),
-        (dict(cutmix=1.0), (10,), "cutmix need image inputs"),
+        (dict(shift=1), (10,), "shift needs image inputs"),
+        (dict(crop_padding=2), (3, 4), "crop_padding needs image inputs"),
+        (dict(flip=True), (10,), "flip needs image inputs"),
+        (dict(cutmix=1.0), (10,), "cutmix needs image inputs"),
         (dict(crop_padding=8), (1, 8, 8), "smaller than the image side"),
         (dict(mixup=-0.2), None, "mixup must be a Beta parameter > 0"),
         (dict(cutmix=float("nan")), None, "cutmix must be a Beta parameter > 0"),
@@ -237,5 +237,5 @@ def test_distill_config_refuses_views_it_cannot_honour():
         DistillConfig(views=ViewConfig(shift=1, views=None)).validate()
     DistillConfig(online=True, views=ViewConfig(shift=1, views=None)).validate()  # online: fine
     DistillConfig(online=True, jitter=1, views=ViewConfig()).validate()  # plain views: no clash
-    with pytest.raises(ValueError, match="shift need image inputs"):
+    with pytest.raises(ValueError, match="shift needs image inputs"):
         ViewBatches(torch.zeros(10, 3), views=ViewConfig(shift=1))

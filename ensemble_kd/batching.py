@@ -7,24 +7,54 @@ share of every batch from a chosen subset of examples (the specialists' training
 :class:`DatasetBatches` wraps a ``torch.utils.data.Dataset`` for data that does not fit in memory.
 
 Every source yields :class:`Batch` items that carry the examples' positions (``idx``) in the
-source, so a distillation objective can look the teachers' cached logits up by position. An epoch is
-fully determined by the ``torch.Generator`` passed to :meth:`epoch`, which makes resumed runs
-reproduce uninterrupted ones bit for bit.
+source, so a distillation objective can look the teachers' cached logits up by position;
+:class:`ViewBatches` yields augmented views (:mod:`ensemble_kd.views`) with their view numbers, so
+logits cached per view can be looked up too. An epoch is fully determined by the
+``torch.Generator`` passed to :meth:`epoch`, which makes resumed runs reproduce uninterrupted ones
+bit for bit.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple, Protocol
 
 import torch
+
+from .views import UNBOUNDED, Mix, ViewConfig, apply_views, draw_views, pad_images
 
 
 class Batch(NamedTuple):
     x: torch.Tensor  # (B, *input_shape) on the training device
     y: torch.Tensor | None  # (B,) int64, or None for unlabelled data
     idx: torch.Tensor  # (B,) int64 positions in the source (CPU)
+    view: torch.Tensor | None = None  # (B,) int64 view numbers of augmented views (CPU), or None
+    mix: Mix | None = None  # mixup/cutmix partners and weights; the hard targets are mixed too
+
+    def rows(self, sl: slice) -> Batch:
+        """The batch's rows ``sl`` (a shard of it), every field alike."""
+        mix = None if self.mix is None else Mix(
+            self.mix.partner[sl], self.mix.lam[sl],
+            None if self.mix.partner_y is None else self.mix.partner_y[sl])
+        return Batch(self.x[sl], None if self.y is None else self.y[sl], self.idx[sl],
+                     None if self.view is None else self.view[sl], mix)
+
+
+def stack_batches(batches: Sequence[Batch]) -> Batch:
+    """N members' batches as one: x (N, B, ...), y, idx and view (N, B).
+
+    Raises:
+        ValueError: mixed views (the stacked members' loss does not mix labels).
+    """
+    if any(b.mix is not None for b in batches):
+        raise ValueError("stacked (vectorised) members cannot train on mixup/cutmix views; "
+                         "train them one after another")
+    ys, views = [b.y for b in batches], [b.view for b in batches]
+    return Batch(torch.stack([b.x for b in batches]),
+                 None if any(y is None for y in ys) else torch.stack(ys),
+                 torch.stack([b.idx for b in batches]),
+                 None if any(v is None for v in views) else torch.stack(views))
 
 
 class BatchSource(Protocol):
@@ -196,6 +226,63 @@ class MixedBatches(TensorBatches):
         reps = math.ceil(n / len(pool))
         perms = [pool[torch.randperm(len(pool), generator=generator)] for _ in range(reps)]
         return torch.cat(perms)[:n]
+
+
+class ViewBatches(TensorBatches):
+    """Batches of augmented views (:mod:`ensemble_kd.views`), every example once per epoch.
+
+    Each epoch draws its permutation, then one view number per example (uniform in [0, V), or in
+    [0, 2**31) for unbounded views) from the epoch's generator: epochs see different views, and a
+    resumed run the same ones. The views themselves are regenerated from their keys, so example i
+    in view v is exactly the input the teachers' view cache holds logits for. Batches carry
+    ``view`` and, when mixing, ``mix`` with the partners' labels (the hard targets are mixed too).
+    With crops or shifts, a padded copy of the inputs is kept.
+
+    Args:
+        x: (N, *input_shape) inputs (mixup partners come from all of them).
+        y: (N,) int64 labels, or None (unlabelled transfer set).
+        views: the view settings (checked against ``x``'s shape).
+        batch_size, shuffle, drop_last: as for :class:`TensorBatches`.
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        views: ViewConfig,
+        batch_size: int = 128,
+        shuffle: bool = True,
+        drop_last: bool = False,
+    ):
+        super().__init__(x, y, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last)
+        self.views = views.validate(tuple(x.shape[1:]))
+        # the inputs padded once for crops or shifts (a second copy): faster than every batch
+        self.padded = pad_images(x, self.views)
+
+    def to(self, device: torch.device) -> ViewBatches:
+        out = super().to(device)
+        out.__class__ = ViewBatches
+        out.padded = None if self.padded is None else self.padded.to(device)
+        return out
+
+    def epoch(self, generator: torch.Generator) -> Iterator[Batch]:
+        n, cfg = len(self.x), self.views
+        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        view = torch.randint(0, cfg.views or UNBOUNDED, (n,), generator=generator)  # (N,)
+        # the whole epoch's draws at once, in batch order: hashing per batch would cost more than
+        # the model's step, and each batch is then a slice
+        view = view[order]  # (N,) view of the epoch's i-th example
+        hw = tuple(self.x.shape[-2:]) if self.x.dim() == 4 else None
+        draws = draw_views(order, view, n, cfg, hw)
+        for i in range(len(self)):
+            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            idx, v = order[sl], view[sl]
+            x, mix = apply_views(self.x, idx, v, draws.take(sl), cfg, self.padded)
+            y = None if self.y is None else self.y.index_select(0, idx.to(self.y.device))
+            if mix is not None and self.y is not None:
+                mix = mix._replace(partner_y=self.y.index_select(0, mix.partner.to(self.y.device)))
+            yield Batch(x, y, idx, v, mix)
 
 
 class _Indexed(torch.utils.data.Dataset):

@@ -14,6 +14,12 @@ random mini-batch is B reads, not K * B):
   new arrays are written and written last, so a crash in between leaves no cache that claims to be
   valid.
 
+View caches (:mod:`ensemble_kd.views`). For V augmented views of N examples the arrays hold V * N
+rows, row ``v * N + i`` for view v of example i (V blocks laid out like a plain cache of N rows),
+and ``meta.json`` also records the view settings under ``views``. The fingerprint then covers the
+view settings and their seed; with one view and no augmentation it is the plain cache's, so a plain
+cache and a cache of ``ViewConfig()`` are one and the same file set.
+
 Format versions. ``meta.json`` records the cache format ``version`` (:data:`CACHE_VERSION`), and it
 is checked before any other field is interpreted:
 
@@ -53,6 +59,7 @@ from torch import nn
 from .io import FormatError, atomic_write_json, read_json
 from .npy_rows import RowReader, RowWriter
 from .predict import predict_logits
+from .views import ViewConfig, ViewRows
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 2  # 2: example-major arrays (N, K, ...); finite values guaranteed (see above)
@@ -86,9 +93,15 @@ def inputs_fingerprint(x: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def cache_fingerprint(teachers_fp: str, inputs_fp: str, dtype: str, topk: int) -> str:
-    blob = json.dumps([CACHE_VERSION, teachers_fp, inputs_fp, dtype, int(topk)])
-    return hashlib.sha256(blob.encode()).hexdigest()
+def cache_fingerprint(
+    teachers_fp: str, inputs_fp: str, dtype: str, topk: int, views: ViewConfig | None = None
+) -> str:
+    """sha256 of what a cache's contents depend on. Views that are the plain inputs (one view, no
+    augmentation) leave it as it was before views existed, so older caches stay valid."""
+    items = [CACHE_VERSION, teachers_fp, inputs_fp, dtype, int(topk)]
+    if views is not None and not views.plain:
+        items.append(views.as_dict())
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()
 
 
 class TeacherCache:
@@ -103,6 +116,7 @@ class TeacherCache:
         self.n_teachers, self.n_examples, self.n_classes = meta["shape"]
         self.topk = int(meta["topk"])
         self.fingerprint = meta["fingerprint"]
+        self.n_views = int(meta["views"]["views"]) if "views" in meta else 1  # V
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -135,6 +149,19 @@ class TeacherCache:
         rest = torch.from_numpy(self.arrays["rest"].take(idx)).T  # (K, B)
         out.copy_(rest[..., None].expand(k, b, c))
         return out.scatter_(-1, ind, vals.float())  # (K, B, C)
+
+    def rows(self, idx: torch.Tensor, view: torch.Tensor | None) -> torch.Tensor:
+        """The rows (B,) of a view cache holding example ``idx`` (B,) in view ``view`` (B,).
+
+        Raises:
+            IndexError: a view number outside [0, V).
+        """
+        if view is None:
+            return idx
+        if len(view) and (int(view.min()) < 0 or int(view.max()) >= self.n_views):
+            raise IndexError(f"view numbers must lie in [0, {self.n_views}) for this cache, found "
+                             f"[{int(view.min())}, {int(view.max())}]")
+        return view * (self.n_examples // self.n_views) + idx
 
     def all(self) -> torch.Tensor:
         """The whole cache as (K, N, C) float32 (small caches only)."""
@@ -230,6 +257,10 @@ def open_cache(
         raise FormatError(f"{meta_path}: malformed cache metadata") from None
     if meta.get("layout", LAYOUT) != LAYOUT:
         raise FormatError(f"{meta_path}: unknown cache layout {meta['layout']!r}")
+    if "views" in meta:
+        v = meta["views"].get("views") if isinstance(meta["views"], dict) else None
+        if type(v) is not int or v < 1 or n % v:
+            raise FormatError(f"{meta_path}: malformed view settings (views {v!r} for {n} rows)")
     if expect_fingerprint is not None and fp != expect_fingerprint:
         raise FormatError(
             f"{folder}: cache fingerprint does not match these teachers and inputs (stale cache)"
@@ -255,8 +286,9 @@ def open_cache(
     return TeacherCache(folder, meta, arrays)
 
 
-def _check_stored(stored: torch.Tensor, first: int, dtype: str) -> None:
-    """Refuse a chunk (b, K, C) holding non-finite values: the cache promises finite logits.
+def _check_stored(stored: torch.Tensor, first: int, dtype: str, n_examples: int) -> None:
+    """Refuse a chunk (b, K, C) of rows ``first...`` holding non-finite values: the cache promises
+    finite logits. Row r is view r // n_examples of example r % n_examples.
 
     A float16 chunk is checked after rounding, which also catches logits beyond its range.
     """
@@ -267,9 +299,10 @@ def _check_stored(stored: torch.Tensor, first: int, dtype: str) -> None:
     reason = "non-finite (nan or inf)"
     if dtype == "float16":
         reason += " or beyond float16's range (+-65504: use cache dtype float32)"
+    view, example = divmod(first + row, n_examples)
     raise ValueError(
-        f"teacher {t} gives logits that are {reason} for transfer example {first + row}; "
-        "a teacher cache holds finite logits only"
+        f"teacher {t} gives logits that are {reason} for transfer example {example}"
+        + (f" in view {view}" if view else "") + "; a teacher cache holds finite logits only"
     )
 
 
@@ -284,8 +317,9 @@ def write_cache(
     device: str | torch.device | None = None,
     fingerprint: str | None = None,
     max_mapped_bytes: int = MAX_MAPPED_BYTES,
+    views: ViewConfig | None = None,
 ) -> TeacherCache:
-    """Run each teacher over ``x`` (N, ...) in chunks and write the cache folder.
+    """Run each teacher over ``x`` (N, ...) (or V views of it) in chunks and write the cache folder.
 
     Args:
         teachers: K models with the same number of classes.
@@ -297,6 +331,8 @@ def write_cache(
         device: where to run the teachers.
         fingerprint: precomputed fingerprint (else computed).
         max_mapped_bytes: passed to :func:`open_cache` for the returned cache.
+        views: cache the teachers' logits for ``views.views`` views of every example, made chunk by
+            chunk (rows ``v * N + i``); None or plain views: the examples themselves.
 
     Raises:
         ValueError: bad settings, teachers that disagree on the class count, non-finite logits, or
@@ -308,12 +344,17 @@ def write_cache(
         raise ValueError("no teachers to cache")
     if len(x) == 0:
         raise ValueError("the transfer set is empty")
+    if views is not None:
+        views = None if views.validate(tuple(x.shape[1:])).plain else views
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     fp = fingerprint or cache_fingerprint(
-        teachers_fingerprint(teachers), inputs_fingerprint(x), dtype, topk
+        teachers_fingerprint(teachers), inputs_fingerprint(x), dtype, topk, views
     )
     (folder / "meta.json").unlink(missing_ok=True)  # no valid cache until the new one is complete
+    n_examples = len(x)
+    if views is not None:  # V * N rows, each view made from its key when its chunk is written
+        x = ViewRows(x, views)
     k, n = len(teachers), len(x)
     c = int(predict_logits(teachers[0], x[:1], device=device).shape[-1])
     if topk and not 1 <= topk < c:
@@ -335,13 +376,13 @@ def write_cache(
                         f"teacher {t} has {logits.shape[-1]} classes, teacher 0 has {c}"
                     )
                 v[:, t] = logits
-            _check_stored(v, i, dtype if not topk else "float32")
+            _check_stored(v, i, dtype if not topk else "float32", n_examples)
             if not topk:
                 out.write("logits", i, v.numpy())
                 continue
             vals, ind = v.topk(topk, dim=-1)  # (b, K, k)
             vals = vals.to(store)
-            _check_stored(vals, i, dtype)
+            _check_stored(vals, i, dtype, n_examples)
             # log of the mass outside the top k, summed directly (no cancellation when the
             # teacher is confident and that mass is tiny)
             rest_lse = torch.logsumexp(v.scatter(-1, ind, float("-inf")), -1)  # (b, K)
@@ -355,6 +396,7 @@ def write_cache(
         "dtype": dtype,
         "topk": int(topk),
         "layout": LAYOUT,  # arrays are (N, K, ...)
+        **({"views": views.as_dict()} if views is not None else {}),  # rows v * N + i
     }
     atomic_write_json(folder / "meta.json", meta)
     return open_cache(folder, fp, max_mapped_bytes=max_mapped_bytes)
@@ -369,12 +411,16 @@ def ensure_cache(
     topk: int = 0,
     device: str | torch.device | None = None,
     max_mapped_bytes: int = MAX_MAPPED_BYTES,
+    views: ViewConfig | None = None,
 ) -> TeacherCache:
-    """The cache in ``folder`` if it was made from these teachers and inputs, else a rebuilt one.
+    """The cache in ``folder`` if it was made from these teachers, inputs and settings (and views),
+    else a rebuilt one.
 
-    ``max_mapped_bytes``: see :func:`open_cache`.
+    ``max_mapped_bytes``: see :func:`open_cache`; ``views``: see :func:`write_cache`.
     """
-    fp = cache_fingerprint(teachers_fingerprint(teachers), inputs_fingerprint(x), dtype, topk)
+    if views is not None:
+        views = None if views.validate(tuple(x.shape[1:])).plain else views
+    fp = cache_fingerprint(teachers_fingerprint(teachers), inputs_fingerprint(x), dtype, topk, views)
     try:
         return open_cache(folder, fp, max_mapped_bytes=max_mapped_bytes)
     except FileNotFoundError:
@@ -383,5 +429,5 @@ def ensure_cache(
         log.warning("recomputing the teacher cache: %s", e)
     return write_cache(
         teachers, x, folder, dtype=dtype, topk=topk, device=device, fingerprint=fp,
-        max_mapped_bytes=max_mapped_bytes,
+        max_mapped_bytes=max_mapped_bytes, views=views,
     )

@@ -16,6 +16,8 @@ Notation: student logits ``z`` (B, C), teacher logits ``v`` (B, C) or (K, B, C),
     distributions: a different target).
 
 * with labels: ``alpha * soft + (1 - alpha) * CE(labels, softmax(z))`` (T = 1 for the hard term).
+  On mixup/cutmix views (:mod:`ensemble_kd.views`) the labels are mixed as the inputs were:
+  ``lam * onehot(y_i) + (1 - lam) * onehot(y_partner)`` (:func:`mixed_targets`).
 * ``logit_matching_loss``: the high-temperature limit of the soft term for zero-mean logits,
   ``(1 / (2C)) * sum_i (z_i - v_i)^2`` after removing each example's mean logit, batch mean.
 
@@ -25,10 +27,13 @@ The same code path applies ``T^2`` in every mode; there is no other place that s
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from .views import Mix
 
 COMBINE_MODES = ("sum", "mean_probs", "mean_logits")
 
@@ -123,6 +128,36 @@ def _validate(
     return teacher_logits
 
 
+def mixed_targets(
+    labels: torch.Tensor, partner_labels: torch.Tensor, lam: torch.Tensor, n_classes: int
+) -> torch.Tensor:
+    """Hard targets of mixed views: ``lam * onehot(labels) + (1 - lam) * onehot(partner_labels)``.
+
+    Args:
+        labels: (B,) int64 classes of the examples.
+        partner_labels: (B,) int64 classes of their mixup/cutmix partners.
+        lam: (B,) weight of each example itself, in [0, 1].
+        n_classes: C.
+
+    Returns:
+        (B, C) probabilities (each row sums to 1) in ``lam``'s dtype.
+    """
+    out = torch.zeros(len(labels), n_classes, dtype=lam.dtype, device=lam.device)
+    classes = torch.stack([labels.long(), partner_labels.long()], 1)  # (B, 2)
+    return out.scatter_add_(1, classes, torch.stack([lam, 1.0 - lam], 1))
+
+
+def hard_term(student_logits: torch.Tensor, labels: torch.Tensor, mix: Mix | None = None) -> torch.Tensor:
+    """Cross-entropy (T = 1, batch mean) of logits (B, C) against labels (B,), mixed by ``mix``."""
+    if mix is None:
+        return F.cross_entropy(student_logits, labels.long())
+    if mix.partner_y is None:
+        raise ValueError("mixed views need their partners' labels (Mix.partner_y) for a hard term")
+    target = mixed_targets(labels, mix.partner_y, mix.lam.to(student_logits.dtype),
+                           student_logits.shape[-1])
+    return F.cross_entropy(student_logits, target)
+
+
 class SoftTargets(NamedTuple):
     """The teachers' side of the soft term, computed once (it needs no gradient).
 
@@ -171,17 +206,19 @@ def loss_from_soft_targets(
     *,
     temperature: float,
     alpha: float,
+    mix: Mix | None = None,
 ) -> LossParts:
     """The distillation loss against precomputed :class:`SoftTargets` (no validation).
 
-    This is the one place the soft term is computed and scaled by ``T^2``.
+    This is the one place the soft term is computed and scaled by ``T^2``. ``mix``: the batch's
+    mixup/cutmix weights, which mix the hard targets as they mixed the inputs.
     """
     t = float(temperature)
     log_q = F.log_softmax(student_logits.T / t, 0)  # (C, B), see combined_soft_targets
     soft = (targets.neg_entropy - (targets.probs.T * log_q).sum(0)).mean() * (t * t)
     if labels is None:
         return LossParts(soft, soft, None)
-    hard = F.cross_entropy(student_logits, labels.long())
+    hard = hard_term(student_logits, labels, mix)
     return LossParts(alpha * soft + (1.0 - alpha) * hard, soft, hard)
 
 
@@ -205,15 +242,17 @@ def distillation_loss_parts(
     alpha: float = 0.9,
     combine: str = "sum",
     teacher_weights=None,
+    mix: Mix | None = None,
 ) -> LossParts:
-    """The distillation loss and its parts. See :func:`distillation_loss` for the arguments."""
+    """The distillation loss and its parts. See :func:`distillation_loss` for the arguments;
+    ``mix`` mixes the hard targets of mixup/cutmix views (:func:`hard_term`)."""
     t, a = check_loss_options(temperature, alpha, combine)
     v = _validate(student_logits, teacher_logits, labels)  # (K, B, C)
     _teacher_weights(teacher_weights, v.shape[0], student_logits)  # validate before use
     targets = combined_soft_targets(
         v.to(student_logits.dtype), t, combine=combine, teacher_weights=teacher_weights
     )
-    return loss_from_soft_targets(student_logits, targets, labels, temperature=t, alpha=a)
+    return loss_from_soft_targets(student_logits, targets, labels, temperature=t, alpha=a, mix=mix)
 
 
 def distillation_loss(
@@ -277,7 +316,8 @@ def logit_matching_loss(student_logits: torch.Tensor, teacher_logits: torch.Tens
     return ((z - v) ** 2).sum(-1).mean() / (2 * c)
 
 
-def hard_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> LossParts:
-    """Plain cross-entropy on labels, as :class:`LossParts` (soft = 0) so training logs look alike."""
-    hard = F.cross_entropy(student_logits, labels.long())
+def hard_loss(student_logits: torch.Tensor, labels: torch.Tensor, mix: Mix | None = None) -> LossParts:
+    """Cross-entropy on labels (mixed by ``mix``), as :class:`LossParts` (soft = 0) so training logs
+    look alike."""
+    hard = hard_term(student_logits, labels, mix)
     return LossParts(hard, torch.zeros((), device=hard.device), hard)

@@ -29,7 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed as dist
-from .batching import Batch, BatchSource
+from .batching import Batch, BatchSource, stack_batches
 from .losses import LossParts, hard_loss
 from .members import Members, SingleModel
 from .predict import resolve_device
@@ -118,10 +118,10 @@ def _lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
 
 
 def default_objective(logits: torch.Tensor, batch: Batch) -> LossParts:
-    """Cross-entropy on the batch's labels (teachers and hard-label baselines)."""
+    """Cross-entropy on the batch's labels, mixed as its views are (teachers and baselines)."""
     if batch.y is None:
         raise ValueError("training on hard labels needs labelled data")
-    return hard_loss(logits, batch.y)
+    return hard_loss(logits, batch.y, batch.mix)
 
 
 @torch.no_grad()
@@ -393,14 +393,11 @@ def _epoch_batches(srcs: Sequence[BatchSource], gens: Sequence[torch.Generator],
                 if len(batch.idx) < dist.world():
                     continue  # a rank would get an empty shard (NaN mean): skip it on every rank
                 sl = dist.shard(len(batch.idx))
-                batch = Batch(batch.x[sl], None if batch.y is None else batch.y[sl], batch.idx[sl])
+                batch = batch.rows(sl)
             yield batch
         return
     for member_batches in zip(*(s.epoch(g) for s, g in zip(srcs, gens, strict=True)), strict=True):
-        ys = [b.y for b in member_batches]
-        yield Batch(torch.stack([b.x for b in member_batches]),
-                    None if any(y is None for y in ys) else torch.stack(ys),
-                    torch.stack([b.idx for b in member_batches]))
+        yield stack_batches(member_batches)
 
 
 def _epoch_means(parts_log: list[torch.Tensor], sizes: list[int], n: int, reduce: bool) -> list:

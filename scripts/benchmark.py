@@ -12,7 +12,10 @@
 5. cache at scale: 1,000,000 examples x 1,000 classes x 4 teachers, float16 (100,000 with
    ``--quick``): disk size, write time and the peak resident memory of one distillation epoch
    streaming from it, measured in a fresh process (target < 2 GiB);
-6. (full run, or ``--only topk``) what a top-k cache costs in test accuracy on Fashion-MNIST.
+6. (full run, or ``--only topk``) what a top-k cache costs in test accuracy on Fashion-MNIST;
+7. augmented views: an epoch distilling from the view cache of 10 teachers (shifts and mixup
+   regenerated from their keys every step) over a plain hard-label epoch on un-augmented data
+   (target <= 1.5x), and online teachers on the same views over the cached ones.
 
 Every timing is repeated, the variants interleaved, and the median taken; each result keeps its
 medians, wall and CPU seconds, so a reader can tell a loaded machine from a slow code path.
@@ -39,7 +42,7 @@ if str(ROOT) not in sys.path:  # runnable from a fresh clone without installing
 
 import torch  # noqa: E402
 
-from ensemble_kd.batching import TensorBatches  # noqa: E402
+from ensemble_kd.batching import TensorBatches, ViewBatches  # noqa: E402
 from ensemble_kd.cache import ensure_cache, open_cache, write_cache  # noqa: E402
 from ensemble_kd.data import TransferSet, load_dataset  # noqa: E402
 from ensemble_kd.distill import (  # noqa: E402
@@ -53,6 +56,7 @@ from ensemble_kd.machine import describe_machine  # noqa: E402
 from ensemble_kd.models import build_model  # noqa: E402
 from ensemble_kd.train import TrainConfig, train  # noqa: E402
 from ensemble_kd.vectorized import train_vectorized  # noqa: E402
+from ensemble_kd.views import ViewConfig  # noqa: E402
 from specialists.combine import (  # noqa: E402
     active_specialists,
     combination_objective,
@@ -61,9 +65,10 @@ from specialists.combine import (  # noqa: E402
 )
 
 GIB = 2**30
-STEPS = ("distill", "loader", "combine", "ensemble", "cache", "topk")
+STEPS = ("distill", "views", "loader", "combine", "ensemble", "cache", "topk")
 TARGETS = {  # key: (comparison, bound)
     "distill_cached_over_plain": ("<=", 1.15),
+    "views_cached_over_plain": ("<=", 1.5),
     "loader_speedup": (">=", 10.0),
     "combine_speedup": (">=", 100.0),
     "combine_objective_gap": ("<=", 0.0),
@@ -164,6 +169,56 @@ def bench_distill(*, n: int | None = None, n_teachers: int = 10, repeats: int = 
             "teacher": f"mlp {list(teacher_widths)}, dropout 0.2",
             "student": f"mlp {list(student_widths)}", "batch_size": batch_size,
             "cache_build_s": build_s, "epochs": res,
+        },
+    }
+
+
+def bench_views(*, n: int | None = None, n_teachers: int = 10, repeats: int = 3, n_views: int = 4,
+                teacher_widths=(256, 256), student_widths=(64,), batch_size: int = 128) -> dict:
+    """Epoch time of distilling on augmented views (view cache; online) over plain training.
+
+    The set-up of :func:`bench_distill`; the views shift by up to 1 pixel and mix up with
+    Beta(0.2, 0.2) weights, ``n_views`` per example in the cache, regenerated at every step. The
+    plain epoch trains the same student on hard labels of the un-augmented data.
+    """
+    x, y, source = fashion_like(n)
+    shape, c = tuple(x.shape[1:]), 10
+    teachers = [_mlp(100 + k, shape, c, teacher_widths, 0.2) for k in range(n_teachers)]
+    views = ViewConfig(shift=1, mixup=0.2, views=n_views, seed=0)
+    dcfg = DistillConfig(views=views)
+    cfg = TrainConfig(epochs=1, batch_size=batch_size)
+    with tempfile.TemporaryDirectory(prefix="bench-views-") as folder:
+        t0 = time.perf_counter()
+        cache = ensure_cache(teachers, x, folder, dtype=dcfg.cache_dtype, views=views)
+        build_s = time.perf_counter() - t0
+        plain_batches = TensorBatches(x, y, batch_size=batch_size)
+        view_batches = ViewBatches(x, y, views=views, batch_size=batch_size)
+
+        def epoch(batches, objective=None) -> Callable[[], object]:
+            def run():
+                student = _mlp(0, shape, c, student_widths)  # the same start every time
+                kw = {} if objective is None else {"objective": objective}
+                train(student, batches, cfg, progress=False, **kw)
+            return run
+
+        res = interleaved({
+            "plain": epoch(plain_batches),
+            "views_cached": epoch(view_batches, cached_objective(cache, dcfg)),
+            "views_online": epoch(view_batches, online_objective(teachers, dcfg)),
+        }, repeats)
+        cache.close()
+    plain, cached, online = res["plain"], res["views_cached"], res["views_online"]
+    return {
+        "views_cached_over_plain": cached["wall_s"] / plain["wall_s"],
+        "views_online_over_cached": online["wall_s"] / cached["wall_s"],
+        "views_cached_over_plain_cpu": cached["cpu_s"] / plain["cpu_s"],
+        "views_online_over_cached_cpu": online["cpu_s"] / cached["cpu_s"],
+        "views_detail": {
+            "data": source, "examples": len(x), "teachers": n_teachers,
+            "teacher": f"mlp {list(teacher_widths)}, dropout 0.2",
+            "student": f"mlp {list(student_widths)}", "batch_size": batch_size,
+            "views": views.as_dict(), "cache_rows": n_views * len(x), "cache_build_s": build_s,
+            "epochs": res,
         },
     }
 
@@ -503,6 +558,8 @@ def table(results: dict) -> str:
     rows = [
         ("distill cached / plain (epoch)", "distill_cached_over_plain"),
         ("distill online / plain (epoch)", "distill_online_over_plain"),
+        ("views cached / plain (epoch)", "views_cached_over_plain"),
+        ("views online / cached (epoch)", "views_online_over_cached"),
         ("TensorBatches vs DataLoader", "loader_speedup"),
         ("combine: ours vs paper (ex/s)", "combine_speedup"),
         ("combine objective gap (nats)", "combine_objective_gap"),
@@ -549,6 +606,7 @@ def run_all(quick: bool, *, threads: int | None = None, scale_folder: str | None
     }
     steps = {
         "distill": lambda: bench_distill(repeats=repeats),
+        "views": lambda: bench_views(repeats=repeats),
         "loader": lambda: bench_loader(repeats=repeats),
         "combine": lambda: bench_combine(n_paper=20 if quick else 100, repeats=repeats),
         "ensemble": lambda: bench_ensemble(n=10_000 if quick else None, repeats=repeats),

@@ -48,6 +48,17 @@ def test_distill_and_loader(bench):
     assert set(l_["loader_detail"]["examples_per_s"]) == {"tensor_batches", "dataloader"}
 
 
+def test_views(bench):
+    v = bench.bench_views(n=300, n_teachers=2, repeats=1, n_views=2, teacher_widths=(8,),
+                          student_widths=(4,))
+    for key in ("views_cached_over_plain", "views_online_over_cached"):
+        assert _is_pos(v[key])
+    detail = v["views_detail"]
+    assert detail["cache_rows"] == 600 and detail["views"]["mixup"] > 0
+    assert set(detail["epochs"]) == {"plain", "views_cached", "views_online"}
+    assert bench.TARGETS["views_cached_over_plain"] == ("<=", 1.5)
+
+
 def test_combine(bench):
     c = bench.bench_combine(n_ours=40, n_paper=3, repeats=1, gd_steps=10, n_classes=12,
                             n_specialists=3, size=3)

@@ -177,7 +177,7 @@ def test_topk_cache_distillation(tmp_path, teacher, digits):
         [teacher],
         make_transfer_set(digits, fraction=0.5),
         TrainConfig(epochs=6, batch_size=64, lr=1e-2),
-        DistillConfig(temperature=1.0, cache_topk=3, cache_dtype="float16"),
+        DistillConfig(temperature=1.0, cache_topk=3, cache_dtype="float16"),  # top-k: T = 1 only
         cache_dir=tmp_path / "cache",
         progress=False,
     )

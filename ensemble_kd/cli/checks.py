@@ -49,6 +49,8 @@ def check_options(cfg: RunConfig, splits: Splits, command: str, n_teachers: int 
                                  f"got {cfg.cache_topk}")
             for dcfg in cfg.distill_configs():  # every candidate of a sweep
                 dcfg.validate(cfg.teachers if command == "run" else n_teachers)
+            if (views := cfg.view_config()) is not None:
+                views.validate(shape)
             jitter_ok("student_jitter", cfg.student_jitter)
             transfer_of(cfg, splits)
     if command == "train-specialists" or (command == "run" and cfg.specialists):

@@ -20,6 +20,7 @@ from ..distill import DistillConfig
 from ..ensemble import ModelSpec
 from ..sweep import AUTO_ALPHAS, AUTO_TEMPERATURES, candidate_configs, resolve_grid
 from ..train import TrainConfig
+from ..views import ViewConfig
 
 
 def _f(default, help: str, group: str, **kw):
@@ -115,6 +116,19 @@ class RunConfig:
                              "distill")
     cache_dtype: str = _f("float32", "teacher cache storage: float32 or float16", "distill")
     cache_topk: int = _f(0, "keep only each example's k largest teacher logits (0 = dense)", "distill")
+    # ---- views: augmented inputs seen alike by teachers, the student and the fair baseline ----
+    view_shift: int = _f(0, "views: random shifts up to this many pixels (images)", "distill")
+    view_crop_padding: int = _f(0, "views: random crops of the image padded by this many pixels",
+                                "distill")
+    view_flip: bool = _f(False, "views: random horizontal flips (opt-in; wrong for digits and text)",
+                         "distill")
+    view_mixup: float = _f(0.0, "views: mixup with weights from Beta(a, a); 0 = off", "distill")
+    view_cutmix: float = _f(0.0, "views: cutmix with kept areas from Beta(a, a); 0 = off (images)",
+                            "distill")
+    view_noise: float = _f(0.0, "views: Gaussian input noise of this standard deviation; 0 = off",
+                           "distill")
+    views: int = _f(1, "views per example in the teacher cache (each epoch draws one per example); "
+                    "0 = a fresh view every epoch (needs --online)", "distill")
     # ---- specialists ----
     specialists: bool = _f(True, "train specialists on the generalist's confusable classes (run)",
                            "specialists")
@@ -199,8 +213,16 @@ class RunConfig:
         return DistillConfig(
             temperature=self.temperatures()[0], alpha=self.alphas()[0], combine=self.combine,
             teacher_weights=self.teacher_weights, online=self.online, cache_dtype=self.cache_dtype,
-            cache_topk=self.cache_topk, jitter=self.student_jitter,
+            cache_topk=self.cache_topk, jitter=self.student_jitter, views=self.view_config(),
         ).validate()
+
+    def view_config(self) -> ViewConfig | None:
+        """The views of the transfer set (None: the transfer set as it is, one view)."""
+        v = ViewConfig(shift=self.view_shift, crop_padding=self.view_crop_padding,
+                       flip=self.view_flip, mixup=self.view_mixup, cutmix=self.view_cutmix,
+                       noise=self.view_noise, views=self.views if self.views else None,
+                       seed=self.seed).validate()  # a negative setting is an error, not "off"
+        return None if v.plain else v
 
     def data_options(self) -> dict:
         return {

@@ -26,7 +26,9 @@ NAME = "config.json"
 IGNORED_ON_RESUME = frozenset({"quiet", "device"})  # may differ between a run and its resumption
 # Options added after records of this format were first written, with the value that does what the
 # older versions did; a record without them reads as having that value.
-ADDED_OPTIONS = {"image_size": None, "transfer_data": None}
+ADDED_OPTIONS = {"image_size": None, "transfer_data": None, "view_shift": 0, "view_crop_padding": 0,
+                 "view_flip": False, "view_mixup": 0.0, "view_cutmix": 0.0, "view_noise": 0.0,
+                 "views": 1}
 # Options added after format version 2 was fixed: left out of the record while unset (None), so
 # the record of a run that does not use them is what older versions wrote.
 OMITTED_WHEN_UNSET = frozenset({"teacher_kwargs", "student_kwargs"})

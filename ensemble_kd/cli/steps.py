@@ -10,12 +10,11 @@ from pathlib import Path
 import torch
 
 from .. import distributed as dist
-from ..batching import TensorBatches
 from ..data import Splits, TransferSet, make_transfer_set
+from ..distill import train_baseline
 from ..ensemble import data_meta, find_teachers, load_teachers, train_ensemble
 from ..run import Run
 from ..sweep import distill_sweep
-from ..train import train
 from .context import Ctx, transfer_of
 
 VECTORIZE = {"auto": None, "on": True, "off": False}  # --teacher-vectorize -> train_ensemble's flag
@@ -55,11 +54,11 @@ def _train_baseline(ctx: Ctx, splits: Splits, transfer: TransferSet, folder: Pat
         return done[0]
     if transfer.y is None:
         raise ValueError("the hard-label baseline needs a labelled transfer set")
-    tcfg = cfg.train_config()
-    result = train(
-        _initial_student(ctx, splits), TensorBatches(transfer.x, transfer.y, batch_size=tcfg.batch_size),
-        tcfg, val=(splits.x_val, splits.y_val), run_dir=folder, device=ctx.device,
-        progress=ctx.progress, desc="baseline",
+    tcfg, dcfg = cfg.train_config(), cfg.distill_config()
+    # the fair baseline: the distilled student's initial weights, inputs (views) and budget
+    result = train_baseline(
+        _initial_student(ctx, splits), transfer, tcfg, views=dcfg.views, jitter=dcfg.jitter,
+        val=(splits.x_val, splits.y_val), run_dir=folder, device=ctx.device, progress=ctx.progress,
         extra_state={"data": splits.fingerprint(), "transfer": transfer.indices.tolist()[:50]},
     )
     run.finish(result.model, {**data_meta(splits), "role": "baseline", "temperature": None})

@@ -61,6 +61,15 @@ def comparison(ctx: Ctx, splits: Splits, teachers, baseline, student,
             if key == "distilled" and ens_probs is not None:
                 extra["agreement"] = agreement(probs, ens_probs)
                 extra["kl_to_ensemble"] = kl_divergence(ens_probs, probs)
+    if baseline is not None and student is not None:
+        v = ctx.cfg.view_config()
+        seen = "the transfer set as it is" if v is None else "views " + ", ".join(
+            f"{k}={val}" for k, val in v.as_dict().items() if val not in (0, 0.0, False, None)
+            and k != "seed")
+        if ctx.cfg.student_jitter:
+            seen += f", shifted up to {ctx.cfg.student_jitter} px"
+        extra["inputs_seen"] = (f"baseline and distilled student: same initial weights, "
+                                f"{ctx.cfg.epochs} epochs each, on {seen}")
     if student is not None and student_meta:
         extra["distilled_temperature"] = student_meta.get("temperature")
         alphas = ctx.cfg.alphas()  # 0.1.0 saved no alpha: the run's own when it had one

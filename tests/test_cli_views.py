@@ -34,7 +34,7 @@ def test_views_are_recorded_and_both_students_see_them(tmp_path):
     (["--dataset", "synthetic", "--synthetic-classes", "4", "--synthetic-groups", "2",
       "--view-crop-padding", "2"], "crop"),
     (["--view-mixup", "-1"], "mixup"),
-    (["--views", "0"], "online"),
+    (["--views", "0"], "unbounded views"),
 ])
 def test_bad_view_flags_are_one_line_and_write_nothing(tmp_path, capsys, flags, msg):
     out = tmp_path / "bad"

@@ -605,8 +605,9 @@ def run_all(quick: bool, *, threads: int | None = None, scale_folder: str | None
                              else "full size: 1,000,000 examples"),
     }
     steps = {
-        "distill": lambda: bench_distill(repeats=repeats),
-        "views": lambda: bench_views(repeats=repeats),
+        # the headline ratios: a median of at least 5 interleaved repeats even with --quick
+        "distill": lambda: bench_distill(repeats=max(repeats, 5)),
+        "views": lambda: bench_views(repeats=max(repeats, 5)),
         "loader": lambda: bench_loader(repeats=repeats),
         "combine": lambda: bench_combine(n_paper=20 if quick else 100, repeats=repeats),
         "ensemble": lambda: bench_ensemble(n=10_000 if quick else None, repeats=repeats),

@@ -5,7 +5,7 @@ random crop of the reflect-padded image (``crop_padding``), a horizontal flip (`
 cutmix with a partner example, and Gaussian input noise (``noise``). The distilled student and its
 teachers must see the same input, and a teacher cache must be able to store the teachers' logits
 for it, so nothing here draws from a stateful generator: every random number is a counter-based
-hash of the key ``(seed, example i, view v, purpose)`` (big_vision / JAX-style key splitting). The
+hash of the key ``(seed, example i, view v, purpose)`` (:mod:`ensemble_kd.keyed`). The
 view ``(i, v)`` therefore comes out bit for bit the same in whatever batch, order or process it is
 regenerated (on one device; on another, mixed and noisy views may differ in the last bit).
 
@@ -22,16 +22,15 @@ mixing, then noise.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-M32 = 0xFFFFFFFF
+from .keyed import beta_quantile, hash_key, uniform
+
 # Purposes of the hashed draws: one independent stream each.
 _CROP_Y, _CROP_X, _SHIFT_Y, _SHIFT_X, _FLIP = 1, 2, 3, 4, 5
 _PARTNER, _KIND, _MIX_LAM, _CUT_LAM, _CUT_Y, _CUT_X, _NOISE_A, _NOISE_B = 6, 7, 8, 9, 10, 11, 12, 13
@@ -166,79 +165,20 @@ def _take(obj, pos: torch.Tensor | slice):
     return type(obj)(*(_take(v, pos) for v in obj))
 
 
-# ------------------------------------------------------------------------------------ the hash
-
-
-def _mul32(x, c: int):
-    """(x * c) mod 2**32 for x in [0, 2**32), exact in int64 (no product reaches 2**63)."""
-    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & M32
-
-
-def _mix32(x):
-    """A 32-bit avalanche permutation (C. Wellons' "lowbias32"); tensors or Python ints."""
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
-
-
-def hash_key(seed: int, *words) -> torch.Tensor | int:
-    """A 32-bit hash of the key ``(seed, *words)``; each word an int or an int64 tensor in
-    [0, 2**32), tensors broadcast. Returns values in [0, 2**32) (int64 for tensor words)."""
-    h = _mix32(_mix32((seed & M32) ^ 0x9E3779B9) ^ (seed >> 32))
-    for w in words:
-        h = _mix32(h ^ w)
-    return h
-
-
-def _uniform(key: torch.Tensor, stream: int) -> torch.Tensor:
-    """(B,) float64 uniforms in [0, 1) of the keys (B,) (from :func:`hash_key`) and a purpose."""
-    return _mix32(key ^ stream).double() / 2.0**32
+# ---------------------------------------------------------------- the draws (CPU), from the keys
 
 
 def _offsets(key: torch.Tensor, k: int, streams: tuple[int, int]) -> torch.Tensor:
     """(2, B) int64 offsets, each uniform in [-k, k]."""
-    return torch.stack([(_uniform(key, s) * (2 * k + 1)).long() - k for s in streams])
+    return torch.stack([(uniform(key, s) * (2 * k + 1)).long() - k for s in streams])
 
 
 def _geometry(cfg: ViewConfig, key: torch.Tensor) -> _Geometry:
     return _Geometry(
         _offsets(key, cfg.crop_padding, (_CROP_Y, _CROP_X)) if cfg.crop_padding else None,
         _offsets(key, cfg.shift, (_SHIFT_Y, _SHIFT_X)) if cfg.shift else None,
-        _uniform(key, _FLIP) < 0.5 if cfg.flip else None,
+        uniform(key, _FLIP) < 0.5 if cfg.flip else None,
     )
-
-
-_BETA_GRID = 4096  # cells of the tabulated Beta quantile on [0, 1/2]
-
-
-@functools.lru_cache(maxsize=16)
-def _beta_table(a: float) -> torch.Tensor:
-    """Q(u)^a at u = k / (2 G), k = 0..G, for Q the Beta(a, a) quantile: (G + 1,) float64."""
-    from scipy.special import betaincinv  # imported on first use: scipy loads slowly
-
-    return torch.from_numpy(betaincinv(a, a, np.linspace(0.0, 0.5, _BETA_GRID + 1)) ** a)
-
-
-def _beta(a: float, u: torch.Tensor) -> torch.Tensor:
-    """Beta(a, a) quantiles of the uniforms ``u`` (inverse CDF), float64.
-
-    For a <= 1 (mixup's usual range) exact quantiles cost more than a training step per batch, so
-    Q(u)^a, nearly linear in u near 0, is interpolated in a table of 4,097 exact values (error
-    below 1e-6 for a >= 0.05) and Q(1 - u) = 1 - Q(u) gives the upper half; larger a use
-    ``betaincinv`` itself.
-    """
-    if a > 1:
-        from scipy.special import betaincinv
-
-        return torch.from_numpy(betaincinv(a, a, u.numpy()))
-    low = torch.minimum(u, 1.0 - u)  # in [0, 1/2]
-    pos = low * (2 * _BETA_GRID)
-    k = pos.floor().long().clamp_(max=_BETA_GRID - 1)
-    table = _beta_table(float(a))
-    q = torch.lerp(table[k], table[k + 1], pos - k) ** (1.0 / a)
-    return torch.where(u <= 0.5, q, 1.0 - q)
 
 
 def draw_views(
@@ -258,20 +198,20 @@ def draw_views(
     geometry = _geometry(cfg, key)
     if not cfg.mixes:
         return ViewDraws(geometry, None, None, None, None)
-    partner = (_uniform(key, _PARTNER) * n_examples).long().clamp_(max=n_examples - 1)
+    partner = (uniform(key, _PARTNER) * n_examples).long().clamp_(max=n_examples - 1)
     lam = torch.ones(len(idx), dtype=torch.float64)
     cut = torch.zeros(len(idx), dtype=torch.bool)
     if cfg.cutmix > 0:
-        cut = _uniform(key, _KIND) < 0.5 if cfg.mixup > 0 else ~cut
+        cut = uniform(key, _KIND) < 0.5 if cfg.mixup > 0 else ~cut
     if cfg.mixup > 0:
-        lam = torch.where(cut, lam, _beta(cfg.mixup, _uniform(key, _MIX_LAM)))
+        lam = torch.where(cut, lam, beta_quantile(cfg.mixup, uniform(key, _MIX_LAM)))
     box = None
     if cfg.cutmix > 0:
         h, w = image_hw
-        ratio = (1.0 - _beta(cfg.cutmix, _uniform(key, _CUT_LAM))).sqrt()  # side share
+        ratio = (1.0 - beta_quantile(cfg.cutmix, uniform(key, _CUT_LAM))).sqrt()  # side share
         ch, cw = (h * ratio).long(), (w * ratio).long()  # the box's sides (timm's rand_bbox)
-        cy = (_uniform(key, _CUT_Y) * h).long()
-        cx = (_uniform(key, _CUT_X) * w).long()
+        cy = (uniform(key, _CUT_Y) * h).long()
+        cx = (uniform(key, _CUT_X) * w).long()
         box = torch.stack([(cy - ch // 2).clamp(0, h), (cy + ch // 2).clamp(0, h),
                            (cx - cw // 2).clamp(0, w), (cx + cw // 2).clamp(0, w)])
         box = torch.where(cut, box, 0)  # (4, B); an empty box leaves mixup rows alone

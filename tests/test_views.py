@@ -105,8 +105,25 @@ def test_uniform_mixup_weights_at_a_equal_one():
     assert hist.min() > 850 and hist.max() < 1150
 
 
+def test_the_key_hash_is_exact_32_bit_arithmetic_and_a_bijection():
+    from ensemble_kd.keyed import hash_key, mix32
+
+    def reference(x: int) -> int:  # lowbias32 in Python's unbounded integers
+        for shift, mult in ((16, 0x7FEB352D), (15, 0x846CA68B)):
+            x = ((x ^ (x >> shift)) * mult) % 2**32
+        return x ^ (x >> 16)
+
+    x = torch.cat([torch.arange(5000), torch.randint(0, 2**32, (5000,)), torch.tensor([2**32 - 1])])
+    assert mix32(x).tolist() == [reference(int(v)) for v in x]
+    assert len(set(mix32(torch.arange(2**16)).tolist())) == 2**16  # no collisions: a permutation
+    keys = hash_key(3, torch.arange(200)[:, None], torch.arange(50)[None, :])  # (200, 50)
+    assert keys.shape == (200, 50) and int(keys[7, 9]) == hash_key(3, 7, 9)  # tensors = ints
+    bits = (keys[..., None] >> torch.arange(32)) & 1  # each bit fair over 10,000 keys
+    assert ((bits.double().mean((0, 1)) - 0.5).abs() < 0.02).all()
+
+
 def test_beta_quantiles_match_the_arcsine_law_and_the_uniform():
-    from ensemble_kd.views import _beta
+    from ensemble_kd.keyed import beta_quantile as _beta
 
     u = torch.cat([torch.rand(20_000, dtype=torch.float64), torch.tensor([0.0, 0.5, 1 - 2**-32])])
     # Beta(1/2, 1/2) is the arcsine distribution, Q(u) = sin^2(pi u / 2); Beta(1, 1) is uniform

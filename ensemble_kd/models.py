@@ -75,6 +75,51 @@ class ConvNet(nn.Module):
         return self.head(self.body(x))
 
 
+class CNN(nn.Module):
+    """Image classifier: [Conv3x3 -> MaxPool2 -> BN -> ReLU] * L -> pooled grid -> dense -> head.
+
+    Unlike :class:`ConvNet` (global average pooling straight into the head) it keeps a small spatial
+    grid of features (up to ``grid`` x ``grid``, adaptive average pooling, so any input of at least
+    a few pixels works) and classifies it with a hidden dense layer. Pooling before batch norm and
+    ReLU computes them on a quarter of the pixels (max pooling commutes with ReLU): same accuracy,
+    cheaper on a CPU.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        n_classes: int,
+        channels: Sequence[int],
+        hidden: int,
+        grid: int,
+        dropout: float,
+    ):
+        super().__init__()
+        c, h, w = (int(s) for s in input_shape)
+        layers: list[nn.Module] = []
+        for ch in channels:
+            layers += [
+                nn.Conv2d(c, ch, 3, padding=1, bias=False),
+                nn.MaxPool2d(2, ceil_mode=True),
+                nn.BatchNorm2d(ch),
+                nn.ReLU(inplace=True),
+            ]
+            c, h, w = ch, -(-h // 2), -(-w // 2)
+        gh, gw = min(grid, h), min(grid, w)  # never upsample: tiny inputs keep their own grid
+        layers += [nn.AdaptiveAvgPool2d((gh, gw)), nn.Flatten()]
+        d = c * gh * gw
+        if hidden > 0:
+            layers += [nn.Linear(d, hidden), nn.ReLU(inplace=True)]
+            d = hidden
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(d, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, Cin, H, W) -> (B, C)
+        return self.head(self.body(x))
+
+
 @register("mlp")
 def mlp(
     input_shape: Sequence[int],
@@ -107,11 +152,42 @@ def convnet(
     return ConvNet(int(input_shape[0]), n_classes, [int(c) for c in channels], float(dropout))
 
 
+@register("cnn")
+def cnn(
+    input_shape: Sequence[int],
+    n_classes: int,
+    channels: Sequence[int] = (32, 64),
+    hidden: int = 128,
+    grid: int = 7,
+    dropout: float = 0.0,
+) -> nn.Module:
+    """Image classifier for (C, H, W) inputs, the default teacher for images (see :class:`CNN`).
+
+    ``channels``: output channels of each conv stage (each halves the image); ``hidden``: width of
+    the dense layer (0: none); ``grid``: the largest side of the pooled feature grid; ``dropout``:
+    before the head. With the defaults on (1, 28, 28): 421,738 parameters for 10 classes.
+    """
+    if len(input_shape) != 3:
+        raise ValueError(
+            f"cnn needs image inputs (channels, height, width), got input shape {tuple(input_shape)}"
+        )
+    if not channels or any(int(c) < 1 for c in channels):
+        raise ValueError(f"cnn channels must be one or more positive integers, got {list(channels)}")
+    if int(hidden) < 0:
+        raise ValueError(f"hidden must be >= 0, got {hidden}")
+    if int(grid) < 1:
+        raise ValueError(f"grid must be >= 1, got {grid}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+    return CNN(input_shape, n_classes, [int(c) for c in channels], int(hidden), int(grid),
+               float(dropout))
+
+
 def build_model(name: str, input_shape: Sequence[int], n_classes: int, **kwargs) -> nn.Module:
     """Build a registered model and attach its ``spec`` (for rebuilding from a checkpoint).
 
     Args:
-        name: a registered builder (``"mlp"``, ``"convnet"``).
+        name: a registered builder (``"mlp"``, ``"convnet"``, ``"cnn"``).
         input_shape: shape of one input, e.g. (1, 28, 28) or (32,).
         n_classes: number of output logits.
         **kwargs: builder options (``widths``/``channels``, ``dropout``).

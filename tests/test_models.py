@@ -24,7 +24,7 @@ def _x(*shape: int, seed: int = 0) -> torch.Tensor:
 
 
 def test_registry_names():
-    assert {"mlp", "convnet"} <= set(available_models())
+    assert {"mlp", "convnet", "cnn"} <= set(available_models())
 
 
 @pytest.mark.parametrize(
@@ -35,6 +35,10 @@ def test_registry_names():
         ("mlp", (12,), dict(widths=())),  # a linear model
         ("convnet", (1, 8, 8), dict(channels=(4, 8))),
         ("convnet", (3, 7, 5), dict(channels=(4,), dropout=0.1)),  # odd sizes: ceil-mode pooling
+        ("cnn", (1, 8, 8), dict()),  # digits: the pooled grid shrinks to the 2x2 left
+        ("cnn", (1, 28, 28), dict(dropout=0.3)),
+        ("cnn", (3, 32, 32), dict(channels=(8, 16, 16), hidden=0)),
+        ("cnn", (3, 7, 5), dict(channels=(4,), grid=2)),
     ],
 )
 def test_output_shapes(name, input_shape, kwargs):
@@ -50,14 +54,42 @@ def test_mlp_parameter_count():
     assert count_parameters(build_model("mlp", (1, 8, 8), 10, widths=[16])) == 1040 + 170
 
 
+def test_cnn_parameter_count():
+    # (1, 28, 28), defaults: conv 1*32*9 + BN 64, conv 32*64*9 + BN 128, dense 64*7*7*128 + 128,
+    # head 128*10 + 10
+    model = build_model("cnn", (1, 28, 28), 10)
+    assert count_parameters(model) == 288 + 64 + 18432 + 128 + 401536 + 1290 == 421738
+    # tiny inputs never upsample: 8x8 -> 4x4 -> 2x2, so the dense layer sees 64*2*2 features
+    dense = [m for m in build_model("cnn", (1, 8, 8), 10).body if isinstance(m, nn.Linear)]
+    assert [m.in_features for m in dense] == [64 * 2 * 2]
+
+
+def test_cnn_fits_random_labels():
+    torch.manual_seed(0)
+    x, y = _x(64, 1, 12, 12), torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(0))
+    model = build_model("cnn", (1, 12, 12), 10, channels=(8, 16), hidden=32)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        assert (model(x).argmax(-1) == y).float().mean() == 1.0
+
+
 @pytest.mark.parametrize(
     "name, kwargs",
-    [("mlp", dict(widths=(16, 8), dropout=0.3)), ("convnet", dict(channels=(4, 6)))],
+    [
+        ("mlp", dict(widths=(16, 8), dropout=0.3)),
+        ("convnet", dict(channels=(4, 6))),
+        ("cnn", dict(channels=(4, 6), hidden=8, dropout=0.2)),
+    ],
 )
 def test_spec_round_trip_through_save_and_load(tmp_path, name, kwargs):
     torch.manual_seed(0)
     model = build_model(name, (1, 8, 8), 10, **kwargs)
-    if name == "convnet":  # move the batch-norm running stats away from their initial values
+    if name in ("convnet", "cnn"):  # move the batch-norm running stats away from their start
         model.train()
         with torch.no_grad():
             model(_x(16, 1, 8, 8, seed=3) * 5)
@@ -109,9 +141,10 @@ def test_unknown_model_name():
         build_model("resnet9000", (1, 8, 8), 10)
 
 
-def test_convnet_on_vector_inputs():
+@pytest.mark.parametrize("name", ["convnet", "cnn"])
+def test_image_models_on_vector_inputs(name):
     with pytest.raises(ValueError, match="image inputs"):
-        build_model("convnet", (32,), 10)
+        build_model(name, (32,), 10)
 
 
 @pytest.mark.parametrize(
@@ -120,6 +153,12 @@ def test_convnet_on_vector_inputs():
         ("mlp", dict(widths=[0]), "widths"),
         ("mlp", dict(dropout=1.0), "dropout"),
         ("convnet", dict(dropout=-0.1), "dropout"),
+        ("cnn", dict(dropout=1.0), "dropout"),
+        ("cnn", dict(channels=[]), "channels"),
+        ("cnn", dict(channels=[8, 0]), "channels"),
+        ("cnn", dict(hidden=-1), "hidden"),
+        ("cnn", dict(grid=0), "grid"),
+        ("cnn", dict(widths=[8]), "bad options"),
         ("mlp", dict(depth=3), "bad options"),
     ],
 )

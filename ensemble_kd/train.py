@@ -290,7 +290,7 @@ def train_members(
             torch.manual_seed(_epoch_seed(cfg.seed, epoch) + 1)  # dropout, on every device
             members.train()
             active = None if n == 1 else torch.tensor([not s for s in stopped], device=device)
-            parts_log: list[torch.Tensor] = []  # per step: (3,) or (3, N) loss, soft, hard
+            parts_log: list[tuple] = []  # per step: loss, soft, hard (scalars, or (N,) each)
             sizes: list[int] = []
             for batch in _epoch_batches(srcs, gens, shard_batches):
                 parts = objective(members(batch.x), batch)
@@ -301,8 +301,9 @@ def train_members(
                     torch.where(active, parts.loss, 0.0).sum().backward()
                 opt.step()
                 sched.step()
-                hard = parts.hard if parts.hard is not None else torch.zeros_like(parts.loss)
-                parts_log.append(torch.stack([parts.loss.detach(), parts.soft.detach(), hard.detach()]))
+                # kept as they are (no kernel per step); summed once at the end of the epoch
+                parts_log.append((parts.loss.detach(), parts.soft.detach(),
+                                  None if parts.hard is None else parts.hard.detach()))
                 sizes.append(batch.idx.shape[-1])  # examples per member
             means = _epoch_means(parts_log, sizes, n, shard_batches)  # (N, 3)
             seconds = (time.perf_counter() - t0) / n
@@ -387,24 +388,28 @@ def _resume(members: Members, runs: Sequence[Run] | None, opt, sched) -> list[Tr
 
 def _epoch_batches(srcs: Sequence[BatchSource], gens: Sequence[torch.Generator], shard: bool):
     """One epoch of batches: each member's own, stacked (x (N, B, ...)) when N > 1."""
+    if len(srcs) == 1 and not shard:
+        return srcs[0].epoch(gens[0])  # the common case: no wrapper between source and loop
     if len(srcs) == 1:
-        for batch in srcs[0].epoch(gens[0]):
-            if shard:
-                if len(batch.idx) < dist.world():
-                    continue  # a rank would get an empty shard (NaN mean): skip it on every rank
-                sl = dist.shard(len(batch.idx))
-                batch = batch.rows(sl)
-            yield batch
-        return
-    for member_batches in zip(*(s.epoch(g) for s, g in zip(srcs, gens, strict=True)), strict=True):
-        yield stack_batches(member_batches)
+        return _sharded(srcs[0].epoch(gens[0]))
+    return (stack_batches(member_batches) for member_batches in
+            zip(*(s.epoch(g) for s, g in zip(srcs, gens, strict=True)), strict=True))
 
 
-def _epoch_means(parts_log: list[torch.Tensor], sizes: list[int], n: int, reduce: bool) -> list:
+def _sharded(batches):
+    """DDP: this rank's shard of every batch."""
+    for batch in batches:
+        if len(batch.idx) < dist.world():
+            continue  # a rank would get an empty shard (NaN mean): skip it on every rank
+        yield batch.rows(dist.shard(len(batch.idx)))
+
+
+def _epoch_means(parts_log: list[tuple], sizes: list[int], n: int, reduce: bool) -> list:
     """Example-weighted means of (loss, soft, hard) over the epoch, per member: N lists of 3."""
     if not parts_log:
         return [[math.nan] * 3 for _ in range(n)]
-    steps = torch.stack(parts_log).double().reshape(len(sizes), 3, n)  # (S, 3, N)
+    steps = torch.stack([torch.stack([loss, soft, loss.new_zeros(loss.shape) if hard is None else hard])
+                         for loss, soft, hard in parts_log]).double().reshape(len(sizes), 3, n)  # (S, 3, N)
     w = torch.tensor(sizes, dtype=torch.float64, device=steps.device)  # (S,)
     sums = torch.cat([(steps * w[:, None, None]).sum(0).flatten(), w.sum()[None]])  # (3N + 1,)
     if reduce:  # DDP: every rank's shard counts

@@ -102,16 +102,23 @@ def load_fashion_mnist(data_dir: str | Path | None, val_fraction: float, seed: i
     )  # fmt: skip
 
 
-def _npz_labels(y: np.ndarray, key: str, path: Path) -> np.ndarray:
+def check_labels(y: np.ndarray, key: str, where: str) -> np.ndarray:
+    """Labels ``y`` as int64 after checking them: 1-D, integer-valued, not negative.
+
+    Args:
+        y: the array read.
+        key: its name (``y_train``...), for the message.
+        where: what holds it, for the message (a file's path, ``data set 'name'``).
+    """
     if y.ndim != 1:
-        raise ValueError(f"{path}: {key} must be 1-D, got shape {y.shape}")
+        raise ValueError(f"{where}: {key} must be 1-D, got shape {y.shape}")
     if np.issubdtype(y.dtype, np.floating):
         if not (np.all(np.isfinite(y)) and np.all(y == np.round(y))):
-            raise ValueError(f"{path}: {key} holds non-integer labels")
+            raise ValueError(f"{where}: {key} holds non-integer labels")
     elif not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{path}: {key} must hold integer labels, got dtype {y.dtype}")
+        raise ValueError(f"{where}: {key} must hold integer labels, got dtype {y.dtype}")
     if y.size and y.min() < 0:
-        raise ValueError(f"{path}: {key} holds negative label {int(y.min())}")
+        raise ValueError(f"{where}: {key} holds negative label {int(y.min())}")
     return y.astype(np.int64)
 
 
@@ -189,8 +196,8 @@ def load_npz(path: str | Path | None, val_fraction: float, seed: int) -> Splits:
         raise FileNotFoundError(f"{path}: no such file")
     data = read_npz(path)
 
-    y_train = _npz_labels(data["y_train"], "y_train", path)
-    y_test = _npz_labels(data["y_test"], "y_test", path)
+    y_train = check_labels(data["y_train"], "y_train", str(path))
+    y_test = check_labels(data["y_test"], "y_test", str(path))
     for part, y in (("train", y_train), ("test", y_test)):
         x = data[f"X_{part}"]
         if x.size == 0 or y.size == 0:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_model
-from .io import atomic_path
+from .io import atomic_path, check_out_file
 
 FORMATS = ("torchscript", "onnx")
 ONNX_HINT = ("ONNX export needs the onnx package, which is not installed: "
@@ -39,14 +39,7 @@ def check_export_target(out: str | os.PathLike, fmt: str, *, overwrite: bool = F
         raise ValueError(f"unknown export format {fmt!r}; valid formats: {', '.join(FORMATS)}")
     if fmt == "onnx" and importlib.util.find_spec("onnx") is None:
         raise ValueError(ONNX_HINT)
-    out = Path(out)
-    if out.is_dir():
-        raise ValueError(f"{out} is a folder; --out names the file to write")
-    if out.exists() and not overwrite:
-        raise ValueError(f"{out} exists; pass --overwrite to replace it")
-    if out.parent.exists() and not out.parent.is_dir():
-        raise ValueError(f"{out.parent} is not a folder")
-    return out
+    return check_out_file(out, overwrite)
 
 
 def _example_input(meta: dict, spec: dict) -> torch.Tensor:

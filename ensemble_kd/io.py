@@ -200,3 +200,16 @@ def _json_default(o: Any) -> Any:
     if hasattr(o, "tolist"):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def check_out_file(out: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuse an output file path that is a folder, exists without ``overwrite``, or whose parent
+    is not a folder; return it as a Path."""
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"{out} is a folder; --out names the file to write")
+    if out.exists() and not overwrite:
+        raise ValueError(f"{out} exists; pass --overwrite to replace it")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise ValueError(f"{out.parent} is not a folder")
+    return out

@@ -13,6 +13,7 @@ from collections.abc import Collection
 import numpy as np
 import torch
 
+from .datasets import check_labels
 from .factories import resolve_function
 from .splits import Splits, make_splits
 
@@ -31,19 +32,6 @@ def _array(value, key: str, name: str) -> np.ndarray:
     return a
 
 
-def _labels(y: np.ndarray, key: str, name: str) -> np.ndarray:
-    if y.ndim != 1:
-        raise ValueError(f"data set {name!r}: {key} must be 1-D, got shape {y.shape}")
-    if np.issubdtype(y.dtype, np.floating):
-        if not (np.all(np.isfinite(y)) and np.all(y == np.round(y))):
-            raise ValueError(f"data set {name!r}: {key} holds non-integer labels")
-    elif not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"data set {name!r}: {key} must hold integer labels, got dtype {y.dtype}")
-    if y.size and y.min() < 0:
-        raise ValueError(f"data set {name!r}: {key} holds negative label {int(y.min())}")
-    return y.astype(np.int64)
-
-
 def arrays_to_splits(data: dict, name: str, val_fraction: float, seed: int) -> Splits:
     """Check a data set's arrays (the ``.npz`` keys) and split off validation data.
 
@@ -58,7 +46,8 @@ def arrays_to_splits(data: dict, name: str, val_fraction: float, seed: int) -> S
         raise ValueError(f"data set {name!r}: missing key(s) {', '.join(missing)} "
                          f"(found: {', '.join(map(str, data)) or 'none'})")
     x = {part: _array(data[f"X_{part}"], f"X_{part}", name) for part in ("train", "test")}
-    y = {part: _labels(_array(data[f"y_{part}"], f"y_{part}", name), f"y_{part}", name)
+    y = {part: check_labels(_array(data[f"y_{part}"], f"y_{part}", name), f"y_{part}",
+                            f"data set {name!r}")
          for part in ("train", "test")}
     for part in ("train", "test"):
         if x[part].size == 0 or y[part].size == 0:

@@ -10,19 +10,10 @@ import torch
 from ..checkpoint import load_model
 from ..ensemble import find_teachers, load_teachers
 from ..export import export_model
+from ..io import check_out_file
 from ..predict import predict_logits
 from .context import Ctx, load_data
 from .inputs import check_model_data
-
-
-def check_out_file(out: Path, overwrite: bool) -> None:
-    """Refuse an ``--out`` that is a folder, or an existing file without ``--overwrite``."""
-    if out.is_dir():
-        raise ValueError(f"{out} is a folder; --out names the file to write")
-    if out.exists() and not overwrite:
-        raise ValueError(f"{out} exists; pass --overwrite to replace it")
-    if out.parent.exists() and not out.parent.is_dir():
-        raise ValueError(f"{out.parent} is not a folder")
 
 
 def cmd_predict(ctx: Ctx, args: argparse.Namespace) -> int:

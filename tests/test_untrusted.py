@@ -262,7 +262,7 @@ DATA = ["--dataset", "digits", "--quiet", "--device", "cpu"]
 OPTS = [*DATA, "--epochs", "1", "--batch-size", "64"]
 TEACHER = ["--teachers", "1", "--teacher-arch", "mlp", "--teacher-widths", "8", "--teacher-jitter",
            "0", "--teacher-epochs", "1", "--teacher-dropout", "0"]
-STUDENT = ["--student-arch", "mlp", "--student-widths", "8", "--unlabelled"]
+STUDENT = ["--student-arch", "mlp", "--student-widths", "8", "--unlabelled", "--temperature", "4"]
 
 
 def _cli_refuses(capsys, argv: list[str]) -> None:

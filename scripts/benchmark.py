@@ -486,8 +486,11 @@ def bench_cache_scale(*, n: int = 1_000_000, n_classes: int = 1000, n_teachers: 
 
 def bench_topk(*, ks=(1, 3, 5), n_teachers: int = 3, teacher_epochs: int = 3,
                student_epochs: int = 5, seeds=(0, 1), n: int | None = None,
-               teacher_widths=(256, 256), student_widths=(64,), temperature: float = 4.0) -> dict:
+               teacher_widths=(256, 256), student_widths=(64,), temperature: float = 1.0) -> dict:
     """What a top-k cache costs: test accuracy of students distilled from dense and top-k caches.
+
+    At T = 1 only: a top-k cache's one residual for the dropped classes is right at T = 1 alone,
+    and distillation refuses it at any other temperature (``DistillConfig.validate``).
 
     Fashion-MNIST (skipped when its files are missing): ``n_teachers`` MLP teachers, then one
     student per cache variant and seed, distilled on the unlabelled training set (soft targets

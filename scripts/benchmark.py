@@ -126,6 +126,16 @@ def _mlp(seed: int, input_shape, n_classes: int, widths, dropout: float = 0.0):
     return build_model("mlp", input_shape, n_classes, widths=list(widths), dropout=dropout)
 
 
+def _student_epoch(batches, cfg: TrainConfig, shape, c: int, widths, objective=None
+                   ) -> Callable[[], object]:
+    """One epoch of a fresh student (the same initial weights every call) on ``batches``."""
+    def run():
+        student = _mlp(0, shape, c, widths)
+        kw = {} if objective is None else {"objective": objective}
+        train(student, batches, cfg, progress=False, **kw)
+    return run
+
+
 def bench_distill(*, n: int | None = None, n_teachers: int = 10, repeats: int = 3,
                   teacher_widths=(256, 256), student_widths=(64,), batch_size: int = 128) -> dict:
     """Epoch time of distilling (cached, online) over plain training of the same student.
@@ -146,11 +156,7 @@ def bench_distill(*, n: int | None = None, n_teachers: int = 10, repeats: int = 
         batches = TensorBatches(x, y, batch_size=batch_size)  # built once, as a run does
 
         def epoch(objective=None) -> Callable[[], object]:
-            def run():
-                student = _mlp(0, shape, c, student_widths)  # the same start every time
-                kw = {} if objective is None else {"objective": objective}
-                train(student, batches, cfg, progress=False, **kw)
-            return run
+            return _student_epoch(batches, cfg, shape, c, student_widths, objective)
 
         res = interleaved({
             "plain": epoch(),
@@ -195,11 +201,7 @@ def bench_views(*, n: int | None = None, n_teachers: int = 10, repeats: int = 3,
         view_batches = ViewBatches(x, y, views=views, batch_size=batch_size)
 
         def epoch(batches, objective=None) -> Callable[[], object]:
-            def run():
-                student = _mlp(0, shape, c, student_widths)  # the same start every time
-                kw = {} if objective is None else {"objective": objective}
-                train(student, batches, cfg, progress=False, **kw)
-            return run
+            return _student_epoch(batches, cfg, shape, c, student_widths, objective)
 
         res = interleaved({
             "plain": epoch(plain_batches),

@@ -288,8 +288,9 @@ def subsets_for_generalist(
 
     Args:
         val_counts: (C, C) validation confusion counts.
-        train_probs, train_labels: (N, C) predicted probabilities and (N,) labels on the training
-            set; None: no fallback.
+        train_probs, train_labels: (N, C) predicted probabilities (or a function returning them,
+            called only when the fallback is needed) and (N,) labels on the training set; None: no
+            fallback.
         class_names: for the messages.
         **options: passed to :func:`choose_subsets`.
 
@@ -302,7 +303,8 @@ def subsets_for_generalist(
     if train_probs is None or train_labels is None:
         return [], f"no specialists: validation confusion: {check.reason}"
     c = np.asarray(val_counts).shape[0]
-    expected = expected_confusion(train_probs, train_labels, c)
+    probs = train_probs() if callable(train_probs) else train_probs
+    expected = expected_confusion(probs, train_labels, c)
     check2 = check_signal(expected, class_names=class_names)
     if check2.too_weak:
         return [], (f"no specialists: validation confusion: {check.reason}; expected confusion on "

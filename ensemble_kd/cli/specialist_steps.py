@@ -54,9 +54,11 @@ def choose_subsets(ctx: Ctx, splits: Splits, generalist, counts) -> list[list[in
     from specialists import subsets_for_generalist
 
     cfg = ctx.cfg
-    train_probs = torch.softmax(predict_logits(generalist, splits.x_train, device=ctx.device), -1)
+    def train_probs():  # the generalist over the training set, only when validation is too weak
+        return torch.softmax(predict_logits(generalist, splits.x_train, device=ctx.device), -1).numpy()
+
     subsets, why = subsets_for_generalist(
-        counts, train_probs=train_probs.numpy(), train_labels=splits.y_train.numpy(),
+        counts, train_probs=train_probs, train_labels=splits.y_train.numpy(),
         class_names=list(splits.class_names), n_clusters=cfg.n_clusters, method=cfg.cluster_method,
         overlap=cfg.overlap, max_specialists=cfg.max_specialists, max_subset_size=cfg.max_subset_size,
     )

@@ -45,7 +45,8 @@ def run(ctx: Context) -> dict:
                            class_names=s.class_names, n_clusters=p.e5_n_clusters,
                            kind="confusion", random_state=0)
         subsets, why = subsets_for_generalist(
-            analysis.counts, train_probs=predict_probs(gen, s.x_train, device=ctx.device).numpy(),
+            analysis.counts,
+            train_probs=lambda gen=gen: predict_probs(gen, s.x_train, device=ctx.device).numpy(),
             train_labels=s.y_train.numpy(), class_names=list(s.class_names), overlap=p.e5_overlap)
         entry = {"generalist": g, "clusters": analysis.clusters, "subsets": subsets,
                  "subset_names": [[s.class_names[c] for c in sub] for sub in subsets],

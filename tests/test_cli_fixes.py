@@ -97,7 +97,7 @@ def test_confusion_report_twice_needs_overwrite(ensemble_run, tmp_path, capsys):
 
 def test_teacher_epochs_help_states_its_default():
     text = " ".join(build_parser()._subparsers._group_actions[0].choices["run"].format_help().split())
-    assert "teachers do not follow --epochs (default 30)" in text
+    assert "teachers do not follow --epochs; auto: 15 for cnn teachers, else 30 (default auto)" in text
 
 
 def _foreign_pickle(path: Path) -> None:

@@ -308,7 +308,7 @@ def test_cli_train_specialists_refuses_a_pickled_generalist(tmp_path, marker, di
 def _prepared_run(command: str, argv: list[str], out: Path) -> None:
     """Write ``out/config.json`` as the command would, so that ``--resume`` gets to the checkpoint."""
     args = build_parser().parse_args([command, *argv, "--out", str(out)])
-    cfg = resolve_config(args, COMMANDS[command][1]).resolve_auto((1, 8, 8))  # digits images
+    cfg = resolve_config(args, COMMANDS[command][1]).resolve_auto((1, 8, 8), 1213)  # digits
     prepare_out(out, cfg, command, resume=False, overwrite=False)
 
 

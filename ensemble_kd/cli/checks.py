@@ -38,7 +38,7 @@ def check_options(cfg: RunConfig, splits: Splits, command: str, n_teachers: int 
                 raise ValueError(f"teachers must be >= 1, got {cfg.teachers}")
             if cfg.teacher_vectorize not in VECTORIZE:
                 raise ValueError(f"teacher_vectorize must be auto, on or off, got {cfg.teacher_vectorize!r}")
-            cfg.train_config(cfg.teacher_epochs)
+            cfg.teacher_train_config()
             teachers = [spec.build(shape, c, allow_imports=allow_imports) for spec in cfg.teacher_specs()]
             jitter_ok("teacher_jitter", cfg.teacher_jitter)
         if command in ("distill", "run"):

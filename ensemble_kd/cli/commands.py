@@ -40,13 +40,14 @@ from .specialist_steps import (
     step_specialists,
 )
 from .steps import step_students, step_teachers
-from .summary import comparison, write_summary
+from .summary import comparison, training_settings, write_summary
 
 
 def cmd_train_ensemble(ctx: Ctx, splits: Splits) -> int:
     """``train-ensemble``: the teachers and their table."""
     teachers = step_teachers(ctx, splits, ctx.out)
     rows, extra = comparison(ctx, splits, teachers, None, None)
+    extra["training_settings"] = training_settings(ctx.cfg, teachers=True)
     write_summary(ctx, ctx.out, rows, extra, f"Teachers on {splits.name} (test set)")
     return 0
 
@@ -55,6 +56,7 @@ def cmd_distill(ctx: Ctx, splits: Splits, teachers: list[torch.nn.Module]) -> in
     """``distill``: the baseline and the student from saved teachers, and their table."""
     baseline, student, meta = step_students(ctx, splits, teachers, ctx.out)
     rows, extra = comparison(ctx, splits, teachers, baseline, student, meta)
+    extra["training_settings"] = training_settings(ctx.cfg, students=True)
     write_summary(ctx, ctx.out, rows, extra, f"Distillation on {splits.name} (test set)")
     return 0
 
@@ -65,6 +67,8 @@ def cmd_run(ctx: Ctx, splits: Splits) -> int:
     teachers = step_teachers(ctx, splits, out)
     baseline, student, meta = step_students(ctx, splits, teachers, out)
     rows, extra = comparison(ctx, splits, teachers, baseline, student, meta)
+    extra["training_settings"] = training_settings(cfg, teachers=True, students=True,
+                                                   specialists=cfg.specialists)
     if cfg.specialists:
         generalist = load_model(generalist_path(cfg, out), ctx.device,
                                 allow_imports=ctx.allow_imports)[0]
@@ -153,6 +157,7 @@ def cmd_train_specialists(ctx: Ctx, splits: Splits, generalist, subsets) -> int:
                              f"specialist (see {ctx.out / 'report' / 'report.md'}); pass --subsets")
     specs = step_specialists(ctx, splits, generalist, subsets, ctx.out / "specialists")
     rows, extra = specialist_rows(ctx, splits, generalist, specs)
+    extra["training_settings"] = training_settings(ctx.cfg, specialists=True)
     write_summary(ctx, ctx.out, rows, extra, f"Specialists on {splits.name} (test set)")
     return 0
 
@@ -166,6 +171,18 @@ def saved_settings(cfg: RunConfig, run: Path, given: set[str]) -> RunConfig:
     """
     old = saved_config(run)
     return RunConfig(**{k: (v if k in given else old.get(k, v)) for k, v in vars(cfg).items()})
+
+
+def resolve_and_say(ctx: Ctx, cfg: RunConfig, splits: Splits) -> RunConfig:
+    """``cfg`` with its "auto" options decided for ``splits`` (once: config.json records the
+    result, so a resumed run keeps it); says what they became."""
+    auto = cfg.auto_fields()
+    resolved = cfg.resolve_auto(splits.input_shape, len(splits.y_train))
+    chosen = [f"{k}={getattr(resolved, k)}" for k in auto if getattr(resolved, k) is not None]
+    if chosen:  # (a teacher option still None is the shared one)
+        ctx.say(f"auto options for {len(splits.y_train):,} training examples of shape "
+                f"{tuple(splits.input_shape)}: {', '.join(chosen)}")
+    return resolved
 
 
 def dispatch(args: argparse.Namespace, cfg: RunConfig) -> int:
@@ -191,7 +208,7 @@ def dispatch(args: argparse.Namespace, cfg: RunConfig) -> int:
         return cmd_export(ctx, args)
     # Fail on bad data, files or options before touching the output folder.
     splits = load_data(cfg, allowed)
-    cfg = ctx.cfg = cfg.resolve_auto(splits.input_shape)
+    cfg = ctx.cfg = resolve_and_say(ctx, cfg, splits)
     teachers = read_teachers(ctx, splits, args) if cmd == "distill" else None
     generalist, subsets = read_generalist(ctx, splits, args) if cmd == "train-specialists" else (
         None, None)

@@ -24,6 +24,8 @@ from ..views import ViewConfig
 
 
 def _f(default, help: str, group: str, **kw):
+    """A config field; ``auto=True``: the default None is "auto", decided from the data by
+    :meth:`RunConfig.resolve_auto` (the word auto on the command line or in a config file)."""
     if isinstance(default, list):
         return field(default_factory=lambda d=default: list(d), metadata={"help": help, "group": group, **kw})
     return field(default=default, metadata={"help": help, "group": group, **kw})
@@ -64,32 +66,56 @@ class RunConfig:
         "unlabelled data carries the teachers' knowledge too. The hard-label baseline still "
         "trains on the labelled training split", "transfer")
     # ---- teachers ----
-    teachers: int = _f(5, "number of teachers in the ensemble (they differ by seed)", "teachers")
+    teachers: int | None = _f(None, "number of teachers in the ensemble (they differ by seed); "
+                              "auto: 5, or 2 on large data (more than 10,000 training examples)",
+                              "teachers", auto=True)
     teacher_arch: str = _f("auto", "teacher architecture(s), one per teacher, cycled: mlp, convnet, "
-                           "auto (convnet for images, mlp otherwise), pkg.module:function "
+                           "cnn, auto (cnn for images of at least 16x16 pixels, convnet for smaller "
+                           "images such as the 8x8 digits, mlp otherwise), pkg.module:function "
                            "(function(input_shape, n_classes, **kwargs) -> nn.Module), "
                            "torchvision/NAME or timm/NAME", "arch")
     teacher_kwargs: dict | None = _f(None, "options of the teacher builder(s), a JSON object "
                                      "(TOML: an inline table), passed to every teacher "
                                      "architecture", "arch")
-    teacher_widths: list[int] | None = _f(None, "teacher hidden sizes (convnet: channels); "
-                                        "default 32 64 for a convnet, 256 256 for an mlp", "teachers")
-    teacher_dropout: float = _f(0.0, "teacher dropout", "teachers")
+    teacher_widths: list[int] | None = _f(None, "teacher hidden sizes (convnet, cnn: channels); "
+                                        "default 32 64 for a convnet or cnn, 256 256 for an mlp",
+                                          "teachers")
+    # The cnn teachers' own recipe (docs/image-model.md: 92.75% on Fashion-MNIST in 15 epochs)
+    # fills the teacher options below that are left at auto; other teachers keep the shared ones.
+    teacher_dropout: float | None = _f(None, "teacher dropout; auto: 0.3 for cnn teachers, else 0",
+                                       "teachers", auto=True)
     teacher_jitter: int | None = _f(None, "random input shifts (pixels) when training teachers; "
-                                    "default 1 for images, 0 otherwise", "teachers")
+                                    "auto: 2 for cnn teachers, 1 for other images, 0 otherwise",
+                                    "teachers", auto=True)
     teacher_vectorize: str = _f("auto", "train same-architecture MLP teachers at once as one vectorised "
                                 "model: auto (where it measured faster), on or off", "teachers")
-    teacher_epochs: int | None = _f(30, "teacher epochs; teachers do not follow --epochs", "teachers")
+    teacher_epochs: int | None = _f(None, "teacher epochs; teachers do not follow --epochs; auto: "
+                                    "15 for cnn teachers, else 30", "teachers", auto=True)
+    teacher_batch_size: int | None = _f(None, "teacher examples per step; auto: 128 for cnn "
+                                        "teachers, else --batch-size", "teachers", auto=True)
+    teacher_optimizer: str | None = _f(None, "teacher optimizer, adam or sgd; auto: adam for cnn "
+                                       "teachers, else --optimizer", "teachers", auto=True)
+    teacher_lr: float | None = _f(None, "teacher peak learning rate; auto: 2e-3 for cnn teachers, "
+                                  "else --lr", "teachers", auto=True)
+    teacher_weight_decay: float | None = _f(None, "teacher L2 weight decay; auto: 0 for cnn "
+                                            "teachers, else --weight-decay", "teachers", auto=True)
     # ---- student ----
-    student_arch: str = _f("mlp", "student architecture: mlp, convnet, pkg.module:function, "
+    student_arch: str = _f("mlp", "student architecture: mlp, convnet, cnn, pkg.module:function, "
                            "torchvision/NAME or timm/NAME", "student")
     student_kwargs: dict | None = _f(None, "options of the student builder, a JSON object "
                                      "(TOML: an inline table)", "student")
-    student_widths: list[int] = _f([64], "student hidden sizes (convnet: channels)", "student")
+    student_widths: list[int] = _f([64], "student hidden sizes (convnet, cnn: channels)", "student")
     student_dropout: float = _f(0.0, "student dropout", "student")
-    # ---- training (teachers, students and specialists) ----
-    epochs: int = _f(120, "training epochs (students and the baseline get the same budget)", "train")
-    batch_size: int = _f(32, "examples per step", "train")
+    # ---- training (students and specialists; teachers too, unless their own option is set) ----
+    # On small data "auto" is the budget tuned on digits (README, "Choosing the defaults"); on
+    # large data a fixed number of examples seen per training, so a default run fits in about
+    # 30 minutes of CPU.
+    epochs: int | None = _f(None, "training epochs (students and the baseline get the same "
+                            "budget); auto: 120, or on large data (more than 10,000 training "
+                            "examples) 1.6 million examples seen: round(1,600,000 / training "
+                            "examples), 5 to 120 (30 for Fashion-MNIST)", "train", auto=True)
+    batch_size: int | None = _f(None, "examples per step; auto: 32, or 128 on large data (more "
+                                "than 10,000 training examples)", "train", auto=True)
     optimizer: str = _f("adam", "adam or sgd (Nesterov momentum)", "train")
     lr: float = _f(1e-2, "peak learning rate", "train")
     momentum: float = _f(0.9, "SGD momentum", "train")
@@ -160,26 +186,52 @@ class RunConfig:
             setattr(self, name, normalise_sweep(name, getattr(self, name)))
 
     # -- derived configs --
-    def resolve_auto(self, input_shape) -> RunConfig:
-        """A copy with the "auto" defaults decided for data of this input shape."""
-        image = len(input_shape) == 3
-        archs = [a if a != "auto" else ("convnet" if image else "mlp") for a in self.teacher_archs()]
-        arch = " ".join(archs)
+    def resolve_auto(self, input_shape, n_train: int) -> RunConfig:
+        """A copy with every "auto" option decided for ``n_train`` training examples of shape
+        ``input_shape`` (the rules: README, "Defaults"); options already set are kept."""
+        shape = tuple(int(s) for s in input_shape)
+        image = len(shape) == 3
+        auto_arch = ("cnn" if min(shape[1:]) >= CNN_MIN_SIDE else "convnet") if image else "mlp"
+        archs = [auto_arch if a == "auto" else a for a in self.teacher_archs()]
         widths = self.teacher_widths
         if widths is None:
-            widths = [32, 64] if "convnet" in archs and "mlp" not in archs else [256, 256]
-        jitter = self.teacher_jitter if self.teacher_jitter is not None else (1 if image else 0)
-        return dataclasses.replace(
-            self, teacher_arch=arch, teacher_widths=list(widths), teacher_jitter=jitter
-        )
+            conv = any(a in CONV_ARCHS for a in archs) and "mlp" not in archs
+            widths = [32, 64] if conv else [256, 256]
+        large = n_train > LARGE_DATA
+        auto = {
+            "teachers": LARGE["teachers"] if large else SMALL["teachers"],
+            "batch_size": LARGE["batch_size"] if large else SMALL["batch_size"],
+            "epochs": (min(SMALL["epochs"], max(5, round(STUDENT_EXAMPLES / n_train))) if large
+                       else SMALL["epochs"]),
+            # teacher options left at None without the cnn recipe mean "the shared option"
+            **(CNN_RECIPE if set(archs) == {"cnn"} else
+               {"teacher_epochs": 30, "teacher_dropout": 0.0, "teacher_jitter": int(image)}),
+        }
+        chosen = {k: v for k, v in auto.items() if getattr(self, k) is None}
+        return dataclasses.replace(self, teacher_arch=" ".join(archs), teacher_widths=list(widths),
+                                   **chosen)
 
     def train_config(self, epochs: int | None = None) -> TrainConfig:
+        """Students, the baseline and specialists (``epochs``: instead of ``--epochs``)."""
         return TrainConfig(
             epochs=self.epochs if epochs is None else epochs, batch_size=self.batch_size,
             optimizer=self.optimizer,
             lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
             schedule=self.schedule, early_stopping=self.early_stopping, seed=self.seed,
         ).validate()
+
+    def teacher_train_config(self) -> TrainConfig:
+        """The teachers': their own options where set (after resolve_auto), else the shared ones."""
+        shared = self.train_config(self.teacher_epochs)
+        own = {"batch_size": self.teacher_batch_size, "optimizer": self.teacher_optimizer,
+               "lr": self.teacher_lr, "weight_decay": self.teacher_weight_decay}
+        return dataclasses.replace(shared, **{k: v for k, v in own.items() if v is not None}).validate()
+
+    def auto_fields(self) -> list[str]:
+        """The options still "auto" (None) that resolve_auto decides."""
+        return [f.name for f in dataclasses.fields(self) if f.metadata.get("auto")
+                and getattr(self, f.name) is None] + (
+            ["teacher_arch"] if "auto" in self.teacher_archs() else [])
 
     def teacher_archs(self) -> list[str]:
         """The teacher architectures (``teacher_arch`` holds them space-separated)."""
@@ -236,6 +288,21 @@ class RunConfig:
             **({"image_size": self.image_size} if self.image_size is not None else {}),
         }
 
+
+# ---- what "auto" resolves to (README, "Defaults") ----
+LARGE_DATA = 10_000  # training examples above which a data set is "large" (digits: 1,213; F-MNIST 54,000)
+# Small data: ensemble-kd's defaults tuned on digits (the README's figures were made with them).
+SMALL = {"teachers": 5, "epochs": 120, "batch_size": 32}
+# Large data: two teachers (three cnn teachers alone take about 30 min of CPU on Fashion-MNIST)
+# and larger batches (fewer, cheaper steps per example on a CPU).
+LARGE = {"teachers": 2, "batch_size": 128}
+STUDENT_EXAMPLES = 1_600_000  # examples one student training sees on large data (F-MNIST: 30 epochs)
+CNN_MIN_SIDE = 16  # the auto teacher for images of at least this many pixels a side is the cnn
+CONV_ARCHS = ("convnet", "cnn")  # built-ins whose widths are channels
+# The cnn's training recipe (docs/image-model.md), for cnn teachers' options left at auto.
+CNN_RECIPE = {"teacher_epochs": 15, "teacher_batch_size": 128, "teacher_optimizer": "adam",
+              "teacher_lr": 2e-3, "teacher_weight_decay": 0.0, "teacher_jitter": 2,
+              "teacher_dropout": 0.3}
 
 GROUPS = ("data", "transfer", "teachers", "arch", "student", "train", "distill", "specialists",
           "runtime")
@@ -296,8 +363,15 @@ def field_type(name: str) -> tuple[type, bool, bool]:
     return _base_type(typing.get_type_hints(RunConfig)[name])
 
 
+def is_auto_field(name: str) -> bool:
+    """Whether the field takes the word auto (stored as None until resolve_auto decides)."""
+    return bool(RunConfig.__dataclass_fields__[name].metadata.get("auto"))
+
+
 def coerce(name: str, value):
     """Check a config-file value against the field's type; ValueError naming the key if wrong."""
+    if value == "auto" and is_auto_field(name):
+        return None
     if name in SWEEP_FIELDS:
         return normalise_sweep(name, value)
     if name in WORD_LIST_FIELDS and isinstance(value, list):

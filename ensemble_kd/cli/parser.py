@@ -19,6 +19,7 @@ from .config import (
     coerce,
     field_type,
     fields_of,
+    is_auto_field,
     read_config_file,
     sweep_value,
 )
@@ -91,6 +92,14 @@ def json_object(text: str) -> dict:
     return value
 
 
+def auto_or(scalar: type):
+    """A command-line value of an auto field: the word auto, or a value of the field's type."""
+    def parse(text: str):
+        return text if text == "auto" else scalar(text)
+    parse.__name__ = scalar.__name__  # argparse names the type in its error message
+    return parse
+
+
 def _add_config_flags(p: argparse.ArgumentParser, groups) -> None:
     """One flag per config field of ``groups``; None (unset) lets the config file or default win."""
     for f in fields_of(groups):
@@ -98,7 +107,10 @@ def _add_config_flags(p: argparse.ArgumentParser, groups) -> None:
         flag = "--" + f.name.replace("_", "-")
         scalar, is_list, _ = field_type(f.name)
         help_ = f.metadata["help"]
-        if f.name in SWEEP_FIELDS:
+        if is_auto_field(f.name):  # decided from the data when the run starts, unless given
+            p.add_argument(flag, type=auto_or(scalar), default=None,
+                           metavar=f"{scalar.__name__.upper()}|auto", help=f"{help_} (default auto)")
+        elif f.name in SWEEP_FIELDS:
             shown = default if isinstance(default, str) else " ".join(f"{v:g}" for v in default)
             p.add_argument(flag, type=sweep_value, nargs="+", default=None, metavar="VALUE",
                            help=f"{help_} (default {shown})")

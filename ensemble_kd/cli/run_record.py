@@ -28,10 +28,14 @@ IGNORED_ON_RESUME = frozenset({"quiet", "device"})  # may differ between a run a
 # older versions did; a record without them reads as having that value.
 ADDED_OPTIONS = {"image_size": None, "transfer_data": None, "view_shift": 0, "view_crop_padding": 0,
                  "view_flip": False, "view_mixup": 0.0, "view_cutmix": 0.0, "view_noise": 0.0,
-                 "views": 1}
+                 "views": 1,
+                 # the teachers' own training options; unset (None): the shared ones, as before
+                 "teacher_batch_size": None, "teacher_optimizer": None, "teacher_lr": None,
+                 "teacher_weight_decay": None}
 # Options added after format version 2 was fixed: left out of the record while unset (None), so
 # the record of a run that does not use them is what older versions wrote.
-OMITTED_WHEN_UNSET = frozenset({"teacher_kwargs", "student_kwargs"})
+OMITTED_WHEN_UNSET = frozenset({"teacher_kwargs", "student_kwargs", "teacher_batch_size",
+                                "teacher_optimizer", "teacher_lr", "teacher_weight_decay"})
 
 
 def run_record(command: str, cfg: RunConfig) -> dict:

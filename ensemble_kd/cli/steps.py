@@ -26,7 +26,7 @@ def step_teachers(ctx: Ctx, splits: Splits, out: Path) -> list[torch.nn.Module]:
     ctx.say(f"training {cfg.teachers} teacher(s) ({cfg.teacher_arch} {cfg.teacher_widths}) on "
             f"{splits.describe()}")
     teachers = train_ensemble(
-        splits, cfg.teacher_specs(), cfg.teachers, cfg.train_config(cfg.teacher_epochs),
+        splits, cfg.teacher_specs(), cfg.teachers, cfg.teacher_train_config(),
         out / "teachers", jitter=cfg.teacher_jitter, device=ctx.device, progress=ctx.progress,
         ranks=(dist.rank(), dist.world()), vectorize=VECTORIZE[cfg.teacher_vectorize],
         allow_imports=ctx.allow_imports,

@@ -15,6 +15,7 @@ from ..io import atomic_write_json, atomic_write_text
 from ..metrics import accuracy, agreement, evaluate, format_table, kl_divergence, per_class_accuracy
 from ..models import count_parameters
 from ..predict import inference_ms, predict_logits
+from .config import RunConfig
 from .context import Ctx
 
 COLUMNS = ["model", "params", "accuracy", "error", "top5", "nll", "ece"]
@@ -78,6 +79,27 @@ def comparison(ctx: Ctx, splits: Splits, teachers, baseline, student,
     extra.update(_costs(ctx, x, teachers, student if student is not None else baseline))
     extra["class_names"] = list(splits.class_names)
     return rows, extra
+
+
+def training_settings(cfg: RunConfig, *, teachers: bool = False, students: bool = False,
+                      specialists: bool = False) -> str:
+    """What the models of a run were trained with (its "auto" options as decided), for summary.md."""
+    def recipe(t) -> str:
+        return (f"{t.epochs} epochs, batch {t.batch_size}, {t.optimizer}, lr {t.lr:g}, "
+                f"weight decay {t.weight_decay:g}, {t.schedule} schedule")
+
+    lines = ["Training settings (options left at auto were decided from the data when the run "
+             "started; config.json records them):", ""]
+    if teachers:
+        lines.append(f"- teachers: {cfg.teachers} x {cfg.teacher_arch} {cfg.teacher_widths}, "
+                     f"dropout {cfg.teacher_dropout:g}, shifts up to {cfg.teacher_jitter} px; "
+                     f"{recipe(cfg.teacher_train_config())}")
+    if students:
+        lines.append(f"- baseline and distilled student: {cfg.student_arch} {cfg.student_widths}, "
+                     f"dropout {cfg.student_dropout:g}; {recipe(cfg.train_config())}")
+    if specialists:
+        lines.append(f"- specialists: {recipe(cfg.train_config(cfg.specialist_epochs))}")
+    return "\n".join(lines)
 
 
 def _costs(ctx: Ctx, x: torch.Tensor, teachers, single) -> dict:

@@ -164,3 +164,13 @@ def test_a_run_with_auto_options_records_them_and_resumes_with_them(tmp_path, ca
     assert main([*argv, "--out", str(out), "--resume", "--teacher-lr", "0.01"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "teacher_lr" in err[0], err
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--teacher-optimizer", "foo"), ("--teacher-lr", "-1"),
+                                             ("--teacher-batch-size", "0")])
+def test_a_bad_teacher_option_is_named_in_one_line(tmp_path, capsys, flag, value):
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), flag, value, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and flag[2:].replace("-", "_") in err[0], err
+    assert not out.exists()

@@ -188,7 +188,8 @@ class RunConfig:
     # -- derived configs --
     def resolve_auto(self, input_shape, n_train: int) -> RunConfig:
         """A copy with every "auto" option decided for ``n_train`` training examples of shape
-        ``input_shape`` (the rules: README, "Defaults"); options already set are kept."""
+        ``input_shape`` (the rules: README, "Defaults decided from the data"); options already set
+        are kept, so resolving a resolved config changes nothing."""
         shape = tuple(int(s) for s in input_shape)
         image = len(shape) == 3
         auto_arch = ("cnn" if min(shape[1:]) >= CNN_MIN_SIDE else "convnet") if image else "mlp"
@@ -225,7 +226,11 @@ class RunConfig:
         shared = self.train_config(self.teacher_epochs)
         own = {"batch_size": self.teacher_batch_size, "optimizer": self.teacher_optimizer,
                "lr": self.teacher_lr, "weight_decay": self.teacher_weight_decay}
-        return dataclasses.replace(shared, **{k: v for k, v in own.items() if v is not None}).validate()
+        try:  # a bad shared option was named by train_config; a bad own option says whose
+            return dataclasses.replace(shared, **{k: v for k, v in own.items() if v is not None}
+                                       ).validate()
+        except ValueError as e:
+            raise ValueError(f"teacher_{e}") from None
 
     def auto_fields(self) -> list[str]:
         """The options still "auto" (None) that resolve_auto decides."""

@@ -173,16 +173,14 @@ def saved_settings(cfg: RunConfig, run: Path, given: set[str]) -> RunConfig:
     return RunConfig(**{k: (v if k in given else old.get(k, v)) for k, v in vars(cfg).items()})
 
 
-def resolve_and_say(ctx: Ctx, cfg: RunConfig, splits: Splits) -> RunConfig:
-    """``cfg`` with its "auto" options decided for ``splits`` (once: config.json records the
-    result, so a resumed run keeps it); says what they became."""
-    auto = cfg.auto_fields()
-    resolved = cfg.resolve_auto(splits.input_shape, len(splits.y_train))
-    chosen = [f"{k}={getattr(resolved, k)}" for k in auto if getattr(resolved, k) is not None]
-    if chosen:  # (a teacher option still None is the shared one)
-        ctx.say(f"auto options for {len(splits.y_train):,} training examples of shape "
-                f"{tuple(splits.input_shape)}: {', '.join(chosen)}")
-    return resolved
+def auto_message(cfg: RunConfig, resolved: RunConfig, splits: Splits) -> str | None:
+    """One line saying what the "auto" options of ``cfg`` became in ``resolved`` (None: none)."""
+    chosen = [f"{k}={getattr(resolved, k)}" for k in cfg.auto_fields()
+              if getattr(resolved, k) is not None]  # a teacher option still None: the shared one
+    if not chosen:
+        return None
+    return (f"auto options for {len(splits.y_train):,} training examples of shape "
+            f"{tuple(splits.input_shape)}: {', '.join(chosen)}")
 
 
 def dispatch(args: argparse.Namespace, cfg: RunConfig) -> int:
@@ -208,7 +206,10 @@ def dispatch(args: argparse.Namespace, cfg: RunConfig) -> int:
         return cmd_export(ctx, args)
     # Fail on bad data, files or options before touching the output folder.
     splits = load_data(cfg, allowed)
-    cfg = ctx.cfg = resolve_and_say(ctx, cfg, splits)
+    # "auto" options are decided once, here; config.json records the result, so a resumed run
+    # (whose saved settings are already decided) keeps them
+    resolved = ctx.cfg = cfg.resolve_auto(splits.input_shape, len(splits.y_train))
+    said, cfg = auto_message(cfg, resolved, splits), resolved
     teachers = read_teachers(ctx, splits, args) if cmd == "distill" else None
     generalist, subsets = read_generalist(ctx, splits, args) if cmd == "train-specialists" else (
         None, None)
@@ -216,6 +217,8 @@ def dispatch(args: argparse.Namespace, cfg: RunConfig) -> int:
                   allow_imports=allowed)
     prepare_out(out, cfg, cmd, resume=getattr(args, "resume", False),
                 overwrite=getattr(args, "overwrite", False))
+    if said:  # after the checks: bad input gets its one line of error alone
+        ctx.say(said)
     if cmd == "train-ensemble":
         return cmd_train_ensemble(ctx, splits)
     if cmd == "distill":

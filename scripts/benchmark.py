@@ -495,9 +495,14 @@ def bench_cache_scale(*, n: int = 1_000_000, n_classes: int = 1000, n_teachers: 
 
 def _reset_peak_rss() -> bool:
     """Reset this process's VmHWM to its current RSS (Linux >= 4.0); False where not possible."""
+    # A kernel control file, not a data file: there is nothing to write atomically, and a
+    # temporary name + rename cannot exist under /proc.
     try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
+        fd = os.open("/proc/self/clear_refs", os.O_WRONLY)
+        try:
+            os.write(fd, b"5")
+        finally:
+            os.close(fd)
         return True
     except OSError:
         return False

@@ -325,7 +325,7 @@ def subsets_for_generalist(
         return choose_subsets(val_counts, **options), "subsets from the validation confusion"
     if train_probs is None or train_labels is None:
         return [], f"no specialists: validation confusion: {check.reason}"
-    c = np.asarray(val_counts).shape[0]
+    c = np.shape(val_counts)[0]  # np.shape reads .shape: a sparse matrix is not converted
     probs = train_probs() if callable(train_probs) else train_probs
     expected = expected_confusion(probs, train_labels, c)
     check2 = check_signal(expected, class_names=class_names)

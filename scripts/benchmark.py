@@ -15,7 +15,11 @@
 6. (full run, or ``--only topk``) what a top-k cache costs in test accuracy on Fashion-MNIST;
 7. augmented views: an epoch distilling from the view cache of 10 teachers (shifts and mixup
    regenerated from their keys every step) over a plain hard-label epoch on un-augmented data
-   (target <= 1.5x), and online teachers on the same views over the cached ones.
+   (target <= 1.5x), and online teachers on the same views over the cached ones;
+8. subsets at the paper's scale (``--only subsets``): ``choose_subsets`` on a sparse synthetic
+   confusion matrix of 50 planted groups of 300 classes (15,000 classes), in a fresh process:
+   seconds (target < 60), peak resident memory (target < 4 GiB) and the adjusted Rand index of
+   the subsets against the planted groups (target >= 0.95).
 
 Every timing is repeated, the variants interleaved, and the median taken; each result keeps its
 medians, wall and CPU seconds, so a reader can tell a loaded machine from a slow code path.
@@ -65,7 +69,7 @@ from specialists.combine import (  # noqa: E402
 )
 
 GIB = 2**30
-STEPS = ("distill", "views", "loader", "combine", "ensemble", "cache", "topk")
+STEPS = ("distill", "views", "loader", "combine", "ensemble", "cache", "topk", "subsets")
 TARGETS = {  # key: (comparison, bound)
     "distill_cached_over_plain": ("<=", 1.15),
     "views_cached_over_plain": ("<=", 1.5),
@@ -73,6 +77,9 @@ TARGETS = {  # key: (comparison, bound)
     "combine_speedup": (">=", 100.0),
     "combine_objective_gap": ("<=", 0.0),
     "cache_peak_rss_gib": ("<", 2.0),
+    "subsets_15k_seconds": ("<", 60.0),
+    "subsets_15k_peak_gib": ("<", 4.0),
+    "subsets_15k_ari": (">=", 0.95),
 }
 
 
@@ -424,15 +431,15 @@ def cache_epoch_child(spec: dict) -> dict:
             "epoch_s": result.history[0]["seconds"], "mode": spec["mode"]}
 
 
-def _run_child(spec: dict) -> dict:
+def _run_child(spec: dict, flag: str = "--cache-epoch-child") -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--cache-epoch-child", json.dumps(spec)],
+        [sys.executable, str(Path(__file__).resolve()), flag, json.dumps(spec)],
         capture_output=True, text=True, env=env,
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"cache epoch child failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"child {flag} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -479,6 +486,87 @@ def bench_cache_scale(*, n: int = 1_000_000, n_classes: int = 1000, n_teachers: 
             "input_dim": dim, "teachers_are": "random linear layers (the build is I/O bound)",
             "batch_size": batch_size, "write_gib_per_s": disk / GIB / write_s,
             "streamed": streamed, "memory_mapped": mapped,
+        },
+    }
+
+
+# ----------------------------------------------------------------------------- 8. subsets at scale
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's VmHWM to its current RSS (Linux >= 4.0); False where not possible."""
+    # A kernel control file, not a data file: there is nothing to write atomically, and a
+    # temporary name + rename cannot exist under /proc.
+    try:
+        fd = os.open("/proc/self/clear_refs", os.O_WRONLY)
+        try:
+            os.write(fd, b"5")
+        finally:
+            os.close(fd)
+        return True
+    except OSError:
+        return False
+
+
+def subsets_child(spec: dict) -> dict:
+    """Run in a fresh process: sample the planted sparse confusion, time ``choose_subsets`` on it.
+
+    The peak is VmHWM, reset after the matrix is sampled, so it is the resident memory of the
+    process (interpreter, libraries and the input matrix included) at its highest while
+    ``choose_subsets`` runs.
+    """
+    import numpy as np
+    from sklearn.metrics import adjusted_rand_score
+
+    from specialists import choose_subsets
+    from specialists.planted import planted_confusion
+
+    t0 = time.perf_counter()
+    planted = planted_confusion(spec["groups"], spec["size"], seed=spec["seed"])
+    make_s = time.perf_counter() - t0
+    counts, truth = planted.counts, planted.groups
+    c = len(truth)
+    before = _rss_gib()
+    reset = _reset_peak_rss()
+    w, cpu = time.perf_counter(), time.process_time()
+    subsets = choose_subsets(counts, max_subset_size=spec["size"])
+    seconds, cpu_s = time.perf_counter() - w, time.process_time() - cpu
+    peak = _rss_gib("VmHWM")
+    # A class in several subsets takes the first (most confused) one; a class in none is a
+    # cluster of its own.
+    labels = np.full(c, -1)
+    for k in reversed(range(len(subsets))):
+        labels[subsets[k]] = k
+    times = np.bincount(np.concatenate([np.asarray(s) for s in subsets]), minlength=c) \
+        if subsets else np.zeros(c, dtype=int)
+    none = np.flatnonzero(labels < 0)
+    labels[none] = len(subsets) + np.arange(len(none))
+    return {
+        "seconds": seconds, "cpu_s": cpu_s, "peak_rss_gib": peak, "rss_before_gib": before,
+        "peak_is_of_choose_subsets": reset, "ari": float(adjusted_rand_score(truth, labels)),
+        "classes": c, "subsets": len(subsets), "subset_sizes": sorted(len(s) for s in subsets),
+        "classes_in_no_subset": len(none), "classes_in_several": int((times > 1).sum()),
+        "nonzeros": int(counts.nnz), "errors": int(counts.sum() - counts.diagonal().sum()),
+        "examples": int(counts.sum()), "sample_s": make_s,
+    }
+
+
+def bench_subsets(*, groups: int = 50, size: int = 300, seed: int = 0) -> dict:
+    """``choose_subsets`` on the sparse planted confusion of ``groups * size`` classes."""
+    say(f"  choose_subsets on {groups} x {size} planted classes (sparse, fresh process)")
+    r = _run_child({"groups": groups, "size": size, "seed": seed}, "--subsets-child")
+    return {
+        "subsets_15k_seconds": r["seconds"],
+        "subsets_15k_peak_gib": r["peak_rss_gib"],
+        "subsets_15k_ari": r["ari"],
+        "subsets_15k_detail": {
+            "matrix": (f"specialists.planted.planted_confusion({groups}, {size}, seed={seed}): "
+                       "ratio 10 per pair, median 1,000 examples and 40% errors per class"),
+            "call": f"choose_subsets(counts, max_subset_size={size})",
+            "peak": ("VmHWM of the child process, reset after sampling the matrix: interpreter "
+                     "and input matrix included" if r["peak_is_of_choose_subsets"]
+                     else "VmHWM of the whole child process (reset not available)"),
+            **r,
         },
     }
 
@@ -575,6 +663,9 @@ def table(results: dict) -> str:
         ("cache epoch peak RSS (GiB)", "cache_peak_rss_gib"),
         ("cache on disk (GiB)", "cache_disk_gib"),
         ("cache write (s)", "cache_write_s"),
+        ("subsets 15k classes (s)", "subsets_15k_seconds"),
+        ("subsets 15k peak RSS (GiB)", "subsets_15k_peak_gib"),
+        ("subsets 15k ARI", "subsets_15k_ari"),
     ]
     lines = [f"{'measurement':34s} {'value':>10s}  target", "-" * 60]
     for label, key in rows:
@@ -619,6 +710,7 @@ def run_all(quick: bool, *, threads: int | None = None, scale_folder: str | None
         "cache": lambda: bench_cache_scale(n=n_scale, folder=scale_folder,
                                            threads=torch.get_num_threads()),
         "topk": bench_topk,
+        "subsets": bench_subsets,
     }
     # the top-k accuracy experiment (minutes of training) runs in the full benchmark or on request
     chosen = [k for k in steps if (k in only if only else k != "topk" or not quick)]
@@ -643,9 +735,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="parent folder of the scale test's temporary cache (default: the temp dir)")
     p.add_argument("--only", nargs="+", choices=STEPS, help="run only these measurements")
     p.add_argument("--cache-epoch-child", help=argparse.SUPPRESS)
+    p.add_argument("--subsets-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.cache_epoch_child:
         print(json.dumps(cache_epoch_child(json.loads(args.cache_epoch_child))))
+        return 0
+    if args.subsets_child:
+        print(json.dumps(subsets_child(json.loads(args.subsets_child))))
         return 0
     if not args.out:
         p.error("--out FILE.json is required")

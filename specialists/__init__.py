@@ -8,6 +8,8 @@ Builds on :mod:`ensemble_kd` (never the other way round). Modules, one job each:
 * ``clustering``: cluster classes, adjust clusters into subsets; ``selection``: choose the subsets.
 * ``confusion``: the analysis bundle; ``predictions``: saved predictions;
   ``report`` and ``report_figures``: the confusion report.
+* ``sparse``: (C, C) operations on dense and sparse matrices alike; ``spectral``: spectral
+  clustering of a sparse affinity; ``planted``: a synthetic sparse confusion with planted groups.
 * ``subsets``: validation, dustbin targets, folding; ``calibration``: the dustbin correction.
 * ``training``: build and train one specialist; ``specialist``: save, load, folders, predict.
 * ``combine``: combine generalist and specialists; ``evaluate``: score the combination.
@@ -20,6 +22,7 @@ from .combine import active_specialists, combination_objective, combine_predicti
 from .confusion import ConfusionAnalysis, analyse
 from .counts import confusion_matrix
 from .evaluate import evaluate_specialists, format_coverage_table
+from .planted import PlantedConfusion, planted_confusion
 from .report import write_confusion_report
 from .selection import (
     SignalCheck,
@@ -39,13 +42,15 @@ from .subsets import fold_logits, fold_probs, specialist_targets, validate_subse
 from .training import Specialist, SpecialistConfig, build_specialist, train_specialist
 
 __all__ = [
-    "ClassClusterer", "ConfusionAnalysis", "SignalCheck", "Specialist", "SpecialistConfig",
+    "ClassClusterer", "ConfusionAnalysis", "PlantedConfusion", "SignalCheck", "Specialist",
+    "SpecialistConfig",
     "active_specialists", "analyse", "build_specialist", "check_signal", "choose_subsets",
     "expected_confusion", "subsets_for_generalist",
     "class_affinity", "cluster_classes", "combination_objective",
     "combine_predictions", "confusion_affinity", "confusion_matrix", "covariance_affinity",
     "dustbin_log_correction", "evaluate_specialists", "fit_dustbin_correction", "fold_logits",
     "fold_probs", "format_coverage_table", "load_specialist", "load_specialists",
+    "planted_confusion",
     "prediction_covariance", "save_specialist", "select_subsets", "specialist_probs",
     "specialist_targets", "train_specialist", "train_specialists", "validate_subsets",
     "write_confusion_report",

@@ -12,7 +12,9 @@ the confusion report's tables and dendrogram all read :func:`class_affinity`. Tw
 * ``kind="affinity"``: an affinity computed already (e.g. the rows and columns of some classes
   cut out of one), checked and passed through.
 
-Either way the affinity is a symmetric, non-negative (C, C) matrix with a zero diagonal.
+Either way the affinity is a symmetric, non-negative (C, C) matrix with a zero diagonal. A
+``scipy.sparse`` input gives a sparse affinity (``csr_array``), computed without any dense (C, C)
+array (:mod:`specialists.sparse`), with the same values.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .checks import (
     check_probs,
     check_square,
 )
+from .sparse import block_sum, compact, is_sparse, scale, without_diagonal
 
 __all__ = [
     "KINDS",
@@ -53,6 +56,10 @@ def confusion_rates(confusion: Any) -> np.ndarray:
         (C, C) float64; each row with examples sums to 1, a row without any stays all zero.
     """
     arr = check_confusion(confusion)
+    if is_sparse(arr):
+        totals = np.asarray(arr.sum(axis=1)).ravel()  # (C,)
+        inv = np.divide(1.0, totals, out=np.zeros_like(totals), where=totals > 0)
+        return scale(arr, inv)
     totals = arr.sum(axis=1, keepdims=True)  # (C, 1)
     return np.divide(arr, totals, out=np.zeros_like(arr), where=totals > 0)
 
@@ -76,6 +83,8 @@ def confusion_affinity(confusion: Any) -> np.ndarray:
         (C, C) symmetric float64, zero diagonal, entries in [0, 1].
     """
     r = confusion_rates(confusion)
+    if is_sparse(r):
+        return without_diagonal((r + r.T) / 2.0)
     a = (r + r.T) / 2.0
     np.fill_diagonal(a, 0.0)
     return a
@@ -97,6 +106,12 @@ def covariance_affinity(covariance: Any) -> np.ndarray:
         (C, C) symmetric float64, zero diagonal, entries in [0, 1].
     """
     arr = check_covariance(covariance)
+    if is_sparse(arr):
+        std = np.sqrt(np.clip(arr.diagonal(), 0.0, None))  # (C,)
+        inv = np.divide(1.0, std, out=np.zeros_like(std), where=std > 0)
+        corr = without_diagonal(scale(arr, inv, inv))
+        corr.data = np.clip(corr.data, 0.0, 1.0)
+        return compact(corr)
     std = np.sqrt(np.clip(np.diag(arr), 0.0, None))  # (C,)
     outer = np.outer(std, std)
     corr = np.divide(arr, outer, out=np.zeros_like(arr), where=outer > 0)
@@ -122,7 +137,8 @@ def class_affinity(matrix: Any, kind: str = "confusion") -> np.ndarray:
             (:func:`covariance_affinity`) or ``"affinity"``.
 
     Returns:
-        (C, C) symmetric float64, zero diagonal, entries >= 0 (in [0, 1] from either signal).
+        (C, C) symmetric float64, zero diagonal, entries >= 0 (in [0, 1] from either signal);
+        a ``scipy.sparse.csr_array`` when ``matrix`` is sparse.
     """
     kind = check_kind(kind)
     if kind == "confusion":
@@ -130,6 +146,13 @@ def class_affinity(matrix: Any, kind: str = "confusion") -> np.ndarray:
     if kind == "covariance":
         return covariance_affinity(matrix)
     a = check_square(matrix, "affinity")
+    if is_sparse(a):
+        if np.any(a.data < 0):
+            raise ValueError("affinity has negative entries")
+        excess = abs(a - a.T) - 1e-9 * abs(a.T)  # as np.allclose(a, a.T, rtol=1e-9, atol=0)
+        if excess.nnz and float(excess.max()) > 0:
+            raise ValueError("affinity is not symmetric")
+        return without_diagonal((a + a.T) / 2)
     if np.any(a < 0):
         raise ValueError("affinity has negative entries")
     if not np.allclose(a, a.T, rtol=1e-9, atol=0.0):
@@ -174,4 +197,4 @@ def subset_mass(matrix: Any, subsets: Sequence[Sequence[int]], *,
     """
     a = class_affinity(matrix, kind)
     subsets = check_class_lists(subsets, a.shape[0])
-    return np.array([float(a[np.ix_(s, s)].sum()) for s in subsets], dtype=float)
+    return np.array([block_sum(a, s, s) for s in subsets], dtype=float)

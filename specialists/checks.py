@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 # Rows of ``probs`` must sum to 1 within this: loose enough for float32 softmax
 # outputs averaged over an ensemble, tight enough to catch logits passed by mistake.
@@ -66,8 +67,14 @@ def check_labels(y: Any, name: str, n_classes: int | None = None) -> np.ndarray:
     return y
 
 
-def check_square(matrix: Any, name: str) -> np.ndarray:
-    """A finite, numeric (C, C) matrix with C >= 1, as float64."""
+def check_square(matrix: Any, name: str) -> Any:
+    """A finite, numeric (C, C) matrix with C >= 1, as float64.
+
+    A ``scipy.sparse`` matrix stays sparse (a ``csr_array``, duplicates summed): the classes of
+    the paper's scale do not fit a dense (C, C) array. Its checks read the stored entries only.
+    """
+    if sp.issparse(matrix):
+        return _check_square_sparse(matrix, name)
     arr = as_numpy(matrix)
     if arr.dtype == object or arr.dtype.kind not in "iufb":
         raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
@@ -81,9 +88,31 @@ def check_square(matrix: Any, name: str) -> np.ndarray:
     return arr
 
 
+def _check_square_sparse(matrix: Any, name: str) -> sp.csr_array:
+    if matrix.dtype.kind not in "iufb":
+        raise ValueError(f"{name} must be numeric, got dtype {matrix.dtype}")
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"{name} must be a square (C, C) matrix, got shape {matrix.shape}")
+    if matrix.shape[0] == 0:
+        raise ValueError(f"{name} is empty (0 classes)")
+    arr = sp.csr_array(matrix, dtype=np.float64, copy=True)
+    arr.sum_duplicates()
+    if not np.all(np.isfinite(arr.data)):
+        raise ValueError(f"{name} contains non-finite entries (NaN or inf)")
+    return arr
+
+
 def check_confusion(confusion: Any, name: str = "confusion matrix") -> np.ndarray:
     """(C, C) confusion counts (rows = true class; expected, fractional counts allowed), float64."""
     arr = check_square(confusion, name)
+    if sp.issparse(arr):
+        if np.any(arr.data < 0):
+            coo = arr.tocoo()
+            k = np.flatnonzero(coo.data < 0)
+            k = k[np.lexsort((coo.col[k], coo.row[k]))][0]  # the first in row-major order
+            raise ValueError(f"{name} has a negative count {coo.data[k]} at ({coo.row[k]}, "
+                             f"{coo.col[k]}); confusion counts are >= 0")
+        return arr
     if np.any(arr < 0):
         i, j = np.argwhere(arr < 0)[0]
         raise ValueError(
@@ -95,6 +124,14 @@ def check_confusion(confusion: Any, name: str = "confusion matrix") -> np.ndarra
 def check_covariance(covariance: Any, name: str = "covariance matrix") -> np.ndarray:
     """A symmetric (C, C) covariance with a non-negative diagonal, made exactly symmetric."""
     arr = check_square(covariance, name)
+    if sp.issparse(arr):
+        scale = float(abs(arr).max())
+        excess = abs(arr - arr.T) - 1e-7 * abs(arr.T)  # as np.allclose(arr, arr.T) below
+        if excess.nnz and float(excess.max()) > 1e-9 * scale:
+            raise ValueError(f"{name} is not symmetric")
+        if np.any(arr.diagonal() < -1e-12 * scale):
+            raise ValueError(f"{name} has a negative variance on its diagonal")
+        return sp.csr_array((arr + arr.T) / 2)
     scale = float(np.max(np.abs(arr)))
     if not np.allclose(arr, arr.T, rtol=1e-7, atol=1e-9 * scale):
         raise ValueError(f"{name} is not symmetric")

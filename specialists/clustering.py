@@ -7,6 +7,9 @@ The building blocks of :func:`specialists.selection.choose_subsets`:
   covariance of predicted distributions, or given): spectral and agglomerative clustering use the
   affinity directly, k-means clusters columns (see :func:`cluster_classes`).
 * :func:`select_subsets` drops, trims, extends (overlap) and ranks candidate subsets.
+
+Both accept a ``scipy.sparse`` matrix and then build no dense (C, C) array: clustering is then
+spectral only (:mod:`specialists.spectral`).
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from sklearn.cluster import AgglomerativeClustering, KMeans, SpectralClustering
 
 from .affinity import KINDS, check_kind, class_affinity, subset_mass
 from .checks import check_class_lists, check_count, check_covariance
+from .sparse import block_row_sums, block_sum, is_sparse
+from .spectral import sparse_spectral_labels
 
-__all__ = ["KINDS", "METHODS", "ClassClusterer", "cluster_classes", "select_subsets"]
+__all__ = ["KINDS", "METHODS", "ClassClusterer", "adjust_subsets", "cluster_classes", "partition",
+           "select_subsets"]
 
 METHODS = ("spectral", "agglomerative", "kmeans")
 
@@ -28,7 +34,7 @@ METHODS = ("spectral", "agglomerative", "kmeans")
 def _rank(subsets: list[list[int]], affinity: np.ndarray) -> list[list[int]]:
     """Subsets by affinity inside (:func:`subset_mass`), largest first; ties by smallest class
     index, then size."""
-    mass = [float(affinity[np.ix_(s, s)].sum()) for s in subsets]
+    mass = [block_sum(affinity, s, s) for s in subsets]
     order = sorted(range(len(subsets)), key=lambda k: (-mass[k], min(subsets[k]), len(subsets[k])))
     return [subsets[k] for k in order]
 
@@ -47,7 +53,7 @@ def _repair(labels: np.ndarray, n_clusters: int, affinity: np.ndarray) -> np.nda
         sizes = np.bincount(labels, minlength=k)
         big = int(np.argmax(sizes))  # size >= 2 because n_clusters <= C
         members = np.flatnonzero(labels == big)
-        inner = affinity[np.ix_(members, members)].sum(axis=1)
+        inner = block_row_sums(affinity, members, members)
         labels[members[int(np.argmin(inner))]] = k
         k += 1
     return labels
@@ -57,6 +63,11 @@ def _cluster_labels(matrix: object, affinity: np.ndarray, n_clusters: int, metho
                     kind: str, random_state: int) -> np.ndarray:
     """Run the scikit-learn clusterer; returns (C,) labels (possibly with < n_clusters groups)."""
     n = affinity.shape[0]
+    if is_sparse(affinity):
+        if method != "spectral":
+            raise ValueError(f"method {method!r} needs a dense (C, C) matrix; a sparse one is "
+                             "clustered with method='spectral'")
+        return sparse_spectral_labels(affinity, n_clusters, random_state)
     if method == "spectral":
         # A tiny uniform weight connects a disconnected affinity graph (otherwise the
         # embedding is ill-defined); it is far below any real affinity and so does not
@@ -110,7 +121,8 @@ def cluster_classes(matrix: object, n_clusters: int, *, method: str = "spectral"
         method: ``"spectral"`` (SpectralClustering on the affinity),
             ``"agglomerative"`` (average linkage on ``max(A) - A``) or
             ``"kmeans"`` (KMeans on the columns of the covariance, or of the
-            affinity with a self-loop on the diagonal).
+            affinity with a self-loop on the diagonal). A sparse ``matrix`` takes
+            ``"spectral"`` only (:func:`specialists.spectral.sparse_spectral_labels`).
         random_state: seed for the clusterer.
         kind: ``"confusion"``, ``"covariance"`` or ``"affinity"``.
 
@@ -130,8 +142,22 @@ def cluster_classes(matrix: object, n_clusters: int, *, method: str = "spectral"
     affinity = class_affinity(matrix, check_kind(kind))
     n = affinity.shape[0]
     n_clusters = check_count(n_clusters, "n_clusters", 1, n)
-    if kind == "confusion" and not np.any(affinity > 0):
+    confused = affinity.nnz > 0 if is_sparse(affinity) else np.any(affinity > 0)
+    if kind == "confusion" and not confused:
         raise ValueError("confusion matrix has no off-diagonal counts: no confusion to cluster")
+    return partition(affinity, n_clusters, method=method, random_state=random_state,
+                     matrix=matrix, kind=kind)
+
+
+def partition(affinity: object, n_clusters: int, *, method: str = "spectral",
+              random_state: int = 0, matrix: object = None,
+              kind: str = "affinity") -> list[list[int]]:
+    """:func:`cluster_classes` on an affinity checked already (what ``class_affinity`` returns:
+    symmetric, non-negative, zero diagonal), ``1 <= n_clusters <= C``: no check, no copy.
+
+    ``matrix`` and ``kind`` are needed only by ``method="kmeans"`` on a covariance.
+    """
+    n = affinity.shape[0]
     if n_clusters == 1:
         labels = np.zeros(n, dtype=int)
     elif n_clusters == n:
@@ -229,20 +255,28 @@ def select_subsets(confusion: object, subsets: Sequence[Sequence[int]], *, min_s
     if max_subsets is not None:
         max_subsets = check_count(max_subsets, "max_subsets", 1)
     overlap = check_count(overlap, "overlap", 0)
+    return adjust_subsets(sym, cands, min_size=min_size, max_size=max_size,
+                          max_subsets=max_subsets, overlap=overlap)
 
+
+def adjust_subsets(sym: object, subsets: list[list[int]], *, min_size: int = 2,
+                   max_size: int | None = None, max_subsets: int | None = None,
+                   overlap: int = 0) -> list[list[int]]:
+    """:func:`select_subsets` on an affinity and options checked already: no check, no copy."""
+    n = sym.shape[0]
     chosen: list[list[int]] = []
-    for s in cands:
+    for s in subsets:
         if len(s) < min_size:
             continue
         s = sorted(s)
         if max_size is not None and len(s) > max_size:
-            inner = sym[np.ix_(s, s)].sum(axis=1)
+            inner = block_row_sums(sym, s, s)
             order = sorted(range(len(s)), key=lambda k: (-inner[k], s[k]))
             s = sorted(s[k] for k in order[:max_size])
         room = min(overlap, n - 1 - len(s))
         if room > 0:
             outside = np.setdiff1d(np.arange(n), s)
-            pull = sym[np.ix_(outside, s)].sum(axis=1)
+            pull = block_row_sums(sym, outside, s)
             order = sorted(range(len(outside)), key=lambda k: (-pull[k], outside[k]))
             extra = [int(outside[k]) for k in order[:room] if pull[k] > 0]
             s = sorted(s + extra)

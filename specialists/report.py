@@ -11,6 +11,11 @@ into
   classes reordered so that clusters sit together), a dendrogram of the
   classes, and per-class accuracy.
 
+Above ``FIGURE_MAX_CLASSES`` (60) classes a C-wide heatmap or dendrogram has cells and labels too
+small to read (the paper's 15,000 classes would be a picture of noise): they are not drawn, the
+report says so, and the clusters and the most confused pairs are read from its tables. The
+per-class accuracy chart and table then show the ``FIGURE_MAX_CLASSES`` worst classes.
+
 Both documents are rendered from one list of blocks, so they cannot drift
 apart. The figures are drawn by :mod:`specialists.report_figures`. Affinities in
 the tables and the dendrogram are the ones the clusters were built from
@@ -37,10 +42,15 @@ from .report_figures import (
     dendrogram_figure,
     heatmap_figure,
     save_png,
+    worst_classes,
 )
 from .selection import check_signal
 
-__all__ = ["cluster_order", "write_confusion_report"]
+__all__ = ["FIGURE_MAX_CLASSES", "cluster_order", "write_confusion_report"]
+
+# Above this many classes: no heatmaps, no dendrogram, the worst classes only in the accuracy
+# chart and table. At 60 classes a heatmap cell is 0.2 inch and its labels 6 pt, the least legible.
+FIGURE_MAX_CLASSES = 60
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -80,10 +90,17 @@ def _blocks(a: ConfusionAnalysis, title: str, figures: dict[str, str],
         b.append(("note", note))
 
     b.append(("h2", "Confusion matrix"))
-    b.append(("p", "Rows are the true class, columns the predicted class. Classes are reordered "
-                   "so that each cluster's members are adjacent; boxes outline the clusters."))
-    b.append(("img", figures["counts"], "confusion counts heatmap"))
-    b.append(("img", figures["normalised"], "row-normalised confusion heatmap"))
+    if "counts" in figures:
+        b.append(("p", "Rows are the true class, columns the predicted class. Classes are "
+                       "reordered so that each cluster's members are adjacent; boxes outline the "
+                       "clusters."))
+        b.append(("img", figures["counts"], "confusion counts heatmap"))
+        b.append(("img", figures["normalised"], "row-normalised confusion heatmap"))
+    else:
+        b.append(("note", f"{c} classes: more than {FIGURE_MAX_CLASSES}, so no heatmap and no "
+                          "dendrogram are drawn (a cell per pair of classes would be too small to "
+                          "read). The most confused pairs and the clusters are listed in the "
+                          "tables below; every count is in report.json."))
 
     b.append(("h2", "Most confused pairs"))
     rows = [[str(k + 1), names[p["true"]], names[p["predicted"]], str(p["count"]),
@@ -122,8 +139,11 @@ def _blocks(a: ConfusionAnalysis, title: str, figures: dict[str, str],
 
     b.append(("h2", "Per-class accuracy"))
     b.append(("img", figures["accuracy"], "per-class accuracy bar chart"))
+    shown = range(c) if c <= FIGURE_MAX_CLASSES else worst_classes(a, FIGURE_MAX_CLASSES)
+    if c > FIGURE_MAX_CLASSES:
+        b.append(("p", f"The {FIGURE_MAX_CLASSES} classes with the lowest accuracy, of {c}."))
     rows = []
-    for i in range(c):
+    for i in shown:
         n_i = int(counts[i].sum())
         wrong = counts[i].copy()
         wrong[i] = 0
@@ -238,7 +258,8 @@ def write_confusion_report(analysis: ConfusionAnalysis, out_dir: str | os.PathLi
     Files written (each atomically): ``report.html`` (self-contained),
     ``report.md``, ``report.json`` (``analysis.to_dict()``), and the figures
     ``confusion_counts.png``, ``confusion_normalised.png``, ``dendrogram.png``
-    (when C >= 2) and ``per_class_accuracy.png``.
+    (when 2 <= C <= ``FIGURE_MAX_CLASSES``; the heatmaps when C <= ``FIGURE_MAX_CLASSES``)
+    and ``per_class_accuracy.png`` (the worst ``FIGURE_MAX_CLASSES`` classes above that).
 
     Args:
         analysis: the output of :func:`specialists.confusion.analyse`.
@@ -264,14 +285,17 @@ def write_confusion_report(analysis: ConfusionAnalysis, out_dir: str | os.PathLi
     out.mkdir(parents=True, exist_ok=True)
     order, blocks = cluster_order(analysis.clusters, c)
 
+    few = c <= FIGURE_MAX_CLASSES
     figs: dict[str, tuple[str, Figure]] = {
-        "counts": ("confusion_counts.png",
-                   heatmap_figure(analysis, order, blocks, normalised=False)),
-        "normalised": ("confusion_normalised.png",
-                       heatmap_figure(analysis, order, blocks, normalised=True)),
-        "accuracy": ("per_class_accuracy.png", accuracy_figure(analysis)),
+        "accuracy": ("per_class_accuracy.png",
+                     accuracy_figure(analysis, limit=None if few else FIGURE_MAX_CLASSES)),
     }
-    if c >= 2:  # a tree needs at least two leaves
+    if few:
+        figs["counts"] = ("confusion_counts.png",
+                          heatmap_figure(analysis, order, blocks, normalised=False))
+        figs["normalised"] = ("confusion_normalised.png",
+                              heatmap_figure(analysis, order, blocks, normalised=True))
+    if 2 <= c <= FIGURE_MAX_CLASSES:  # a tree needs at least two leaves
         figs["dendrogram"] = ("dendrogram.png", dendrogram_figure(analysis))
     images = {name: save_png(fig, out / name) for name, fig in figs.values()}
     doc = _blocks(analysis, title, {key: name for key, (name, _) in figs.items()}, subsets)

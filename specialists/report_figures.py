@@ -23,7 +23,8 @@ from ensemble_kd.io import atomic_path
 
 from .confusion import ConfusionAnalysis
 
-__all__ = ["accuracy_figure", "cluster_order", "dendrogram_figure", "heatmap_figure", "save_png"]
+__all__ = ["accuracy_figure", "cluster_order", "dendrogram_figure", "heatmap_figure", "save_png",
+           "worst_classes"]
 
 _DPI = 100
 # Cell annotations stay legible up to about this many classes.
@@ -203,13 +204,21 @@ def dendrogram_figure(a: ConfusionAnalysis) -> Figure:
     return fig
 
 
-def accuracy_figure(a: ConfusionAnalysis) -> Figure:
-    """Per-class accuracy, worst first, with the overall accuracy as a line."""
-    c = a.n_classes
+def worst_classes(a: ConfusionAnalysis, limit: int | None = None) -> list[int]:
+    """Classes by accuracy, worst first (classes with no example last), at most ``limit``."""
+    acc = np.asarray(a.per_class_accuracy, dtype=float)  # (C,), NaN = no example
+    order = sorted(range(a.n_classes), key=lambda i: (np.isnan(acc[i]), acc[i]
+                                                      if not np.isnan(acc[i]) else 0.0, i))
+    return order if limit is None else order[:limit]
+
+
+def accuracy_figure(a: ConfusionAnalysis, limit: int | None = None) -> Figure:
+    """Per-class accuracy, worst first, with the overall accuracy as a line; the ``limit`` worst
+    classes only when given."""
     acc = np.asarray(a.per_class_accuracy, dtype=float)  # (C,), NaN = no example
     # Worst classes on top, where the eye starts; classes with no example last.
-    order = sorted(range(c), key=lambda i: (np.isnan(acc[i]), acc[i] if not np.isnan(acc[i])
-                                            else 0.0, i))
+    order = worst_classes(a, limit)
+    c = len(order)
     names = [a.class_names[i] for i in order]
     vals = np.nan_to_num(acc[order], nan=0.0)
     fs = _label_fontsize(c)
@@ -233,7 +242,8 @@ def accuracy_figure(a: ConfusionAnalysis) -> Figure:
             else:
                 ax.text(vals[yi] + 0.01, yi, f"{vals[yi]:.3f}", va="center", fontsize=fs - 1)
     ax.set_xlabel("accuracy (share of the class's examples predicted correctly)")
-    ax.set_title(f"Per-class accuracy, worst first; dashed line = overall accuracy "
+    which = "" if c == a.n_classes else f" ({c} worst of {a.n_classes})"
+    ax.set_title(f"Per-class accuracy, worst first{which}; dashed line = overall accuracy "
                  f"{a.accuracy:.3f}", fontsize=11)
     ax.spines[["top", "right"]].set_visible(False)
     return fig

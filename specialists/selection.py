@@ -13,6 +13,9 @@
 
 Affinity is :func:`specialists.affinity.class_affinity` (for confusion counts, the symmetrised
 error rate), the same measure the clustering and the confusion report use.
+
+At the paper's scale (15,000 classes) pass the counts as a ``scipy.sparse`` matrix: every step
+then stays sparse (:mod:`specialists.sparse`), and the rules and thresholds mean the same.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
 from .affinity import check_kind, class_affinity
 from .checks import check_confusion, check_count
-from .clustering import METHODS, cluster_classes, select_subsets
+from .clustering import METHODS, adjust_subsets, partition
+from .sparse import block_sum, is_sparse, row_max, submatrix, upper_pairs, zero_outside
 
 __all__ = ["MIN_AFFINITY", "MIN_PAIR_COUNT", "STRONG_AFFINITY", "SignalCheck", "check_signal",
            "choose_subsets"]
@@ -87,13 +92,13 @@ def check_signal(confusion: Any, *, min_pair_count: float = MIN_PAIR_COUNT,
         raise ValueError(f"min_pair_count must be a number > 0, got {min_pair_count!r}")
     c = cm.shape[0]
     names = class_names if class_names is not None else [str(i) for i in range(c)]
-    n, errors = float(cm.sum()), float(cm.sum() - np.trace(cm))
-    both = np.triu(cm + cm.T, k=1)  # (C, C) confusions of each pair a < b
+    trace = cm.diagonal().sum() if is_sparse(cm) else np.trace(cm)
+    n, errors = float(cm.sum()), float(cm.sum() - trace)
     if errors == 0 or c < 2:
         return SignalCheck(True, f"no confusion among {_fmt(n)} examples: no class needs a "
                            "specialist", n, errors, None, 0.0)
-    a, b = (int(i) for i in np.unravel_index(int(np.argmax(both)), both.shape))
-    top = float(both[a, b])
+    (a, b), top = _top_pair(cm)
+
     pair = f"{names[a]} <-> {names[b]}"
     if top < min_pair_count:
         reason = (f"too little confusion to choose specialist subsets: the most confused pair "
@@ -105,46 +110,60 @@ def check_signal(confusion: Any, *, min_pair_count: float = MIN_PAIR_COUNT,
     return SignalCheck(False, reason, n, errors, (a, b), top)
 
 
+def _top_pair(cm: Any) -> tuple[tuple[int, int], float]:
+    """The pair a < b with the most confusions in both directions (the first in row-major order
+    on ties), and that count."""
+    if is_sparse(cm):
+        both = sp.triu(cm + cm.T, k=1, format="coo")  # (C, C) confusions of each pair a < b
+        best = np.flatnonzero(both.data == both.data.max())
+        k = best[np.lexsort((both.col[best], both.row[best]))][0]
+        return (int(both.row[k]), int(both.col[k])), float(both.data[k])
+    both = np.triu(cm + cm.T, k=1)
+    a, b = (int(i) for i in np.unravel_index(int(np.argmax(both)), both.shape))
+    return (a, b), float(both[a, b])
+
+
 def _share(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
         raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
     return float(value)
 
 
-def _groups(among: np.ndarray, edges: np.ndarray, keep: np.ndarray, n_clusters: int | None,
+def _groups(among: Any, edges: Any, keep: np.ndarray, n_clusters: int | None,
             method: str, max_size: int | None, random_state: int) -> list[list[int]]:
     """Partition the kept classes: the connected components of ``edges`` (C, C) bool, each split
     to ``max_size``, or ``n_clusters`` clusters; clustering reads the affinity ``among``."""
-    sub = among[np.ix_(keep, keep)]  # (K, K)
+    sub = submatrix(among, keep, keep)  # (K, K)
     if n_clusters is not None:
         k = min(n_clusters, len(keep))
-        parts = cluster_classes(sub, k, method=method, random_state=random_state, kind="affinity")
+        parts = partition(sub, k, method=method, random_state=random_state)
     else:
-        n_comp, labels = connected_components(edges[np.ix_(keep, keep)], directed=False)
+        n_comp, labels = connected_components(submatrix(edges, keep, keep), directed=False)
         parts = []
         for g in range(n_comp):
             members = np.flatnonzero(labels == g).tolist()
             if max_size is not None and len(members) > max_size:
                 k = math.ceil(len(members) / max_size)
-                block = sub[np.ix_(members, members)]
-                parts += [[members[i] for i in s] for s in cluster_classes(
-                    block, k, method=method, random_state=random_state, kind="affinity")]
+                block = submatrix(sub, members, members)
+                parts += [[members[i] for i in s] for s in partition(
+                    block, k, method=method, random_state=random_state)]
             else:
                 parts.append(members)
     return [[int(keep[i]) for i in s] for s in parts]
 
 
-def _join_strong_pairs(subsets: list[list[int]], aff: np.ndarray, strong: float,
+def _join_strong_pairs(subsets: list[list[int]], aff: Any, strong: float,
                        n: int) -> list[list[int]]:
     """Make every pair with affinity >= ``strong`` share a subset, adding the class that fits
     best (largest affinity to the subset it joins; ties to the smaller subset)."""
     out = [list(s) for s in subsets]
-    pairs = np.argwhere(np.triu(aff >= strong, k=1))
-    order = sorted(map(tuple, pairs), key=lambda p: (-aff[p], p))  # strongest first
+    pairs = [(int(i), int(j)) for i, j in upper_pairs(aff, strong)]
+    strength = {p: float(aff[p]) for p in pairs}
+    order = sorted(pairs, key=lambda p: (-strength[p], p))  # strongest first
     for i, j in order:
         if any(i in s and j in s for s in out):
             continue
-        options = [(float(aff[new, s].sum()), -len(s), -k, k, new)
+        options = [(_pull(aff, new, s), -len(s), -k, k, new)
                    for k, s in enumerate(out) for old, new in ((i, j), (j, i))
                    if old in s and len(s) + 1 < n]
         if options:
@@ -153,6 +172,11 @@ def _join_strong_pairs(subsets: list[list[int]], aff: np.ndarray, strong: float,
         elif n > 2:
             out.append(sorted([int(i), int(j)]))
     return out
+
+
+def _pull(aff: Any, i: int, s: list[int]) -> float:
+    """Affinity of class i to the classes of s."""
+    return block_sum(aff, [i], s) if is_sparse(aff) else float(aff[i, s].sum())
 
 
 def choose_subsets(
@@ -193,7 +217,9 @@ def choose_subsets(
 
     Args:
         confusion: (C, C) confusion counts (rows = true class), or the prediction covariance with
-            ``kind="covariance"`` (then step 1's count rule does not apply).
+            ``kind="covariance"`` (then step 1's count rule does not apply). A ``scipy.sparse``
+            matrix is never made dense (15,000 classes: seconds, not a 1.8 GB array); it is
+            clustered with ``method="spectral"`` only.
         kind: ``"confusion"`` or ``"covariance"``.
         n_clusters: CLI ``--n-clusters``: None for the components rule, else a cluster count >= 1.
         method: CLI ``--cluster-method``: ``"spectral"``, ``"agglomerative"`` or ``"kmeans"``.
@@ -232,22 +258,19 @@ def choose_subsets(
     if top <= 0 or n < 3:
         return []
 
-    keep = np.flatnonzero(a.max(axis=1) >= min_affinity * top)  # (K,) confusable classes
-    among = a.copy()  # the affinity among kept classes: left-out ones are never added back
-    out = np.setdiff1d(np.arange(n), keep)
-    among[out] = 0.0
-    among[:, out] = 0.0
+    keep = np.flatnonzero(row_max(a) >= min_affinity * top)  # (K,) confusable classes
+    # the affinity among kept classes: left-out ones are never added back
+    among = zero_outside(a, keep)
     edges = among >= min_affinity * top  # (C, C) the pairs that are not rarely confused
     groups = _groups(among, edges, keep, n_clusters, method, max_subset_size, random_state)
     # Trim, extend and rank on the edges' affinity: overlap adds only a class confused with a
     # member at least as much as the threshold, never one that is related by noise alone.
-    graph = np.where(edges, among, 0.0)
-    subsets = select_subsets(graph, groups, max_size=max_subset_size, overlap=overlap,
-                             kind="affinity")
+    graph = among.multiply(edges).tocsr() if is_sparse(among) else np.where(edges, among, 0.0)
+    subsets = adjust_subsets(graph, groups, max_size=max_subset_size, overlap=overlap)
     subsets = _join_strong_pairs(subsets, a, strong_affinity * top, n)
     if not subsets:
         return []
-    return select_subsets(graph, subsets, max_subsets=max_specialists, kind="affinity")
+    return adjust_subsets(graph, subsets, max_subsets=max_specialists)
 
 
 def expected_confusion(probs: Any, y: Any, n_classes: int) -> np.ndarray:
@@ -302,7 +325,7 @@ def subsets_for_generalist(
         return choose_subsets(val_counts, **options), "subsets from the validation confusion"
     if train_probs is None or train_labels is None:
         return [], f"no specialists: validation confusion: {check.reason}"
-    c = np.asarray(val_counts).shape[0]
+    c = np.shape(val_counts)[0]  # np.shape reads .shape: a sparse matrix is not converted
     probs = train_probs() if callable(train_probs) else train_probs
     expected = expected_confusion(probs, train_labels, c)
     check2 = check_signal(expected, class_names=class_names)

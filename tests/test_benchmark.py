@@ -94,6 +94,16 @@ def test_cache_scale_runs_in_a_fresh_process(bench, tmp_path):
     assert list(tmp_path.iterdir()) == []  # the temporary cache is gone
 
 
+def test_subsets_at_scale_runs_in_a_fresh_process(bench):
+    r = bench.bench_subsets(groups=4, size=10)
+    assert _is_pos(r["subsets_15k_seconds"]) and _is_pos(r["subsets_15k_peak_gib"])
+    assert r["subsets_15k_ari"] >= 0.95
+    detail = r["subsets_15k_detail"]
+    assert detail["classes"] == 40 and detail["subsets"] == 4
+    assert bench.TARGETS["subsets_15k_seconds"] == ("<", 60.0)
+    assert "subsets" in bench.STEPS
+
+
 def test_table_and_cli(bench, tmp_path):
     text = bench.table({"distill_cached_over_plain": 1.3, "loader_speedup": 40.0,
                         "ensemble_vectorized_speedup_cuda": None, "cache_peak_rss_gib": 0.5})

@@ -175,3 +175,33 @@ def test_report_says_why_there_is_no_specialist(tmp_path):
             "confused pair (2 <-> 3) has 1 confusion(s) among 7 examples") in md
     with pytest.raises(ValueError, match="contains class 7"):
         write_confusion_report(a, tmp_path, subsets=[[0, 7]])
+
+
+def test_report_for_many_classes_is_tables_not_heatmaps(tmp_path):
+    # 300 classes in 30 planted groups of 10: above FIGURE_MAX_CLASSES (60), so no C-wide
+    # heatmap or dendrogram; the pairs and clusters are tables, the accuracy shows the 60 worst.
+    from specialists.report import FIGURE_MAX_CLASSES
+
+    rng = np.random.default_rng(0)
+    c = 300
+    group = np.arange(c) // 10
+    y = np.repeat(np.arange(c), 10)
+    pred = y.copy()
+    wrong = rng.random(len(y)) < 0.3
+    pred[wrong] = group[y[wrong]] * 10 + rng.integers(0, 10, wrong.sum())  # a block-mate
+    probs = np.full((len(y), c), 0.1 / (c - 1))
+    probs[np.arange(len(y)), pred] = 0.9
+    a = analyse(probs, y, class_names=[f"class {i}" for i in range(c)])
+    write_confusion_report(a, tmp_path)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert names == {"per_class_accuracy.png", "report.html", "report.md", "report.json"}
+    md = (tmp_path / "report.md").read_text()
+    assert f"300 classes: more than {FIGURE_MAX_CLASSES}, so no heatmap" in md
+    assert "| # | class a | class b | count (both ways) |" in md
+    assert "| # | size | classes | confusion mass |" in md
+    assert f"The {FIGURE_MAX_CLASSES} classes with the lowest accuracy, of 300." in md
+    per_class = md.split("## Per-class accuracy")[1]
+    assert per_class.count("\n| class ") == 1 + FIGURE_MAX_CLASSES  # the header, then the rows
+    assert "confusion counts heatmap" not in md
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 1

@@ -56,7 +56,8 @@ from .combined import CombinedModel, q_fingerprint
 from .subsets import validate_subsets
 from .training import Specialist
 
-__all__ = ["CONTROLS", "MergeConfig", "MergeResult", "distill_specialists", "merge_folders"]
+__all__ = ["CONTROLS", "MergeConfig", "MergeResult", "check_merge_inputs", "distill_specialists",
+           "merge_folders"]
 
 log = logging.getLogger(__name__)
 CONTROLS = ("teachers", "self", "labels")
@@ -99,9 +100,16 @@ def merge_folders(out_dir: str | os.PathLike) -> dict[str, Path]:
     return {"q_cache": out / "q_cache", "model": out / "model", "control": out / "control"}
 
 
-def _check_inputs(generalist: nn.Module, specialists: Sequence[Specialist], transfer: TransferSet,
-                  cfg: MergeConfig, control_teachers: Sequence[nn.Module]) -> CombinedModel:
-    """Every check that needs no training, before anything is written; returns the combination."""
+def check_merge_inputs(generalist: nn.Module, specialists: Sequence[Specialist],
+                       transfer: TransferSet, cfg: MergeConfig,
+                       control_teachers: Sequence[nn.Module] = ()) -> CombinedModel:
+    """The checks of :func:`distill_specialists` that need no training (run before anything is
+    written): specialists present, valid subsets that fit the heads, a non-empty transfer set, what
+    the control needs. Returns the combination as a :class:`CombinedModel`.
+
+    Raises:
+        ValueError: one line naming the problem.
+    """
     if len(transfer) == 0 or len(transfer.x) == 0:
         raise ValueError("the transfer set is empty: there is nothing to distil the specialists on")
     if not specialists:
@@ -217,7 +225,7 @@ def distill_specialists(
     train_config = train_config.validate()
     say = say or (lambda _msg: None)
     folders = merge_folders(out_dir)
-    combined = _check_inputs(generalist, specialists, transfer, cfg, control_teachers)
+    combined = check_merge_inputs(generalist, specialists, transfer, cfg, control_teachers)
     dcfg = DistillConfig(temperature=cfg.temperature, alpha=cfg.alpha, cache_dtype=cfg.cache_dtype)
     ccfg = _control_objective(cfg, control_config) if cfg.control != "labels" else None
     fp = q_fingerprint(combined, transfer.x, cfg.cache_dtype)

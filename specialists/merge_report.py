@@ -116,13 +116,14 @@ def _interval(r: dict, pct: bool = True) -> str:
 def format_merge_report(report: dict) -> str:
     """Markdown: the table of the four systems and the share of the gain kept, with intervals."""
     names = {"generalist": "generalist", "control": "control (generalist trained on, no specialists)",
-             "combined": f"generalist + {report['n_specialists']} specialists",
+             "combined": f"generalist + {report['n_specialists']} specialist"
+                         + ("s" if report["n_specialists"] != 1 else ""),
              "merged": "merged (one model, distilled on q)"}
     lines = ["| system | params | accuracy | NLL | KL(q ‖ system) |", "|---|---:|---:|---:|---:|"]
     for s in SYSTEMS:
         r = report["systems"][s]
         lines.append(f"| {names[s]} | {r['params']:,} | {_pct(r['accuracy'])} | {r['nll']:.4f} | "
-                     f"{r['kl_from_combined']:.4f} |")
+                     f"{max(0.0, r['kl_from_combined']):.4f} |")  # no "-0.0000" from rounding
     p = report["inference_params"]
     lines += [
         "",

@@ -96,6 +96,9 @@ def _control(ctx: Ctx, splits, run: Path, gen_meta: dict, labelled: bool):
         teachers, _ = load_teachers(find_teachers(run / "teachers"), ctx.device, splits=splits,
                                     allow_imports=ctx.allow_imports)
         alpha = gen_meta.get("alpha", cfg.alphas()[0] if len(cfg.alphas()) == 1 else None)
+        if alpha is None or gen_meta.get("temperature") is None:
+            raise ValueError("the generalist records no distillation temperature or alpha to "
+                             "continue its training with; pass --merge-control self or labels")
         dcfg = DistillConfig(temperature=float(gen_meta["temperature"]), alpha=float(alpha),
                              combine=cfg.combine, teacher_weights=cfg.teacher_weights)
         return kind, teachers, dcfg

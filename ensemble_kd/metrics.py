@@ -8,7 +8,7 @@ accepted; results are python floats so they go straight into JSON and tables.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -241,6 +241,68 @@ def kl_divergence(reference: ArrayLike, probs: ArrayLike) -> float:
     if p.shape != q.shape:
         raise ValueError(f"the two distributions differ in shape: {tuple(p.shape)} vs {tuple(q.shape)}")
     return float((torch.special.xlogy(p, p) - p * q.clamp_min(1e-12).log()).sum(1).mean())
+
+
+def _statistic(statistic: Callable[[np.ndarray], float], means: np.ndarray) -> float:
+    """``statistic(means)`` as a float; nan where it divides by zero."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        try:
+            return float(statistic(means))
+        except ZeroDivisionError:
+            return math.nan
+
+
+def paired_bootstrap(
+    columns: ArrayLike,
+    statistic: Callable[[np.ndarray], float],
+    *,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float | int | None]:
+    """Percentile interval of a statistic of per-system means, by a paired bootstrap over examples.
+
+    Each resample draws N examples with replacement and keeps every system's value of an example
+    together (paired): the interval then reflects how the systems differ on the same examples,
+    not how hard the examples are. For accuracies, a column is ``(pred == y)`` as 0/1.
+
+    Args:
+        columns: ``(N, K)`` per-example values of K systems (e.g. correctness, 0/1).
+        statistic: maps the K column means ``(K,)`` to a number, e.g. ``lambda m: m[1] - m[0]``.
+            A resample where it is not finite (a ratio over 0) is left out and counted.
+        n_resamples: bootstrap resamples, at least 1.
+        confidence: coverage of the interval, in (0, 1).
+        seed: the resamples are a pure function of it.
+
+    Returns:
+        ``{"estimate", "low", "high", "confidence", "n_resamples", "n_undefined"}``: the statistic
+        on all examples, the interval (None when no resample gives a finite value) and how many
+        resamples gave no finite value.
+    """
+    v = np.asarray(_tensor(columns, "columns").double().numpy())
+    if v.ndim != 2 or v.shape[0] == 0 or v.shape[1] == 0:
+        raise ValueError(f"columns must be (N, K) with N, K >= 1, got shape {v.shape}")
+    if isinstance(n_resamples, bool) or int(n_resamples) != n_resamples or n_resamples < 1:
+        raise ValueError(f"n_resamples must be a positive int, got {n_resamples!r}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
+    n = v.shape[0]
+    rng = np.random.default_rng(seed)
+    stats = np.empty(int(n_resamples))
+    chunk = max(1, 2**22 // n)  # resamples per draw: about 4M indices (32 MB) at a time
+    for a in range(0, int(n_resamples), chunk):
+        b = min(int(n_resamples), a + chunk)
+        idx = rng.integers(0, n, size=(b - a, n))  # (R, N)
+        means = v[idx].mean(1)  # (R, K)
+        stats[a:b] = [_statistic(statistic, m) for m in means]
+    finite = stats[np.isfinite(stats)]
+    tail = 100 * (1 - confidence) / 2
+    low, high = (None, None) if finite.size == 0 else (
+        float(np.percentile(finite, tail)), float(np.percentile(finite, 100 - tail)))
+    estimate = _statistic(statistic, v.mean(0))
+    return {"estimate": estimate if math.isfinite(estimate) else None, "low": low, "high": high,
+            "confidence": float(confidence), "n_resamples": int(n_resamples),
+            "n_undefined": int(stats.size - finite.size)}
 
 
 def _scalar(value: Any) -> Any:

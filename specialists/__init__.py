@@ -13,15 +13,20 @@ Builds on :mod:`ensemble_kd` (never the other way round). Modules, one job each:
 * ``subsets``: validation, dustbin targets, folding; ``calibration``: the dustbin correction.
 * ``training``: build and train one specialist; ``specialist``: save, load, folders, predict.
 * ``combine``: combine generalist and specialists; ``evaluate``: score the combination.
+* ``combined``: the combination as a module (log q), for the q-cache; ``merge``: specialists
+  distilled back into one model, with its control; ``merge_report``: how much of the gain it keeps.
 """
 
 from .affinity import class_affinity, confusion_affinity, covariance_affinity, prediction_covariance
 from .calibration import dustbin_log_correction, fit_dustbin_correction
 from .clustering import ClassClusterer, cluster_classes, select_subsets
 from .combine import active_specialists, combination_objective, combine_predictions
+from .combined import CombinedModel, q_fingerprint
 from .confusion import ConfusionAnalysis, analyse
 from .counts import confusion_matrix
 from .evaluate import evaluate_specialists, format_coverage_table
+from .merge import MergeConfig, MergeResult, distill_specialists
+from .merge_report import evaluate_merge, format_merge_report
 from .planted import PlantedConfusion, planted_confusion
 from .report import write_confusion_report
 from .selection import (
@@ -42,8 +47,9 @@ from .subsets import fold_logits, fold_probs, specialist_targets, validate_subse
 from .training import Specialist, SpecialistConfig, build_specialist, train_specialist
 
 __all__ = [
-    "ClassClusterer", "ConfusionAnalysis", "PlantedConfusion", "SignalCheck", "Specialist",
-    "SpecialistConfig",
+    "ClassClusterer", "CombinedModel", "ConfusionAnalysis", "MergeConfig", "MergeResult",
+    "PlantedConfusion", "SignalCheck", "Specialist", "SpecialistConfig", "distill_specialists",
+    "evaluate_merge", "format_merge_report", "q_fingerprint",
     "active_specialists", "analyse", "build_specialist", "check_signal", "choose_subsets",
     "expected_confusion", "subsets_for_generalist",
     "class_affinity", "cluster_classes", "combination_objective",

@@ -190,6 +190,26 @@ def test_specialist_training_survives_sigkill(tmp_path, trained):
                          "specialists/specialist_0/model.pt")
 
 
+def test_distilling_specialists_into_one_model_survives_sigkill(tmp_path, trained):
+    # Merged model and control train 4 epochs each: batches of 32 (about 110 steps an epoch) keep
+    # the test short and an epoch still long enough to be killed in its middle.
+    run = tmp_path / "run"  # the specialists to merge: a quick train-specialists run
+    setup = _start([
+        "train-specialists", *DATA, "--epochs", "1", "--batch-size", "64", "--device", "cpu",
+        "--quiet", "--generalist", str(trained["generalist"]), "--subsets", str(trained["subsets"]),
+        "--out", str(run)], tmp_path)  # fmt: skip
+    _finish(setup)
+    args = [
+        "distill-specialists", "--run", str(run), "--generalist", str(trained["generalist"]),
+        "--merge-epochs", str(EPOCHS), "--merge-batch-size", "32", "--merge-lr", "0.003",
+        "--merge-temperature", "2", "--merge-alpha", "0.9", "--merge-control", "self",
+        "--device", "cpu", "--quiet",
+    ]  # fmt: skip
+    _kill_resume_compare(args, tmp_path, "model/checkpoint.pt", "model/model.pt")
+    _same_weights(tmp_path / "reference" / "control" / "model.pt",
+                  tmp_path / "interrupted" / "control" / "model.pt")
+
+
 # ---------------------------------------------------------------- the atomic writers themselves
 
 

@@ -16,6 +16,7 @@ from ensemble_kd.metrics import (
     expected_calibration_error,
     format_table,
     nll,
+    paired_bootstrap,
     per_class_accuracy,
     top_k_accuracy,
 )
@@ -187,3 +188,51 @@ def test_shape_and_label_errors_name_the_problem():
         evaluate(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\(K, N, C\)"):
         disagreement(PROBS)
+
+
+# ------------------------------------------------------------------------- paired bootstrap
+
+
+def test_bootstrap_interval_covers_the_true_mean_about_as_often_as_it_claims():
+    rng = np.random.default_rng(0)
+    hits = 0
+    for trial in range(60):
+        x = (rng.random(200) < 0.7).astype(float)[:, None]  # (N, 1) Bernoulli(0.7)
+        r = paired_bootstrap(x, lambda m: m[0], n_resamples=400, seed=trial)
+        hits += r["low"] <= 0.7 <= r["high"]
+    assert 50 <= hits <= 60  # about 95% of 60
+
+
+def test_bootstrap_interval_shrinks_like_one_over_root_n():
+    rng = np.random.default_rng(1)
+    widths = {}
+    for n in (250, 4000):
+        x = (rng.random(n) < 0.5).astype(float)[:, None]
+        r = paired_bootstrap(x, lambda m: m[0], n_resamples=500, seed=0)
+        widths[n] = r["high"] - r["low"]
+    assert 0.15 < widths[4000] / widths[250] < 0.4  # sqrt(250 / 4000) = 0.25
+
+
+def test_pairing_narrows_the_interval_of_a_difference():
+    rng = np.random.default_rng(2)
+    a = (rng.random(1000) < 0.8).astype(float)
+    b = a.copy()
+    flip = rng.choice(1000, 30, replace=False)  # b differs from a on 30 examples only
+    b[flip] = 1 - b[flip]
+    paired = paired_bootstrap(np.stack([a, b], 1), lambda m: m[1] - m[0], n_resamples=500)
+    unpaired = paired_bootstrap(np.stack([a, rng.permutation(b)], 1), lambda m: m[1] - m[0],
+                                n_resamples=500)
+    assert paired["estimate"] == pytest.approx(b.mean() - a.mean())
+    assert paired["high"] - paired["low"] < 0.5 * (unpaired["high"] - unpaired["low"])
+
+
+def test_bootstrap_counts_undefined_resamples_and_checks_its_input():
+    x = np.array([[1.0, 1.0], [0.0, 0.0]])  # ratio m0 / (m1 - m0) is 0/0 in every resample
+    r = paired_bootstrap(x, lambda m: m[0] / (m[1] - m[0]), n_resamples=50)
+    assert r["estimate"] is None and r["low"] is None and r["n_undefined"] == 50
+    assert paired_bootstrap(x, lambda m: m[0], n_resamples=10, seed=3) == paired_bootstrap(
+        x, lambda m: m[0], n_resamples=10, seed=3)
+    with pytest.raises(ValueError, match="columns"):
+        paired_bootstrap(np.zeros((0, 2)), lambda m: m[0])
+    with pytest.raises(ValueError, match="confidence"):
+        paired_bootstrap(x, lambda m: m[0], confidence=1.0)

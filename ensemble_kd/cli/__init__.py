@@ -8,6 +8,8 @@ Subcommands (each takes its options as flags and/or from ``--config FILE.toml``)
 * ``evaluate``: the comparison table for the models of a run (and specialists, if any).
 * ``confusion-report``: where a model (or ensemble, or saved predictions) is confused.
 * ``train-specialists``: dustbin specialists on the generalist's confusable classes.
+* ``distill-specialists``: a run's generalist + specialists distilled back into one model, with a
+  control trained for the same budget without specialists (``merge_steps``).
 * ``run``: the main job, all of the above in one run directory.
 
 Bad input ends with one line on stderr naming the problem and exit code 2, never a traceback.

@@ -16,6 +16,7 @@ Every step skips work whose result is already on disk, so ``--resume`` continues
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -29,6 +30,7 @@ from .checks import check_options
 from .config import RunConfig
 from .context import Ctx, allowed_modules, load_data
 from .inputs import check_model_data, read_generalist, read_teachers
+from .merge_steps import cmd_distill_specialists, distill_specialists_args, run_folder
 from .parser import COMMANDS, given_fields
 from .products import cmd_export, cmd_predict
 from .run_record import prepare_out, saved_config
@@ -195,6 +197,15 @@ def dispatch(args: argparse.Namespace, cfg: RunConfig) -> int:
         cfg = saved_settings(cfg, run, given_fields(args, COMMANDS[cmd][1]))
         ctx = Ctx(cfg, out, allowed)
         return cmd_evaluate(ctx, load_data(cfg, allowed), run)
+    if cmd == "distill-specialists":  # the run's own settings, the merge's options on top
+        run, out = distill_specialists_args(args)
+        run_folder(run)
+        # resumed: the settings it started with (the run's and the merge's), else the run's
+        saved = out if args.resume and (out / "config.json").exists() else run
+        # runtime options (device, quiet) are this command's own, not the run's
+        cfg = dataclasses.replace(saved_settings(cfg, saved, given_fields(args, COMMANDS[cmd][1])),
+                                  device=cfg.device, quiet=cfg.quiet)
+        return cmd_distill_specialists(Ctx(cfg, out, allowed), run, args)
     if getattr(args, "resume", False) and out is not None and (out / "config.json").exists():
         cfg = saved_settings(cfg, out, given_fields(args, COMMANDS[cmd][1]))
     ctx = Ctx(cfg, out, allowed)

@@ -177,6 +177,26 @@ class RunConfig:
                                        "specialists")
     top_n: int = _f(1, "a specialist is active when its subset holds one of the generalist's top n",
                     "specialists")
+    # ---- merge: specialists distilled back into one model (distill-specialists) ----
+    # Unset (None) options are decided from the run when the command starts, as their help says.
+    merge_epochs: int | None = _f(None, "epochs of the merged model and of its control, the same "
+                                  "budget for both (default 10)", "merge")
+    merge_lr: float | None = _f(None, "peak learning rate of the merged model and of its control "
+                                "(default a tenth of the run's --lr: both start trained)", "merge")
+    merge_batch_size: int | None = _f(None, "examples per step of the merged model and of its "
+                                      "control (default the run's --batch-size)", "merge")
+    merge_temperature: float | None = _f(
+        None, "T of the soft term on the combined distribution q (default the generalist's own "
+        "distillation temperature when it is a distilled student, else 2)", "merge")
+    merge_alpha: float | None = _f(
+        None, "weight of the soft term on q; 1 - alpha weighs the transfer set's labels (default "
+        "the generalist's own alpha when it is a distilled student, else 0.9)", "merge")
+    merge_control: str | None = _f(
+        None, "what the control trains on without specialists: teachers (the run's teachers at "
+        "the student's T and alpha: the generalist continues its own distillation), labels, or "
+        "self (the generalist's own frozen outputs at the merge's T and alpha, plus labels); "
+        "default: teachers for a distilled student with its teachers in the run, labels for a "
+        "teacher, else self", "merge")
     # ---- runtime ----
     device: str = _f("auto", "auto, cpu or cuda", "runtime")
     quiet: bool = _f(False, "no progress bars or stage messages", "runtime")

@@ -46,6 +46,11 @@ COMMANDS = {
         "the main job: ensemble -> distil -> evaluate -> confusion report -> specialists",
         GROUPS,
     ),
+    "distill-specialists": (
+        "distil a run's generalist + specialists back into one model, against a control trained "
+        "for the same budget without specialists",
+        ("merge", "runtime"),
+    ),
     "predict": (
         "write a model's or an ensemble's predictions on a split as an .npz",
         ("data", "runtime"),
@@ -61,6 +66,9 @@ OUT_METAVAR = {"predict": "FILE.npz", "export": "FILE"}
 OUT_HELP = {
     "evaluate": "folder to write summary.json and summary.md in (default: evaluate.json and "
                 "evaluate.md beside the run's own summary in --run, which is left as it is)",
+    "distill-specialists": "folder to write the merged model, its control, the q-cache and "
+                           "summary.json / summary.md in (default RUN/merged; refused if it "
+                           "holds another job, unless --resume or --overwrite)",
     "confusion-report": "folder to write the report in (refused if it holds another run or "
                         "report, unless --overwrite)",
     "predict": "the .npz file to write (probs, labels, class_names: what confusion-report "
@@ -141,9 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_, groups) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         p.add_argument("--config", metavar="FILE.toml", help="TOML file of option defaults")
-        p.add_argument("--out", metavar=OUT_METAVAR.get(name, "DIR"), required=name != "evaluate",
+        p.add_argument("--out", metavar=OUT_METAVAR.get(name, "DIR"),
+                       required=name not in ("evaluate", "distill-specialists"),
                        help=OUT_HELP.get(name, "run directory to write"))
-        if name in ("run", "train-ensemble", "distill", "train-specialists"):
+        if name in ("run", "train-ensemble", "distill", "train-specialists", "distill-specialists"):
             g = p.add_mutually_exclusive_group()
             g.add_argument("--resume", action="store_true", help="continue the run in --out")
             g.add_argument("--overwrite", action="store_true",
@@ -164,6 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
                                   "files, or state dicts built by --teacher-arch pkg.module:function")
         if name == "evaluate":
             p.add_argument("--run", metavar="DIR", required=True, help="a run folder to evaluate")
+        if name == "distill-specialists":
+            p.add_argument("--run", metavar="DIR", required=True,
+                           help="a finished run folder with a generalist and its specialists/ "
+                                "(from run, or from train-specialists with --generalist); its "
+                                "config.json gives the data, transfer set and top-n")
+            p.add_argument("--generalist", metavar="FILE",
+                           help="the generalist's model.pt (default: the one the run records; "
+                                "needed for a train-specialists run)")
         if name == "confusion-report":
             src = p.add_mutually_exclusive_group(required=True)
             src.add_argument("--model", metavar="FILE", help="a saved model (model.pt)")

@@ -35,7 +35,9 @@ ADDED_OPTIONS = {"image_size": None, "transfer_data": None, "view_shift": 0, "vi
 # Options added after format version 2 was fixed: left out of the record while unset (None), so
 # the record of a run that does not use them is what older versions wrote.
 OMITTED_WHEN_UNSET = frozenset({"teacher_kwargs", "student_kwargs", "teacher_batch_size",
-                                "teacher_optimizer", "teacher_lr", "teacher_weight_decay"})
+                                "teacher_optimizer", "teacher_lr", "teacher_weight_decay",
+                                "merge_epochs", "merge_lr", "merge_batch_size",
+                                "merge_temperature", "merge_alpha", "merge_control"})
 
 
 def run_record(command: str, cfg: RunConfig) -> dict:

@@ -1,0 +1,204 @@
+"""Specialists distilled back into one model: the q-cache, the merged model, its control, the report."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+
+import numpy as np
+import pytest
+import torch
+
+from ensemble_kd.cache import open_cache
+from ensemble_kd.data import TransferSet, load_dataset, make_transfer_set
+from ensemble_kd.ensemble import ModelSpec, train_ensemble
+from ensemble_kd.metrics import kl_divergence
+from ensemble_kd.models import build_model, count_parameters
+from ensemble_kd.predict import predict_logits
+from ensemble_kd.train import TrainConfig, default_objective
+from specialists import (
+    CombinedModel,
+    MergeConfig,
+    Specialist,
+    SpecialistConfig,
+    build_specialist,
+    distill_specialists,
+    evaluate_merge,
+    format_merge_report,
+    train_specialists,
+)
+from specialists.merge_report import gain_kept
+
+# the module, not the function of the same name that ensemble_kd exports
+distill_module = importlib.import_module("ensemble_kd.distill")
+
+FAST = TrainConfig(epochs=2, batch_size=64, lr=3e-3, seed=0)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A generalist and one specialist on synthetic data with two planted groups of 3 classes."""
+    root = tmp_path_factory.mktemp("merge")
+    splits = load_dataset("synthetic", val_fraction=0.2, seed=0, n_classes=6, n_groups=2,
+                          n_train=1200, synthetic_seed=0)
+    torch.manual_seed(0)
+    (gen,) = train_ensemble(splits, ModelSpec("mlp", (32,), 0.0), 1,
+                            TrainConfig(epochs=3, batch_size=64, lr=3e-3), root / "teachers")
+    specs = train_specialists(gen, [splits.groups[0]], splits, TrainConfig(epochs=2, batch_size=64,
+                              lr=3e-3), SpecialistConfig(), root / "specialists")
+    return {"splits": splits, "gen": gen.eval(), "specs": specs,
+            "transfer": make_transfer_set(splits, seed=0)}
+
+
+def _probs(model, x):
+    return torch.softmax(predict_logits(model, x), -1)
+
+
+def test_without_active_specialists_q_and_its_cache_are_the_generalist(tmp_path):
+    torch.manual_seed(0)
+    gen = build_model("mlp", (5,), 4, widths=(8,)).eval()
+    with torch.no_grad():
+        gen.head.bias[0] = 50.0  # class 0 is always the top class
+    spec = Specialist(build_specialist(gen, [1, 2]), [1, 2], 0.0)  # never active at top_n = 1
+    x = torch.randn(40, 5)
+    transfer = TransferSet(x, None, torch.arange(40))
+    p_g = _probs(gen, x)
+    q = torch.softmax(CombinedModel(gen, [spec.model], [[1, 2]], top_n=1)(x), -1)
+    torch.testing.assert_close(q, p_g, rtol=1e-6, atol=1e-7)
+
+    distill_specialists(gen, [spec], transfer, TrainConfig(epochs=1, batch_size=16),
+                        MergeConfig(alpha=1.0), tmp_path)
+    with open_cache(tmp_path / "q_cache") as cache:
+        cached = torch.softmax(cache.all()[0], -1)  # (N, C)
+    torch.testing.assert_close(cached, p_g, rtol=1e-6, atol=1e-7)
+
+
+def test_merged_model_moves_toward_q_and_keeps_the_generalists_size(setup, tmp_path):
+    s, gen, specs, transfer = setup["splits"], setup["gen"], setup["specs"], setup["transfer"]
+    res = distill_specialists(gen, specs, transfer, TrainConfig(epochs=4, batch_size=64, lr=3e-3),
+                              MergeConfig(temperature=1.0, alpha=1.0), tmp_path)
+    q = torch.softmax(predict_logits(res.combined, transfer.x), -1)
+    before = kl_divergence(q, _probs(gen, transfer.x))
+    after = kl_divergence(q, _probs(res.merged, transfer.x))
+    assert before > 0 and after < 0.8 * before
+    assert count_parameters(res.merged) == count_parameters(gen)
+    assert res.merged.spec == gen.spec
+    # the generalist itself is left as it was
+    torch.testing.assert_close(_probs(gen, s.x_val), _probs(setup["gen"], s.x_val))
+
+
+@pytest.mark.parametrize("control", ["self", "labels"])
+def test_control_starts_from_the_generalist_and_sees_the_merged_models_batches(
+        setup, tmp_path, monkeypatch, control):
+    seen = []
+    real_train = distill_module.train
+
+    def spy(model, batches, config, **kw):
+        objective = kw.get("objective", default_objective)
+        record = {"start": copy.deepcopy(model.state_dict()), "idx": []}
+        seen.append(record)
+
+        def watched(logits, batch):
+            record["idx"].append(batch.idx.clone())
+            return objective(logits, batch)
+
+        return real_train(model, batches, config, **{**kw, "objective": watched})
+
+    monkeypatch.setattr(distill_module, "train", spy)
+    distill_specialists(setup["gen"], setup["specs"], setup["transfer"], FAST,
+                        MergeConfig(control=control), tmp_path)
+    merged, ctrl = seen
+    for k, v in setup["gen"].state_dict().items():
+        assert torch.equal(merged["start"][k], v) and torch.equal(ctrl["start"][k], v)
+    assert len(merged["idx"]) == len(ctrl["idx"]) > 0
+    assert all(torch.equal(a, b) for a, b in zip(merged["idx"], ctrl["idx"], strict=True))
+
+
+def test_a_finished_merge_is_loaded_and_other_models_are_refused_without_writing(setup, tmp_path):
+    gen, specs, transfer = setup["gen"], setup["specs"], setup["transfer"]
+    first = distill_specialists(gen, specs, transfer, FAST, None, tmp_path)
+    again = distill_specialists(gen, specs, transfer, FAST, None, tmp_path)  # loads, no training
+    for a, b in zip(first.merged.state_dict().values(), again.merged.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
+
+    other = copy.deepcopy(specs[0])
+    with torch.no_grad():
+        other.model.head.bias[-1] += 1.0  # another specialist: another q
+
+    def files():
+        return {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+
+    before = files()
+    with pytest.raises(ValueError, match="trained from other models"):  # the finished merge
+        distill_specialists(gen, [other], transfer, FAST, None, tmp_path)
+    assert files() == before
+    (tmp_path / "model" / "model.pt").unlink()  # as if killed: only the checkpoint is left
+    before = files()
+    with pytest.raises(ValueError, match="q-cache was computed from other models"):
+        distill_specialists(gen, [other], transfer, FAST, None, tmp_path)
+    assert files() == before
+
+
+def test_a_stale_q_cache_without_a_merge_on_it_is_rebuilt(setup, tmp_path):
+    gen, specs, transfer = setup["gen"], setup["specs"], setup["transfer"]
+    one = TrainConfig(epochs=1, batch_size=64)
+    distill_specialists(gen, specs, transfer, one, None, tmp_path / "a")
+    other = copy.deepcopy(specs[0])
+    with torch.no_grad():
+        other.model.head.bias[-1] += 1.0
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "q_cache").rename(tmp_path / "b" / "q_cache")
+    res = distill_specialists(gen, [other], transfer, one, None, tmp_path / "b")
+    with open_cache(tmp_path / "b" / "q_cache", res.q_fingerprint) as cache:
+        q = torch.softmax(cache.all()[0], -1)
+    torch.testing.assert_close(q, torch.softmax(predict_logits(res.combined, transfer.x), -1))
+
+
+def _bad(setup, **change):
+    args = {"generalist": setup["gen"], "specialists": setup["specs"],
+            "transfer": setup["transfer"], "train_config": FAST, "config": MergeConfig()}
+    return {**args, **change}
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ({"specialists": []}, "no specialists"),
+    ({"transfer": TransferSet(torch.zeros(0, 20), None, torch.zeros(0, dtype=torch.long))},
+     "transfer set is empty"),
+    ({"config": MergeConfig(control="labels")}, None),  # labelled: fine, checked below
+    ({"config": MergeConfig(control="teachers")}, "needs the teachers"),
+    ({"config": MergeConfig(alpha=1.5)}, "alpha"),
+])
+def test_bad_input_is_one_clear_error_and_writes_nothing(setup, tmp_path, change, match):
+    kwargs = _bad(setup, **change)
+    if match is None:
+        unlabelled = TransferSet(setup["transfer"].x, None, setup["transfer"].indices)
+        kwargs["transfer"] = unlabelled
+        match = "needs a labelled transfer set"
+    with pytest.raises(ValueError, match=match):
+        distill_specialists(**kwargs, out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_invalid_subsets_are_refused(setup, tmp_path):
+    sp = setup["specs"][0]
+    bad = Specialist(sp.model, [0, 99, 1][: len(sp.subset)], 0.0)
+    with pytest.raises(ValueError, match="99|subset"):
+        distill_specialists(**_bad(setup, specialists=[bad]), out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_scores_the_four_systems_and_the_share_kept(setup, tmp_path):
+    s = setup["splits"]
+    res = distill_specialists(setup["gen"], setup["specs"], setup["transfer"], FAST, None, tmp_path)
+    rep = evaluate_merge(setup["gen"], setup["specs"], res.merged, res.control, s.x_test, s.y_test,
+                         n_resamples=200)
+    acc = np.array([rep["systems"][k]["accuracy"] for k in ("generalist", "control", "combined",
+                                                            "merged")])
+    if acc[2] != acc[1]:
+        assert rep["gain_kept"]["estimate"] == pytest.approx(gain_kept(acc))
+    assert rep["systems"]["merged"]["params"] == rep["systems"]["generalist"]["params"]
+    assert rep["inference_params"]["combined"] > rep["inference_params"]["merged"]
+    assert rep["systems"]["combined"]["kl_from_combined"] == pytest.approx(0.0, abs=1e-6)
+    text = format_merge_report(rep)
+    assert "Share of the specialists' gain" in text and "inference cost" in text

@@ -51,7 +51,7 @@ class ModelSpec:
     """
 
     arch: str = "mlp"  # "mlp", "convnet", an import path pkg.module:function, or torchvision/...
-    widths: tuple[int, ...] = (256, 256)  # mlp hidden sizes (convnet: channels); built-ins only
+    widths: tuple[int, ...] = (256, 256)  # mlp hidden sizes (convnet, cnn: channels); built-ins only
     dropout: float = 0.0  # dropout after each hidden layer; built-ins only
     kwargs: dict | None = None  # the builder's options (built-ins: added to widths and dropout)
 
@@ -69,7 +69,7 @@ class ModelSpec:
             if allow_imports is None:
                 allow_imports = self.own_modules()
             return build_any(self.arch, input_shape, n_classes, allow_imports=allow_imports, **extra)
-        key = "channels" if self.arch == "convnet" else "widths"
+        key = "channels" if self.arch in ("convnet", "cnn") else "widths"
         options = {key: list(self.widths), "dropout": self.dropout, **extra}
         return build_any(self.arch, input_shape, n_classes, **options)
 

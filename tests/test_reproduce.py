@@ -248,8 +248,9 @@ def test_report_renders_an_e6_result_and_its_key(tmp_path):
                            "combined_acc": 0.91, "merged_acc": 0.907, "gain_kept": 0.62}]}
     data = rep.write_report(tmp_path, {"E6": e6}, meta,
                             expected=["E3", "E4", "E5", "E6", "E1", "E2"])
-    assert data["e6_specialist_gain_kept"] == 0.62 and data["e6_gain_kept_ci"] == [0.41, 0.80]
+    assert data["e6_specialist_gain_kept"] == 0.62 and data["e6_specialist_gain_kept_ci"] == [0.41, 0.80]
     md = (tmp_path / "report.md").read_text()
     assert "E6. Specialists distilled back into one model" in md
     assert "**62%**, 95% interval [41%, 80%]" in md
+    assert "| 62.0% [41%, 80%] | yes |" in md  # the summary row: target 50%
     assert md.count("Not run yet (pending).") == 5

@@ -124,7 +124,9 @@ def run(ctx: Context) -> dict:
     for row in p.e1_rows:
         out["rows"].append(_row(ctx, row, out["hard"], hard_ok))
     first = out["rows"][0]
-    out["headline_gap_closed"] = first["gap_closed"] if first["teacher_clearly_better"] else None
+    clear = first["teacher_clearly_better"]
+    out["headline_gap_closed"] = first["gap_closed"] if clear else None
+    out["headline_gap_closed_ci"] = first["gap_closed_ci"] if clear else None
     out["headline_agreement"] = first["chosen"]["agreement"]["mean"]
     g = first["gap_closed"]
     ctx.say(f"{EXP}: done; {first['name']} row, recipe {first['chosen']['recipe']}: gap closed "

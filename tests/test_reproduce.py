@@ -13,14 +13,16 @@ import os
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from paper import report as rep  # noqa: E402
-from paper.common import Context, share_of_gap, summary  # noqa: E402
+from paper.common import Context, gap_share_ci, late_change, share_of_gap, summary  # noqa: E402
 from paper.e2_omitted import choose_bias, class_counts  # noqa: E402
 from paper.e5_specialists import _pooled_coverage  # noqa: E402
 from paper.presets import TINY  # noqa: E402
@@ -254,3 +256,18 @@ def test_report_renders_an_e6_result_and_its_key(tmp_path):
     assert "**62%**, 95% interval [41%, 80%]" in md
     assert "| 62.0% [41%, 80%] | yes |" in md  # the summary row: target 50%
     assert md.count("Not run yet (pending).") == 5
+
+
+def test_late_change_and_the_gap_share_interval(digits):
+    assert late_change([0.5, 0.6, 0.7, 0.8, 0.8, 0.81, 0.81, 0.81, 0.82, 0.83]) == pytest.approx(
+        0.83 - 0.81)  # the last 20% of 10 epochs: 2 epochs
+    assert late_change([0.5, 0.6]) is None  # too short to say
+    ctx = SimpleNamespace(preset=TINY)
+    rng = np.random.default_rng(0)
+    n = 4000
+    worse = (rng.random((3, n)) < 0.80)  # (seeds, N)
+    better = (rng.random((1, n)) < 0.90)
+    ours = (rng.random((3, n)) < 0.85)
+    low, high = gap_share_ci(ctx, worse, better, ours)
+    est = share_of_gap(worse.mean(), better.mean(), ours.mean())
+    assert low < est < high and low > 0.2 and high < 0.8

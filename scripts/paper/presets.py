@@ -4,6 +4,25 @@
 Every experiment reads its settings from one :class:`Preset`. A run folder remembers its preset's
 name, and each experiment's folder the settings its models were trained with
 (:meth:`paper.common.Context.claim`), so models are never reused under other settings.
+
+Estimated CPU time of ``full`` (one thread), from CPU seconds per epoch over the 54,000 training
+images measured by ``python scripts/reproduce_pilots.py timing`` on the 2-core machine under a
+load of 5-9 (so rather high): MLP 2x512 8.3 s plain / 9.8 s on shift-and-mixup views, 2x800
+14.4 / 14.8 s, 2x1200 24.3 / 29.2 s; the cnn 45 s (docs/image-model.md). Distillation from a
+cache adds about 10% (docs/performance.md).
+
+====  ==========================================================================  ========
+E1    3 hard students; per row: teacher(s), 3 + 2 candidates on seed 0, 2 more      5.6 h
+      seeds of the two kept recipes, 3 fair baselines (mlp row 3.1 h, cnn 2.2 h)
+E2    6 students of 30 epochs (E1's teacher)                                        0.8 h
+E3    10 members + 3 candidates + 2 seeds, 30 epochs each, 16-view cache            1.4 h
+E4    14 runs on 1,620 images (validation of 6,000 images dominates)                0.3 h
+E5    3 generalists x about 4 specialists of 5 short epochs                          0.2 h
+====  ==========================================================================  ========
+
+Two invocations side by side (``--only E1,E2`` and ``--only E3,E4,E5``) take about 6.5 h of wall
+time. Over budget, cut candidates (``e1_temperatures``, ``e1_view_recipes``, the second MLP
+teacher) before seeds, and seeds before the final measurements' epochs.
 """
 
 from __future__ import annotations
@@ -19,6 +38,7 @@ Widths = tuple[int, ...]
 # students see the same views; a hard-label model trained "on a recipe" draws fresh views each
 # epoch (unbounded), a distilled student one of V cached views per example and epoch.
 VIEW_RECIPES: dict[str, dict] = {
+    "plain": {},  # the images as they are
     "shift1": {"shift": 1},
     "shift2": {"shift": 2},
     "mixup": {"mixup": 0.2},
@@ -27,8 +47,11 @@ VIEW_RECIPES: dict[str, dict] = {
 }
 
 
-def views(recipe: str, n_views: int | None, seed: int = 0) -> ViewConfig:
-    """The ViewConfig of a named recipe: ``n_views`` cached views (None: a fresh view each time)."""
+def views(recipe: str, n_views: int | None, seed: int = 0) -> ViewConfig | None:
+    """The ViewConfig of a named recipe: ``n_views`` cached views (None: a fresh view each time);
+    None for ``plain`` (the images as they are)."""
+    if not VIEW_RECIPES[recipe]:
+        return None
     return ViewConfig(**VIEW_RECIPES[recipe], views=n_views, seed=seed)
 
 

@@ -250,11 +250,14 @@ def _e3(r: dict) -> list:
     return [
         ("h2", "E3. Ensemble -> one model"),
         ("p", f"{r['n_teachers']} MLPs {name} (dropout {r['dropout']:g}, {r['epochs']} epochs, "
-              f"views {r['member_views']} drawn afresh every epoch with a view seed of their "
-              "own) differing by seed; the distilled students have the same architecture, "
-              f"recipe and budget and see {r['views']} cached views per image of the same "
-              "augmentation, labelled by the ensemble (one KL term per member, the paper's "
-              "multi-task loss)."),
+              + ("no augmentation" if r["member_views"] == "plain" else
+                 f"views {r['member_views']} drawn afresh every epoch with a view seed of their "
+                 "own") + ") differing by seed; the distilled students have the same "
+              "architecture, recipe and budget and see "
+              + ("the training images" if r["member_views"] == "plain" else
+                 f"{r['views']} cached views per image of the same augmentation")
+              + ", labelled by the ensemble (one KL term per member, the paper's multi-task "
+              "loss)."),
         ("table", ["system", "paper: test frame accuracy (speech)", "ours: test accuracy",
                    "ours: test errors"], rows),
         ("p", f"Ensemble gain over the mean member: **{points(r['ensemble_gain'])}** (the design "

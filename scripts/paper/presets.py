@@ -15,14 +15,14 @@ cache adds about 10% (docs/performance.md).
 E1    3 hard students; per row: teacher(s), 3 + 2 candidates on seed 0, 2 more      5.6 h
       seeds of the two kept recipes, 3 fair baselines (mlp row 3.1 h, cnn 2.2 h)
 E2    6 students of 30 epochs (E1's teacher)                                        0.8 h
-E3    10 members + 3 candidates + 2 seeds, 30 epochs each, 16-view cache            1.4 h
+E3    10 members + 3 candidates + 2 seeds, 30 epochs each, plain images             1.1 h
 E4    14 runs on 1,620 images (validation of 6,000 images dominates)                0.3 h
 E5    3 generalists x about 4 specialists of 5 short epochs                          0.2 h
 ====  ==========================================================================  ========
 
 Two invocations side by side (``--only E1,E2`` and ``--only E3,E4,E5``) take about 6.5 h of wall
-time. Over budget, cut candidates (``e1_temperatures``, ``e1_view_recipes``, the second MLP
-teacher) before seeds, and seeds before the final measurements' epochs.
+time (8 h of CPU in all). Over budget, cut candidates (``e1_temperatures``, ``e1_view_recipes``,
+the second MLP teacher) before seeds, and seeds before the final measurements' epochs.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -26,6 +27,7 @@ from ensemble_kd import (
     predict_probs,
     train_baseline,
 )
+from ensemble_kd.io import atomic_write_text
 from ensemble_kd.metrics import accuracy
 
 # E3 member recipes tried by ``members``: (dropout, view settings); each member k gets view seed k
@@ -114,9 +116,9 @@ def main() -> None:
     out["wall_seconds"] = round(time.perf_counter() - t, 1)
     line = json.dumps(out)
     print(line, flush=True)
-    if args.log:
-        with open(args.log, "a") as f:
-            f.write(line + "\n")
+    if args.log:  # appended, rewritten atomically (a crash never leaves half a line)
+        log = Path(args.log)
+        atomic_write_text(log, (log.read_text() if log.exists() else "") + line + "\n")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -274,6 +274,8 @@ def paired_bootstrap(
         confidence: coverage of the interval, in (0, 1).
         seed: the resamples are a pure function of it.
 
+    The dictionary form of :func:`paired_bootstrap_ci` for a statistic of column means.
+
     Returns:
         ``{"estimate", "low", "high", "confidence", "n_resamples", "n_undefined"}``: the statistic
         on all examples, the interval (None when no resample gives a finite value) and how many
@@ -286,23 +288,13 @@ def paired_bootstrap(
         raise ValueError(f"n_resamples must be a positive int, got {n_resamples!r}")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
-    n = v.shape[0]
-    rng = np.random.default_rng(seed)
-    stats = np.empty(int(n_resamples))
-    chunk = max(1, 2**22 // n)  # resamples per draw: about 4M indices (32 MB) at a time
-    for a in range(0, int(n_resamples), chunk):
-        b = min(int(n_resamples), a + chunk)
-        idx = rng.integers(0, n, size=(b - a, n))  # (R, N)
-        means = v[idx].mean(1)  # (R, K)
-        stats[a:b] = [_statistic(statistic, m) for m in means]
-    finite = stats[np.isfinite(stats)]
-    tail = 100 * (1 - confidence) / 2
-    low, high = (None, None) if finite.size == 0 else (
-        float(np.percentile(finite, tail)), float(np.percentile(finite, 100 - tail)))
-    estimate = _statistic(statistic, v.mean(0))
-    return {"estimate": estimate if math.isfinite(estimate) else None, "low": low, "high": high,
+    ci = paired_bootstrap_ci(lambda a: _statistic(statistic, a.mean(-1)), [v.T],
+                             n_boot=int(n_resamples), level=confidence, seed=seed)
+    finite = math.isfinite(ci.low)
+    return {"estimate": ci.estimate if math.isfinite(ci.estimate) else None,
+            "low": ci.low if finite else None, "high": ci.high if finite else None,
             "confidence": float(confidence), "n_resamples": int(n_resamples),
-            "n_undefined": int(stats.size - finite.size)}
+            "n_undefined": ci.n_boot - ci.n_valid}
 
 
 def _scalar(value: Any) -> Any:
@@ -394,3 +386,106 @@ def format_table(
     out = [line(header), rule, *(line(cells) for cells in body)]
     table = "\n".join(out)
     return f"{title}\n\n{table}" if title else table
+
+
+class BootstrapCI(NamedTuple):
+    """A percentile bootstrap interval of a statistic."""
+
+    estimate: float  # the statistic on the data as given
+    low: float  # lower end of the interval (nan when no replicate was defined)
+    high: float  # upper end
+    level: float  # e.g. 0.95
+    n_boot: int  # replicates drawn
+    n_valid: int  # replicates whose statistic was defined (finite)
+
+    def as_list(self) -> list[float]:
+        """``[low, high]`` (JSON-able)."""
+        return [self.low, self.high]
+
+
+def paired_bootstrap_ci(
+    statistic: Callable[..., float | None],
+    arrays: Sequence[ArrayLike],
+    *,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+    groups: ArrayLike | None = None,
+    replicates: bool | Sequence[bool] = False,
+) -> BootstrapCI:
+    """Percentile bootstrap interval of ``statistic(*arrays)``, resampling examples jointly.
+
+    The arrays are *paired*: their last axis indexes the same N examples (e.g. whether each of
+    several models got test image i right), and every replicate draws one set of N example indices
+    with replacement, applied to all of them, so the comparison between models keeps its pairing
+    (Efron & Tibshirani 1993, ch. 13). Optionally whole groups of examples are drawn instead of
+    single ones (``groups``), and the rows of an array (its axis 0: seeds, ensemble members) are
+    resampled too (``replicates``), each array independently, so the interval also covers the
+    spread over seeds.
+
+    Args:
+        statistic: ``f(*resampled) -> float`` on numpy arrays of the given shapes (rows may repeat
+            when resampled); a replicate where it returns None or a non-finite value (e.g. a share
+            of a gap that vanished) is dropped and counted out of ``n_valid``.
+        arrays: each (N,) or (R, ..., N); the last axes all have length N.
+        n_boot: replicates, >= 1.
+        level: coverage of the interval, in (0, 1).
+        seed: the generator's seed: the same seed, the same interval.
+        groups: (N,) labels; replicates draw as many groups as there are, with replacement, and
+            take all their examples (a cluster bootstrap). None: single examples.
+        replicates: resample axis 0 of every array (True), of none (False), or one flag per array.
+
+    Returns:
+        :class:`BootstrapCI` (estimate on the original data, the percentile interval).
+
+    Raises:
+        ValueError: no arrays, last axes of different lengths, N = 0, a flag for an array without
+            rows, ``groups`` of the wrong length, ``n_boot`` < 1 or ``level`` outside (0, 1).
+    """
+    data = [np.asarray(torch.as_tensor(a).detach().cpu().numpy() if isinstance(a, torch.Tensor)
+                       else a) for a in arrays]
+    if not data:
+        raise ValueError("paired_bootstrap_ci needs at least one array")
+    n = data[0].shape[-1] if data[0].ndim else 0
+    if any(d.ndim == 0 or d.shape[-1] != n for d in data):
+        raise ValueError("the arrays' last axes must all index the same N examples, got shapes "
+                         f"{[d.shape for d in data]}")
+    if n == 0:
+        raise ValueError("no examples to resample (N = 0)")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+        raise ValueError(f"n_boot must be an integer >= 1, got {n_boot!r}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    flags = [bool(replicates)] * len(data) if isinstance(replicates, bool) else list(replicates)
+    if len(flags) != len(data):
+        raise ValueError(f"replicates has {len(flags)} flags for {len(data)} arrays")
+    if any(f and d.ndim < 2 for f, d in zip(flags, data, strict=True)):
+        raise ValueError("replicates: an array resampled by rows needs a row axis (R, ..., N)")
+    members = None
+    if groups is not None:
+        g = np.asarray(groups)
+        if g.shape != (n,):
+            raise ValueError(f"groups must have one label per example ({n},), got {g.shape}")
+        members = [np.flatnonzero(g == u) for u in np.unique(g)]
+
+    def value(arrs) -> float:
+        v = statistic(*arrs)
+        return math.nan if v is None else float(v)
+
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_boot)
+    for b in range(n_boot):
+        if members is None:
+            idx = rng.integers(0, n, n)
+        else:
+            idx = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
+        arrs = []
+        for d, f in zip(data, flags, strict=True):
+            if f:
+                d = d[rng.integers(0, d.shape[0], d.shape[0])]
+            arrs.append(d[..., idx])
+        stats[b] = value(arrs)
+    ok = stats[np.isfinite(stats)]
+    tail = (1 - level) / 2
+    low, high = (np.quantile(ok, [tail, 1 - tail]).tolist() if len(ok) else (math.nan, math.nan))
+    return BootstrapCI(value(data), float(low), float(high), float(level), n_boot, int(len(ok)))

@@ -198,3 +198,12 @@ def test_load_mismatched_weights_is_format_error(tmp_path):
     save_tensors(path, obj)
     with pytest.raises(FormatError, match="do not match"):
         load_model(path)
+
+
+def test_model_spec_builds_the_cnn_with_its_widths_as_channels():
+    from ensemble_kd import ModelSpec
+
+    m = ModelSpec("cnn", (8, 16), 0.3).build((1, 28, 28), 10)
+    convs = [layer for layer in m.modules() if isinstance(layer, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [8, 16]
+    assert m.spec["kwargs"]["dropout"] == 0.3

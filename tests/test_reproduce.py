@@ -13,14 +13,16 @@ import os
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from paper import report as rep  # noqa: E402
-from paper.common import Context, share_of_gap, summary  # noqa: E402
+from paper.common import Context, gap_share_ci, late_change, share_of_gap, summary  # noqa: E402
 from paper.e2_omitted import choose_bias, class_counts  # noqa: E402
 from paper.e5_specialists import _pooled_coverage  # noqa: E402
 from paper.presets import TINY  # noqa: E402
@@ -28,6 +30,8 @@ from paper.runner import main, parse_args  # noqa: E402
 
 HEADLINE_KEYS = ("e1_gap_closed", "e3_ensemble_gain_kept", "e4_gap_recovered",
                  "e5_relative_gain", "e2_omitted_class_recall_after_bias")
+NEW_KEYS = ("e3_ensemble_gain", "e3_kept_ci", "e1_agreement", "e5_relative_error_reduction",
+            "e5_relative_error_reduction_ci", "e1_gap_closed_ci", "e6_specialist_gain_kept")
 
 
 @pytest.fixture(scope="module")
@@ -48,21 +52,40 @@ def test_tiny_run_writes_the_report(tiny_run):
     saved = json.loads((folder / "results.json").read_text())
     assert saved["complete"] is True and saved["quick"] is True
     assert saved["wall_seconds"] > 0
-    for key in HEADLINE_KEYS:
-        assert key in saved
+    for key in HEADLINE_KEYS + NEW_KEYS:
+        assert key in saved, key
     assert set(saved["experiments"]) == {"E1", "E2", "E3", "E4", "E5"}
     # the headlines are the experiments' own numbers
-    assert saved["e3_ensemble_gain_kept"] == saved["experiments"]["E3"]["headline_gain_kept"]
+    e1, e3, e4, e5 = (saved["experiments"][e] for e in ("E1", "E3", "E4", "E5"))
+    assert saved["e3_ensemble_gain_kept"] == e3["headline_gain_kept"]
+    assert saved["e3_ensemble_gain"] == pytest.approx(
+        e3["ensemble"]["test_acc"] - e3["single"]["test_acc"]["mean"])
     assert saved["e2_omitted_class_recall_after_bias"] == pytest.approx(
         saved["experiments"]["E2"]["classes"][0]["after"]["recall"]["mean"])
-    e1 = saved["experiments"]["E1"]
-    assert [st["widths"] for st in e1["students"]] == [[32, 32], [8, 8]]
-    assert [d["temperature"] for d in e1["students"][0]["distilled"]] == [1.0, 4.0]
-    assert len(saved["experiments"]["E3"]["members"]) == TINY.e3_teachers
+    assert saved["e5_relative_error_reduction"] == e5["pooled_relative_error_reduction"]
+    for key in ("e3_kept_ci", "e5_relative_error_reduction_ci", "e4_gap_recovered_ci"):
+        low, high = saved[key]
+        assert low <= high, key
+    # E1: the paper's set-up first, both recipes measured over every seed, fair baselines
+    assert [row["name"] for row in e1["rows"]] == ["mlp", "cnn"]
+    row = e1["rows"][0]
+    assert len(row["teacher_candidates"]) == 2
+    assert row["teacher"]["val_acc"] == max(c["val_acc"] for c in row["teacher_candidates"])
+    assert set(row["sweeps"]) == {"paper", "shift1", "mixup"}
+    assert [c["temperature"] for c in row["sweeps"]["paper"]] == [1.0, 4.0]
+    assert set(row["recipes"]) == {"paper", row["best_view_recipe"]}
+    for rec in row["recipes"].values():
+        assert rec["test_acc"]["n"] == TINY.e1_seeds
+    assert row["recipes"][row["best_view_recipe"]]["fair_baseline"]["test_acc"]["n"] == 2
+    assert saved["e1_agreement"] == row["chosen"]["agreement"]["mean"]
+    assert (saved["e1_gap_closed"] is None) == (not row["teacher_clearly_better"])
+    assert len(e3["members"]) == TINY.e3_teachers
+    assert e3["distilled"]["test_acc"]["n"] == TINY.e3_seeds
+    assert set(e4["rows"]) == {"hard", "hard_views", "paper", "views"}
     # stage lines: each experiment starts and ends, units are counted
     for exp in ("E1", "E2", "E3", "E4", "E5"):
         assert f"{exp}: start" in log and f"{exp}: saved" in log
-    assert "E1 [7/7]" in log
+    assert "E1 [21/21]" in log
 
 
 def test_report_is_self_contained_and_compares_with_the_paper(tiny_run):
@@ -74,7 +97,8 @@ def test_report_is_self_contained_and_compares_with_the_paper(tiny_run):
     md = (out / "report" / "report.md").read_text()
     assert "| teacher | 67 |" in md  # paper's E1 teacher beside ours
     assert "86%" in md and "87%" in md  # E3 and E4 ratios of the paper
-    assert "Not run yet" not in md
+    assert "Not run yet" not in md and "E6" not in md
+    assert "What stood in the way (measured):" in md and "95% interval" in md
 
 
 def test_rerun_loads_everything_and_an_interrupted_unit_resumes(tiny_run):
@@ -91,13 +115,13 @@ def test_rerun_loads_everything_and_an_interrupted_unit_resumes(tiny_run):
     # Lose E1's result and one student, as if killed while training it: only that one retrains,
     # and (seeded, CPU) it comes out the same, so E1's numbers do not move.
     (out / "e1" / "result.json").unlink()
-    (out / "e1" / "student_8x8" / "T4" / "seed_0" / "model.pt").unlink()
+    (out / "e1" / "mlp" / "paper" / "seed_1" / "model.pt").unlink()
     log = io.StringIO()
     third = main(["--preset", "tiny", "--out", str(out), "--device", "cpu", "--only", "E1"],
                  log=log)
     trained = [ln for ln in log.getvalue().splitlines() if "distilling" in ln or
                "training on" in ln]
-    assert len(trained) == 1 and "student 8x8 T=4 seed 0" in trained[0]
+    assert len(trained) == 1 and "mlp: student 32, paper, seed 1" in trained[0]
     assert third["experiments"]["E1"] == data["experiments"]["E1"]
 
 
@@ -106,8 +130,8 @@ def test_a_folder_refuses_other_settings(tiny_run, digits):
     with pytest.raises(ValueError, match="another preset"):
         Context(out, dataclasses.replace(TINY, name="quick"), digits, device="cpu",
                 log=io.StringIO())
-    # E1's models were trained with e1_seeds=1: with 2 they are refused, E3's are still fine
-    ctx = Context(out, dataclasses.replace(TINY, e1_seeds=2), digits, device="cpu",
+    # E1's models were trained with e1_seeds=2: with 3 they are refused, E3's are still fine
+    ctx = Context(out, dataclasses.replace(TINY, e1_seeds=3), digits, device="cpu",
                   log=io.StringIO())
     with pytest.raises(ValueError, match=r"e1 was made with other settings \(e1_seeds\)"):
         ctx.claim("e1", ("e1_",))
@@ -119,10 +143,10 @@ def test_a_setting_added_later_is_accepted_and_recorded(tmp_path, digits):
     ctx.claim("e3", ("e3_",))
     path = tmp_path / "e3" / "settings.json"
     old = json.loads(path.read_text())
-    del old["e3_online_jitter"]  # as written before that setting existed
+    del old["e3_member_views"]  # as written before that setting existed
     path.write_text(json.dumps(old))
     ctx.claim("e3", ("e3_",))
-    assert json.loads(path.read_text())["e3_online_jitter"] == TINY.e3_online_jitter
+    assert json.loads(path.read_text())["e3_member_views"] == TINY.e3_member_views
 
 
 def test_a_folder_in_use_by_another_process_is_refused(tmp_path, digits):
@@ -154,7 +178,9 @@ def test_parse_args():
     assert parse_args(["--out", "x", "--quick"]).preset == "quick"
     assert parse_args(["--out", "x", "--only", "e1, E3"]).only == ["E1", "E3"]
     with pytest.raises(SystemExit):
-        parse_args(["--out", "x", "--only", "E6"])
+        parse_args(["--out", "x", "--only", "E6"])  # no module yet
+    with pytest.raises(SystemExit):
+        parse_args(["--out", "x", "--only", "E7"])
     with pytest.raises(SystemExit):
         parse_args(["--out", "x", "--quick", "--preset", "full"])
 
@@ -199,5 +225,49 @@ def test_partial_report_marks_pending(tmp_path):
     data = rep.write_report(tmp_path, {}, meta)
     assert all(data[k] is None for k in HEADLINE_KEYS) and data["complete"] is False
     md = (tmp_path / "report.md").read_text()
-    assert md.count("Not run yet (pending).") == 5
+    assert md.count("Not run yet (pending).") == 5 and "E6" not in md
     assert "| a \\| b |" in rep._md_table(["a | b"], [])
+
+
+def test_an_e6_module_joins_the_run_after_e5(monkeypatch):
+    from paper import runner
+
+    assert "E6" not in runner.experiments()[0]  # no module yet: E6 is left out of the order
+    # any module with run(ctx) stands in for scripts/paper/e6_merged.py
+    monkeypatch.setitem(runner.OPTIONAL, "E6", ("e2_omitted", "E5"))
+    order, modules = runner.experiments()
+    assert order == ["E3", "E4", "E5", "E6", "E1", "E2"]
+    assert modules["E6"].__name__ == "paper.e2_omitted"
+    assert parse_args(["--out", "x", "--only", "E6"]).only == ["E6"]
+
+
+def test_report_renders_an_e6_result_and_its_key(tmp_path):
+    meta = {"preset": "tiny", "quick": True, "command": "x", "date": "d", "machine": "m",
+            "wall_seconds": 1.0, "invocations": 1, "data": "d", "dataset": "digits"}
+    e6 = {"headline_gain_kept": 0.62, "gain_kept_ci": [0.41, 0.80], "epochs": 5, "alpha": 0.9,
+          "temperature": 2.0,
+          "generalists": [{"generalist": 0, "generalist_acc": 0.90, "control_acc": 0.901,
+                           "combined_acc": 0.91, "merged_acc": 0.907, "gain_kept": 0.62}]}
+    data = rep.write_report(tmp_path, {"E6": e6}, meta,
+                            expected=["E3", "E4", "E5", "E6", "E1", "E2"])
+    assert data["e6_specialist_gain_kept"] == 0.62 and data["e6_specialist_gain_kept_ci"] == [0.41, 0.80]
+    md = (tmp_path / "report.md").read_text()
+    assert "E6. Specialists distilled back into one model" in md
+    assert "**62%**, 95% interval [41%, 80%]" in md
+    assert "| 62.0% [41%, 80%] | yes |" in md  # the summary row: target 50%
+    assert md.count("Not run yet (pending).") == 5
+
+
+def test_late_change_and_the_gap_share_interval(digits):
+    assert late_change([0.5, 0.6, 0.7, 0.8, 0.8, 0.81, 0.81, 0.81, 0.82, 0.83]) == pytest.approx(
+        0.83 - 0.81)  # the last 20% of 10 epochs: 2 epochs
+    assert late_change([0.5, 0.6]) is None  # too short to say
+    ctx = SimpleNamespace(preset=TINY)
+    rng = np.random.default_rng(0)
+    n = 4000
+    worse = (rng.random((3, n)) < 0.80)  # (seeds, N)
+    better = (rng.random((1, n)) < 0.90)
+    ours = (rng.random((3, n)) < 0.85)
+    low, high = gap_share_ci(ctx, worse, better, ours)
+    est = share_of_gap(worse.mean(), better.mean(), ours.mean())
+    assert low < est < high and low > 0.2 and high < 0.8

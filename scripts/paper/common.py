@@ -4,7 +4,8 @@ A *unit* is one trained model in its own run folder (``ensemble_kd.run.Run``): i
 saved as soon as it is trained; a rerun loads it instead of training again, and an interrupted unit
 resumes from the shared loop's per-epoch checkpoint in the same folder. An experiment's numbers are
 saved as ``<out>/<exp>/result.json`` when it completes and the experiment is skipped on a rerun.
-All training goes through ``ensemble_kd.train.train`` / ``distill`` / ``train_ensemble`` /
+All training goes through the library: ``train_baseline`` (hard labels, on views or not),
+``distill``, ``distill_sweep`` (candidates from one cache, best on validation) and
 ``specialists.train_specialists``.
 """
 
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,21 +28,23 @@ from ensemble_kd import (
     DistillConfig,
     ModelSpec,
     Splits,
-    TensorBatches,
     TrainConfig,
     TransferSet,
+    ViewConfig,
     distill,
+    make_transfer_set,
     metrics,
     predict_logits,
     seed_everything,
-    train,
+    train_baseline,
 )
-from ensemble_kd.cache import inputs_fingerprint
-from ensemble_kd.ensemble import data_meta, teacher_dir, train_ensemble
+from ensemble_kd.ensemble import data_meta
 from ensemble_kd.io import atomic_write_json, atomic_write_text, read_json
 from ensemble_kd.machine import describe_machine
 from ensemble_kd.predict import resolve_device
 from ensemble_kd.run import Run
+from ensemble_kd.sweep import Candidate, SweepResult, distill_sweep
+from ensemble_kd.train import evaluate_logits
 
 from .presets import Preset
 
@@ -227,25 +231,25 @@ class Context:
         return done[0]
 
     def hard_model(self, folder: Path, spec: ModelSpec, seed: int, epochs: int, *,
-                   x: torch.Tensor | None = None, y: torch.Tensor | None = None,
-                   jitter: int = 0, early_stopping: int = 0, label: str = "") -> nn.Module:
-        """A model trained on hard labels (all training data unless ``x``, ``y`` are given)."""
+                   transfer: TransferSet | None = None, views: ViewConfig | None = None,
+                   lr: float | None = None, early_stopping: int = 0,
+                   label: str = "") -> nn.Module:
+        """A model trained on hard labels (``train_baseline``): all training data unless
+        ``transfer`` is given, on its ``views`` (None: the examples as they are)."""
         tag = self._tag()
         if (m := self._loaded(folder, tag, label)) is not None:
             return m
         s = self.splits
-        x = s.x_train if x is None else x
-        y = s.y_train if y is None else y
-        self.say(f"{tag} {label}: training on hard labels ({len(y)} examples, {epochs} epochs)")
+        transfer = make_transfer_set(s) if transfer is None else transfer
+        seen = "" if views is None else f", views {_views_text(views)}"
+        self.say(f"{tag} {label}: training on hard labels ({len(transfer)} examples{seen}, "
+                 f"{epochs} epochs)")
         t = time.perf_counter()
         seed_everything(seed)  # initial weights
         model = spec.build(s.input_shape, s.n_classes)
-        cfg = self.train_config(epochs, seed, early_stopping=early_stopping)
-        res = train(
-            model, TensorBatches(x, y, batch_size=cfg.batch_size, jitter=jitter), cfg,
-            val=(s.x_val, s.y_val), run_dir=folder, device=self.device, desc=label,
-            extra_state={"data": s.fingerprint(), "x": inputs_fingerprint(x), "jitter": jitter},
-        )
+        cfg = self.train_config(epochs, seed, lr=lr, early_stopping=early_stopping)
+        res = train_baseline(model, transfer, cfg, views=views, val=(s.x_val, s.y_val),
+                             run_dir=folder, device=self.device, progress=False)
         return self._finish(folder, res.model, {"role": "hard", "seed": seed,
                                                  "best_epoch": res.best_epoch}, tag, label, t)
 
@@ -265,39 +269,60 @@ class Context:
         res = distill(
             model, list(teachers), transfer, self.train_config(epochs, seed), dcfg,
             val=(s.x_val, s.y_val), run_dir=folder, cache_dir=cache_dir, device=self.device,
+            progress=False,
         )
         return self._finish(folder, res.model, {"role": "distilled", "seed": seed,
                                                  "temperature": dcfg.temperature,
                                                  "alpha": dcfg.alpha, "combine": dcfg.combine},
                             tag, label, t)
 
-    def ensemble(self, folder: Path, spec: ModelSpec, n: int, epochs: int, *,
-                 jitter: int = 0, label: str = "teacher") -> list[nn.Module]:
-        """``n`` models differing by seed (0 .. n-1), one unit each, by one ``train_ensemble`` call.
+    def sweep(self, folder: Path, spec: ModelSpec, seed: int, epochs: int,
+              teachers: Sequence[nn.Module], transfer: TransferSet,
+              configs: Sequence[DistillConfig], *, label: str = "") -> SweepResult:
+        """One student per config (``distill_sweep``: one cache, same start), best on validation.
 
-        Teachers of one MLP architecture train together as one vectorised model where that is
-        faster (``ensemble_kd.vectorized``); finished teachers are loaded, interrupted ones resume.
+        Each candidate is a unit of its own (``folder/candidates/T4-a0.9``; a single config
+        trains in ``folder`` itself), so an interrupted sweep resumes where it stopped.
         """
-        runs = [Run(teacher_dir(folder, k)) for k in range(n)]
-        todo = [k for k, r in enumerate(runs) if not r.finished()]
-        tag = self._tag(n)
-        if not todo:
-            self.say(f"{tag} {label}s: all {n} already trained, loaded")
-        else:
-            self.say(f"{tag} {label}s {', '.join(str(k + 1) for k in todo)} of {n}: training on "
-                     f"hard labels ({epochs} epochs, jitter {jitter})")
+        s = self.splits
+        tag = self._tag(len(configs))
+        if len(configs) == 1 and (done := Run(folder).load_finished(self.device)) is not None:
+            c = configs[0]  # distill_sweep retrains a lone candidate: load it here instead
+            v = evaluate_logits(predict_logits(done[0], s.x_val, device=self.device), s.y_val)
+            self.say(f"{tag} {label}: already trained, loaded")
+            return SweepResult(done[0], 0, [Candidate(c.temperature, c.alpha, v["acc"], v["nll"],
+                                                      str(folder))])
+        names = ", ".join(f"T={c.temperature:g} alpha={c.alpha:g}" for c in configs)
+        self.say(f"{tag} {label}: {len(configs)} candidate(s) ({names}), {epochs} epochs, "
+                 f"{len(transfer)} examples")
         t = time.perf_counter()
-        models = train_ensemble(self.splits, spec, n, self.train_config(epochs, 0), folder,
-                                jitter=jitter, device=self.device)
-        if todo:
-            for k in todo:
-                runs[k].checkpoint_path.unlink(missing_ok=True)  # only served to resume it
-            accs = [accuracy(models[k], self.splits.x_val, self.splits.y_val, self.device)
-                    for k in todo]
-            self.say(f"{tag} {label}s: trained in {_fmt_s(time.perf_counter() - t)}, validation "
-                     f"accuracy {', '.join(f'{100 * a:.2f}%' for a in accs)}")
-            self.save_run()
-        return models
+
+        def make() -> nn.Module:
+            seed_everything(seed)
+            return spec.build(s.input_shape, s.n_classes)
+
+        res = distill_sweep(make, list(teachers), transfer, self.train_config(epochs, seed),
+                            list(configs), val=(s.x_val, s.y_val), run_dir=folder,
+                            device=self.device, progress=False,
+                            say=lambda m: self.say(f"{tag} {label}: {m}"))
+        if len(configs) == 1:  # the single candidate trained in ``folder``: save it there
+            Run(folder).finish(res.model, {**data_meta(s), "role": "distilled", "seed": seed},
+                               drop_checkpoint=True)
+        else:
+            for c in res.candidates:
+                (Path(c.folder) / "checkpoint.pt").unlink(missing_ok=True)
+        best = res.candidates[res.best]
+        self.say(f"{tag} {label}: kept T={best.temperature:g} alpha={best.alpha:g}, validation "
+                 f"accuracy {100 * best.val_acc:.2f}% ({_fmt_s(time.perf_counter() - t)})")
+        self.save_run()
+        return res
+
+
+def _views_text(v: ViewConfig) -> str:
+    on = {k: x for k, x in v.as_dict().items() if k not in ("views", "seed") and x}
+    n = "unbounded" if v.views is None else f"V={v.views}"
+    return ", ".join(f"{k} {x:g}" if not isinstance(x, bool) else k for k, x in on.items()) + \
+        f" ({n})"
 
 
 # -------------------------------------------------------------------- evaluation
@@ -344,6 +369,46 @@ def share_of_gap(worse: float, better: float, ours: float) -> float | None:
     if not gap > 0:
         return None
     return (ours - worse) / gap
+
+
+def test_correct(model: nn.Module, ctx: Context) -> np.ndarray:
+    """(N,) bool: which test examples ``model`` classifies right (for paired bootstraps)."""
+    pred = predict_logits(model, ctx.splits.x_test, device=ctx.device).argmax(1)
+    return (pred == ctx.splits.y_test).numpy()
+
+
+def test_predictions(model: nn.Module, ctx: Context) -> np.ndarray:
+    """(N,) int: the model's top class on each test example."""
+    return predict_logits(model, ctx.splits.x_test, device=ctx.device).argmax(1).numpy()
+
+
+def curve(folder: Path) -> list[float]:
+    """Validation accuracy after each epoch of a unit (empty when it logged none)."""
+    return [r["val_acc"] for r in Run(folder).log() if r.get("val_acc") is not None]
+
+
+def late_change(values: Sequence[float], share: float = 0.2) -> float | None:
+    """Validation accuracy gained over the last ``share`` of the epochs (convergence check):
+    last value minus the value at 1 - share of the run; None for curves under 5 epochs."""
+    if len(values) < 5:
+        return None
+    k = max(1, round(share * len(values)))
+    return float(values[-1] - values[-1 - k])
+
+
+def gap_share_ci(ctx: Context, worse: np.ndarray, better: np.ndarray, ours: np.ndarray,
+                 *, seed: int = 0) -> list[float]:
+    """95% interval of ``share_of_gap`` from per-example correctness: ``worse`` (R1, N) and
+    ``ours`` (R2, N) are models over seeds (rows resampled), ``better`` (R3, N) the model(s) whose
+    level is the goal (rows resampled too when more than one); test examples resampled jointly."""
+
+    def stat(w, b, o):
+        return share_of_gap(w.mean(), b.mean(), o.mean())
+
+    ci = metrics.paired_bootstrap_ci(
+        stat, [worse, better, ours], n_boot=ctx.preset.n_boot, seed=seed,
+        replicates=[len(worse) > 1, len(better) > 1, len(ours) > 1])
+    return ci.as_list()
 
 
 def metrics_history(folder: Path) -> list[dict]:

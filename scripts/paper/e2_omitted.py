@@ -2,25 +2,27 @@
 
 Paper (sec. 3, MNIST): distilled on a transfer set without any 3, the student got 133 of the 1,010
 test 3s wrong; raising the bias of class 3 by 3.5 (chosen on the *test* set) left 14 wrong. Here:
-the E1 teacher, E1's larger student distilled at the paper's T = 20 on a transfer set without one
-class, done for the class the teacher finds hardest and the one it finds easiest (its validation
-recall), and the bias chosen on *validation* data (the value that maximises validation accuracy).
+the teacher of E1's first row (the paper's set-up), E1's student distilled at the paper's T = 20
+on fixed inputs on a transfer set without one class, done for the class the teacher finds
+hardest and the one it finds easiest (its validation recall), and the bias chosen on
+*validation* data (the value that maximises validation accuracy).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ensemble_kd import DistillConfig, ModelSpec, make_transfer_set, predict_logits
+from ensemble_kd import DistillConfig, make_transfer_set, predict_logits
 
 from .common import Context, summary, widths_name
-from .e1_temperature import distilled_student, e1_teacher
+from .e1_temperature import row_teacher, student_spec
 
 EXP = "E2"
 
 
 def planned(ctx: Context) -> int:
-    return 1 + 3 * ctx.preset.e2_seeds  # teacher; per seed two omitted classes + the reference
+    # E1's first-row teachers; per seed two omitted classes + the reference
+    return len(ctx.preset.e1_rows[0].teachers) + 3 * ctx.preset.e2_seeds
 
 
 def bias_grid(ctx: Context) -> torch.Tensor:
@@ -52,28 +54,31 @@ def run(ctx: Context) -> dict:
     p, s = ctx.preset, ctx.splits
     ctx.claim("e2", ("e1_", "e2_"))  # E1's teacher and student settings shape E2's models too
     ctx.begin(EXP, planned(ctx))
-    teacher = e1_teacher(ctx)
+    teacher = row_teacher(ctx, p.e1_rows[0])[0]
     val_pred = predict_logits(teacher, s.x_val, device=ctx.device).argmax(1)
     recall = torch.tensor([float((val_pred[s.y_val == c] == c).double().mean())
                            for c in range(s.n_classes)])  # (C,) the teacher's validation recall
     order = torch.argsort(recall, stable=True)  # distinct ends even when recalls tie
     hardest, easiest = int(order[0]), int(order[-1])
-    widths = p.e1_student_widths[0]
-    spec = ModelSpec("mlp", widths, 0.0)
+    widths = p.e1_student_widths
+    spec = student_spec(ctx)
+    dcfg = DistillConfig(temperature=float(p.e2_temperature), alpha=p.e1_alphas[0])
     grid = bias_grid(ctx)
     out = {"temperature": p.e2_temperature, "student_widths": list(widths), "seeds": p.e2_seeds,
            "teacher_val_recall": recall.tolist(), "classes": []}
     per_class = {hardest: [], easiest: []}
     reference = []
     for seed in range(p.e2_seeds):
-        ref = distilled_student(ctx, teacher, widths, p.e2_temperature, seed)
+        ref = ctx.distilled_model(
+            ctx.out / "e2" / "reference" / f"seed_{seed}", spec, seed, p.e1_student_epochs,
+            [teacher], make_transfer_set(s), dcfg, ctx.out / "e2" / "reference" / "cache",
+            label=f"student {widths_name(widths)} with every class, seed {seed}")
         reference.append(predict_logits(ref, s.x_test, device=ctx.device))
         for cls in (hardest, easiest):
             transfer = make_transfer_set(s, omit_classes=[cls])
             folder = ctx.out / "e2" / f"omit_{cls}" / f"seed_{seed}"
             m = ctx.distilled_model(
-                folder, spec, seed, p.e1_student_epochs, [teacher], transfer,
-                DistillConfig(temperature=float(p.e2_temperature), alpha=p.e1_alpha),
+                folder, spec, seed, p.e1_student_epochs, [teacher], transfer, dcfg,
                 ctx.out / "e2" / f"omit_{cls}" / "cache",
                 label=f"student {widths_name(widths)} without class {cls} "
                       f"({s.class_names[cls]}) seed {seed}",

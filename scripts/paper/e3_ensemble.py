@@ -1,30 +1,44 @@
-"""E3: an ensemble of models differing by seed, distilled into one model of the same size.
+"""E3: an ensemble of models with the student's architecture and recipe, distilled into one.
 
 Paper (sec. 4, speech): single model 58.9% frame accuracy, ensemble of 10 61.1%, distilled single
 model 60.8%: 86% of the ensemble's gain kept (hard-label weight 0.5, T in {1, 2, 5, 10}). Here: 10
-MLPs trained with one recipe and different seeds; each of them *is* a single model trained on hard
-labels, so the baseline is their mean (and spread). The distilled model has the same architecture,
-recipe and budget. T is chosen on validation data (one seed, ``sum`` mode); both combine modes
-(sum of per-teacher KL terms, KL to the mean of the logits) are then run with several seeds, and
-optionally a variant whose transfer set is enlarged by shifting the inputs (teachers run online).
-The headline is the variant with the best validation accuracy.
+MLPs of one architecture and recipe (dropout, and augmented views drawn afresh every epoch with a
+view seed of their own), differing by seed: their diversity comes from seeds, dropout and
+augmentation, not from weaker members. Each member *is* a single model trained on hard labels, so
+the baseline is their mean. The distilled students have the same architecture, recipe and budget:
+they see V cached views of the same augmentation, labelled by the ensemble (one KL term per member,
+the paper's multi-task loss), T chosen on validation (``distill_sweep``, seed 0), then
+``e3_seeds`` seeds. The kept share (distilled - mean member) / (ensemble - mean member) comes with a
+95% interval: bootstrap over test examples, student seeds and members.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from torch import nn
 
 from ensemble_kd import DistillConfig, ModelSpec, ensemble_probs, make_transfer_set
 
-from .common import Context, metrics_history, scores, share_of_gap, summary, widths_name
+from . import presets
+from .common import (
+    Context,
+    curve,
+    gap_share_ci,
+    late_change,
+    scores,
+    share_of_gap,
+    summary,
+    test_correct,
+    widths_name,
+)
 
 EXP = "E3"
 
 
-def teachers_folder(ctx: Context) -> Path:
-    return ctx.out / "e3" / "teachers"
+def member_folder(ctx: Context, k: int) -> Path:
+    return ctx.out / "e3" / "members" / f"member_{k}"
 
 
 def spec(ctx: Context) -> ModelSpec:
@@ -33,90 +47,88 @@ def spec(ctx: Context) -> ModelSpec:
 
 
 def e3_teachers(ctx: Context) -> list[nn.Module]:
-    """The ensemble's members (shared with E4, whose teacher and baseline they are, and E5,
-    whose generalists they are)."""
+    """The ensemble's members (shared with E4, whose teacher and 100% baseline they are, and E5,
+    whose generalists they are). Member k: seed k, views drawn with view seed k."""
     ctx.claim("e3", ("e3_",))
     p = ctx.preset
-    return ctx.ensemble(teachers_folder(ctx), spec(ctx), p.e3_teachers, p.e3_epochs,
-                        label=f"model {widths_name(p.e3_widths)}")
+    return [ctx.hard_model(member_folder(ctx, k), spec(ctx), k, p.e3_epochs,
+                           views=presets.views(p.e3_member_views, None, seed=k),
+                           label=f"member {k + 1}/{p.e3_teachers} {widths_name(p.e3_widths)}")
+            for k in range(p.e3_teachers)]
 
 
 def planned(ctx: Context) -> int:
     p = ctx.preset
-    variants = len(p.e3_modes) + (1 if p.e3_online_jitter else 0)
-    return p.e3_teachers + len(p.e3_temperatures) + variants * p.e3_seeds
-
-
-def _student(ctx: Context, teachers, mode: str, t: float, seed: int,
-             jitter: int = 0) -> nn.Module:
-    """A distilled model; ``jitter`` > 0: the teachers run online on shifted inputs."""
-    p = ctx.preset
-    name = f"distilled_{mode}" + (f"_online_jitter{jitter}" if jitter else "")
-    folder = ctx.out / "e3" / name / f"T{t:g}" / f"seed_{seed}"
-    how = f"{mode}, online, jitter {jitter} px" if jitter else mode
-    return ctx.distilled_model(
-        folder, spec(ctx), seed, p.e3_epochs, teachers, make_transfer_set(ctx.splits),
-        DistillConfig(temperature=float(t), alpha=p.e3_alpha, combine=mode,
-                      online=bool(jitter), jitter=jitter),
-        ctx.out / "e3" / "cache",
-        label=f"model {widths_name(p.e3_widths)} distilled from {len(teachers)} ({how}) "
-              f"T={t:g} seed {seed}",
-    )
+    return p.e3_teachers + len(p.e3_temperatures) * len(p.e3_alphas) + p.e3_seeds - 1
 
 
 def run(ctx: Context) -> dict:
     p, s = ctx.preset, ctx.splits
     ctx.claim("e3", ("e3_",))
     ctx.begin(EXP, planned(ctx))
-    teachers = e3_teachers(ctx)
-    # seeds of the distilled models start past the teachers' seeds: no shared initial weights
+    members = e3_teachers(ctx)
+    member_scores = [scores(m, ctx) for m in members]
+    members_ok = np.stack([test_correct(m, ctx) for m in members])  # (K, N)
+    ens_test = ensemble_probs(members, s.x_test, device=ctx.device)  # (N, C)
+    ens_val = ensemble_probs(members, s.x_val, device=ctx.device)
+    ens_ok = (ens_test.argmax(1) == s.y_test).numpy()[None]  # (1, N)
+    ensemble = {"test_acc": float(ens_ok.mean()), "test_errors": int((~ens_ok).sum()),
+                "val_acc": float((ens_val.argmax(1) == s.y_val).double().mean())}
+    single = {k: summary([m[k] for m in member_scores])
+              for k in ("test_acc", "test_errors", "val_acc")}
+
+    # seeds of the students start past the members': no shared initial weights
     seed0 = p.e3_teachers
-    members = [scores(m, ctx) for m in teachers]
-    ens_test = ensemble_probs(teachers, s.x_test, device=ctx.device)  # (N, C)
-    ens_val = ensemble_probs(teachers, s.x_val, device=ctx.device)
-    ensemble = {
-        "test_acc": float((ens_test.argmax(1) == s.y_test).double().mean()),
-        "test_errors": int((ens_test.argmax(1) != s.y_test).sum()),
-        "val_acc": float((ens_val.argmax(1) == s.y_val).double().mean()),
-    }
-    single = {k: summary([m[k] for m in members]) for k in ("test_acc", "test_errors", "val_acc")}
-
-    sweep = []
-    for t in p.e3_temperatures:
-        r = scores(_student(ctx, teachers, "sum", t, seed0), ctx)
-        sweep.append({"temperature": float(t), "val_acc": r["val_acc"], "test_acc": r["test_acc"]})
-    best_t = max(sweep, key=lambda r: (r["val_acc"], -r["temperature"]))["temperature"]
-
-    modes = []
-    variants = [(m, 0) for m in p.e3_modes]
-    if p.e3_online_jitter:
-        variants.append(("sum", p.e3_online_jitter))
-    for mode, jitter in variants:
-        runs = [scores(_student(ctx, teachers, mode, best_t, seed0 + i, jitter), ctx)
-                for i in range(p.e3_seeds)]
-        acc = summary([r["test_acc"] for r in runs])
-        modes.append({
-            "mode": f"{mode}, online, jitter {jitter} px" if jitter else mode,
-            "combine": mode, "online_jitter": jitter, "temperature": best_t, "test_acc": acc,
-            "test_errors": summary([r["test_errors"] for r in runs]),
-            "val_acc": summary([r["val_acc"] for r in runs]),
-            "gain_kept": share_of_gap(single["test_acc"]["mean"], ensemble["test_acc"],
-                                      acc["mean"]),
-        })
-    best = max(modes, key=lambda r: r["val_acc"]["mean"])
+    views = presets.views(p.e3_member_views, p.e3_views)
+    transfer = make_transfer_set(s)
+    name = widths_name(p.e3_widths)
+    folder = ctx.out / "e3" / "students"
+    configs = [DistillConfig(temperature=float(t), alpha=float(a), views=views)
+               for t in p.e3_temperatures for a in p.e3_alphas]
+    sw = ctx.sweep(folder / "sweep", spec(ctx), seed0, p.e3_epochs, members, transfer, configs,
+                   label=f"student {name} from {len(members)} members")
+    kept = sw.candidates[sw.best]
+    cfg = DistillConfig(temperature=kept.temperature, alpha=kept.alpha, views=views)
+    students, folders = [sw.model], [Path(kept.folder)]
+    for i in range(1, p.e3_seeds):
+        f = folder / f"seed_{seed0 + i}"
+        students.append(ctx.distilled_model(
+            f, spec(ctx), seed0 + i, p.e3_epochs, members, transfer, cfg,
+            folder / "sweep" / "cache", label=f"student {name}, seed {seed0 + i}"))
+        folders.append(f)
+    runs = [scores(m, ctx) for m in students]
+    students_ok = np.stack([test_correct(m, ctx) for m in students])  # (S, N)
+    acc = summary([r["test_acc"] for r in runs])
+    gain_kept = share_of_gap(single["test_acc"]["mean"], ensemble["test_acc"], acc["mean"])
+    student_probs = ensemble_probs(students[:1], s.x_test, device=ctx.device)
+    member_curves = [curve(member_folder(ctx, k)) for k in range(p.e3_teachers)]
+    student_curves = [curve(f) for f in folders]
     out = {
         "widths": list(p.e3_widths), "dropout": p.e3_dropout, "epochs": p.e3_epochs,
-        "n_teachers": p.e3_teachers, "alpha": p.e3_alpha, "seeds": p.e3_seeds,
-        "single": single, "members": members, "ensemble": ensemble,
-        "temperature_sweep": sweep, "temperature": best_t, "modes": modes,
-        "best_mode": best["mode"], "headline_gain_kept": best["gain_kept"],
-        "curves": [[r.get("val_acc") for r in metrics_history(teachers_folder(ctx) /
-                                                              f"teacher_{k}")]
-                   for k in range(p.e3_teachers)],
+        "member_views": p.e3_member_views, "views": p.e3_views, "n_teachers": p.e3_teachers,
+        "seeds": p.e3_seeds, "single": single, "members": member_scores, "ensemble": ensemble,
+        "ensemble_gain": ensemble["test_acc"] - single["test_acc"]["mean"],
+        "sweep": [c._asdict() for c in sw.candidates], "temperature": kept.temperature,
+        "alpha": kept.alpha,
+        "distilled": {"test_acc": acc, "test_errors": summary([r["test_errors"] for r in runs]),
+                      "val_acc": summary([r["val_acc"] for r in runs])},
+        "agreement_with_ensemble": float(
+            (student_probs.argmax(1) == ens_test.argmax(1)).double().mean()),
+        "headline_gain_kept": gain_kept,
+        # members resampled too: the single-model level is their mean
+        "kept_ci": gap_share_ci(ctx, members_ok, ens_ok, students_ok),
+        "curves": member_curves, "student_curves": student_curves,
+        "late_change": {"members": [late_change(c) for c in member_curves],
+                        "students": [late_change(c) for c in student_curves]},
     }
-    gk = best["gain_kept"]
+    gk = gain_kept
     ctx.say(f"{EXP}: done; single {100 * single['test_acc']['mean']:.2f}%, ensemble "
-            f"{100 * ensemble['test_acc']:.2f}%, distilled ({best['mode']}) "
-            f"{100 * best['test_acc']['mean']:.2f}%: "
-            f"{'n/a' if gk is None else f'{100 * gk:.0f}%'} of the gain kept")
+            f"{100 * ensemble['test_acc']:.2f}% (gain {100 * out['ensemble_gain']:.2f} points), "
+            f"distilled {100 * acc['mean']:.2f}%: "
+            f"{'n/a' if gk is None else f'{100 * gk:.0f}%'} of the gain kept, 95% interval "
+            f"{_pcts(out['kept_ci'])}")
     return out
+
+
+def _pcts(ci: list[float]) -> str:
+    return "[" + ", ".join(f"{100 * v:.0f}%" for v in ci) + "]"

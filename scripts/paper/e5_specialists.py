@@ -7,12 +7,16 @@ E3 model; its *validation* confusion is clustered (``specialists.analyse``), the
 subsets (``choose_subsets``, one overlapping class added to each so that some classes are covered
 twice), one dustbin specialist is trained per subset from the generalist's weights
 (``train_specialists``), and the test predictions are combined with ``combine_predictions`` and
-scored with ``evaluate_specialists`` (top-n = 1).
+scored with ``evaluate_specialists`` (top-n = 1). The relative test-error reduction is pooled over the
+generalists (their errors summed), with a 95% paired-bootstrap interval over test examples.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from ensemble_kd import predict_probs
+from ensemble_kd.metrics import paired_bootstrap_ci
 from specialists import (
     SpecialistConfig,
     analyse,
@@ -38,7 +42,7 @@ def run(ctx: Context) -> dict:
     ctx.claim("e5", ("e3_", "e5_"))
     ctx.begin(EXP, planned(ctx))
     teachers = e3_teachers(ctx)
-    runs = []
+    runs, correct = [], []  # correct: per scored generalist, (generalist, combined) (N,) bools
     for g in range(min(p.e5_generalists, len(teachers))):
         gen = teachers[g]
         analysis = analyse(predict_probs(gen, s.x_val, device=ctx.device), s.y_val,
@@ -70,9 +74,12 @@ def run(ctx: Context) -> dict:
                 ck.unlink()  # the specialist is saved; its checkpoint only served a resume
         p_g = predict_probs(gen, s.x_test, device=ctx.device)  # (N, C)
         p_ms = specialist_probs(sps, s.x_test, device=ctx.device)
+        combined = combine_predictions(p_g, p_ms, subsets, top_n=1)  # (N, C), solved once
         res = evaluate_specialists(p_g, p_ms, subsets, s.y_test, top_n=1,
-                                   combine=combine_predictions)
+                                   combine=lambda *_, done=combined, **__: done)
         entry.update(res)
+        correct.append(((p_g.argmax(1) == s.y_test).numpy(),
+                        (combined.argmax(1) == s.y_test).numpy()))
         runs.append(entry)
         ctx.say(f"{EXP} generalist {g + 1}: test accuracy {100 * res['generalist_acc']:.2f}% -> "
                 f"{100 * res['combined_acc']:.2f}% with the specialists")
@@ -85,10 +92,27 @@ def run(ctx: Context) -> dict:
         out[key] = summary([r[key] for r in scored if r[key] is not None])
     out["by_coverage"] = _pooled_coverage(scored)
     out["headline_relative_gain"] = out["relative_gain"]["mean"]
+    out["gain_by_coverage"] = {str(r["covering"]): r["relative_change"]
+                               for r in out["by_coverage"] if r["covering"] in (1, 2)}
+    out["pooled_relative_error_reduction"] = None
+    out["relative_error_reduction_ci"] = None
+    if correct:
+        g_ok = np.stack([g for g, _ in correct])  # (G, N)
+        c_ok = np.stack([c for _, c in correct])
+        ci = paired_bootstrap_ci(_error_reduction, [g_ok, c_ok], n_boot=p.n_boot)
+        out["pooled_relative_error_reduction"] = ci.estimate
+        out["relative_error_reduction_ci"] = ci.as_list()
+    out["headline_relative_error_reduction"] = out["pooled_relative_error_reduction"]
     rg, re_ = out["relative_gain"], out["relative_error_reduction"]
     ctx.say(f"{EXP}: done; relative gain in test accuracy {_pct(rg['mean'])}, relative error "
             f"reduction {_pct(re_['mean'])} (mean of {rg['n']} generalist(s))")
     return out
+
+
+def _error_reduction(gen_ok: np.ndarray, comb_ok: np.ndarray) -> float | None:
+    """1 - (errors with specialists) / (errors of the generalists), summed over generalists."""
+    errors = (~gen_ok).sum()
+    return None if errors == 0 else float(1 - (~comb_ok).sum() / errors)
 
 
 def _pct(x) -> str:

@@ -32,66 +32,68 @@ def _pct(values):
 
 
 def e1_temperature(e1: dict, folder: Path) -> str:
-    """Test accuracy against T for each student size, with the hard-label baseline and teacher."""
-    students = e1["students"]
-    fig, axes = plt.subplots(1, len(students), figsize=(5.2 * len(students), 3.8), squeeze=False)
-    teacher = 100 * e1["teacher"]["test_acc"]
-    for ax, st in zip(axes[0], students, strict=True):
-        ts = [r["temperature"] for r in st["distilled"]]
-        mean = [100 * r["test_acc"]["mean"] for r in st["distilled"]]
-        std = [100 * r["test_acc"]["std"] for r in st["distilled"]]
-        ax.errorbar(ts, mean, yerr=std, marker="o", capsize=3, label="distilled (mean ± s.d.)")
-        h, hs = 100 * st["hard"]["test_acc"]["mean"], 100 * st["hard"]["test_acc"]["std"]
-        ax.axhline(h, color="tab:red", ls="--", label="same student, hard labels")
-        if hs > 0:
-            ax.axhspan(h - hs, h + hs, color="tab:red", alpha=0.12)
-        ax.axhline(teacher, color="black", ls=":", label="teacher")
-        best = st["best"]["temperature"]
-        ax.axvline(best, color="tab:green", alpha=0.4, lw=6,
-                   label=f"T chosen on validation ({best:g})")
+    """Per row: validation accuracy of every candidate (seed 0) against T, one line per recipe,
+    with the teacher and the hard-label student."""
+    rows = e1["rows"]
+    fig, axes = plt.subplots(1, len(rows), figsize=(5.2 * len(rows), 3.8), squeeze=False)
+    for ax, row in zip(axes[0], rows, strict=True):
+        for recipe, cands in row["sweeps"].items():
+            for a in sorted({c["alpha"] for c in cands}):
+                pts = sorted((c["temperature"], 100 * c["val_acc"]) for c in cands
+                             if c["alpha"] == a)
+                ax.plot([t for t, _ in pts], [v for _, v in pts], marker="o",
+                        label=f"{recipe} (alpha {a:g})")
+        h = 100 * e1["hard"]["val_acc"]["mean"]
+        ax.axhline(h, color="tab:red", ls="--", label="student, hard labels")
+        ax.axhline(100 * row["teacher"]["val_acc"], color="black", ls=":", label="teacher")
+        ts = sorted({c["temperature"] for cands in row["sweeps"].values() for c in cands})
         ax.set_xscale("log")
         ax.set_xticks(ts, [f"{t:g}" for t in ts])
         ax.minorticks_off()
         ax.set_xlabel("temperature T")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"student {'x'.join(map(str, st['widths']))} ({e1['seeds']} seed(s))")
+        ax.set_ylabel("validation accuracy (%)")
+        ax.set_title(f"row {row['name']}: chosen {row['chosen']['recipe']}, "
+                     f"T={row['chosen']['temperature']:g}")
         ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=4,
-               bbox_to_anchor=(0.5, -0.13))  # below the panels: it hid points inside them
-    fig.suptitle("E1: accuracy of distilled students against the temperature")
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("E1: candidates on validation (seed 0)")
     return _save(fig, folder, "e1_accuracy_vs_temperature.png")
 
 
-def training_curves(e1: dict | None, e3: dict | None, folder: Path) -> str | None:
-    """Validation accuracy per epoch of the models trained on hard labels (convergence check)."""
+def training_curves(e1: dict | None, e3: dict | None, e4: dict | None,
+                    folder: Path) -> str | None:
+    """Validation accuracy per epoch of every group of models (convergence check)."""
     panels = []
     if e1 is not None:
-        panels.append(("E1", e1))
+        curves = [("student, hard labels", c) for c in e1["hard"]["curves"]]
+        for row in e1["rows"]:
+            curves.append((f"{row['name']} teacher", row["teacher"]["curve"]))
+            for rec in row["recipes"].values():
+                curves += [(f"{row['name']} {rec['recipe']}", c) for c in rec["curves"]]
+        panels.append(("E1", curves))
     if e3 is not None:
-        panels.append(("E3", e3))
+        panels.append(("E3", [("members", c) for c in e3["curves"]]
+                       + [("students", c) for c in e3["student_curves"]]))
+    if e4 is not None:
+        panels.append(("E4 (3%)", [(key, c) for key, row in e4["rows"].items()
+                                   for c in row["curves"]]))
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.6), squeeze=False)
-    for ax, (name, r) in zip(axes[0], panels, strict=True):
-        if name == "E1":
-            c = r["teacher"]["curve"]
-            ax.plot(range(1, len(c) + 1), _pct(c), color="black", label="teacher")
-            for st, color in zip(r["students"], ("tab:blue", "tab:orange", "tab:green"),
-                                 strict=False):
-                for i, c in enumerate(st["hard_curves"]):
-                    ax.plot(range(1, len(c) + 1), _pct(c), color=color, alpha=0.7,
-                            label=f"student {'x'.join(map(str, st['widths']))}, hard labels"
-                            if i == 0 else None)
-        else:
-            for i, c in enumerate(r["curves"]):
-                ax.plot(range(1, len(c) + 1), _pct(c), color="tab:purple", alpha=0.5,
-                        label=f"{r['n_teachers']} ensemble members" if i == 0 else None)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+    for ax, (name, curves) in zip(axes[0], panels, strict=True):
+        colors: dict[str, str] = {}
+        for label, c in curves:
+            if not c:
+                continue
+            new = label not in colors
+            color = colors.setdefault(label, f"C{len(colors) % 10}")
+            ax.plot(range(1, len(c) + 1), _pct(c), color=color, alpha=0.7,
+                    label=label if new else None)
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation accuracy (%)")
-        ax.set_title(f"{name}: models trained on hard labels")
+        ax.set_title(name)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=7, loc="lower right")
     fig.suptitle("Convergence: validation accuracy per epoch")
     return _save(fig, folder, "training_curves.png")
 
@@ -120,30 +122,26 @@ def e2_bias(e2: dict, folder: Path) -> str:
 
 
 def e3_ensemble(e3: dict, folder: Path) -> str:
-    """Single models, their ensemble and the distilled models (each seed a dot)."""
+    """Members, the distilled students (each seed a dot) and the ensemble; the choice of T."""
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10.5, 3.8), gridspec_kw={"width_ratios": [3, 2]})
-    labels = (["single models"]
-              + ["distilled\n" + m["mode"].replace(", ", "\n") for m in e3["modes"]]
-              + ["ensemble"])
+    labels = ["members", "distilled students", "ensemble"]
     ax.scatter([0] * len(e3["single"]["test_acc"]["values"]),
                _pct(e3["single"]["test_acc"]["values"]), color="tab:gray", alpha=0.7)
-    for i, m in enumerate(e3["modes"], start=1):
-        ax.scatter([i] * len(m["test_acc"]["values"]), _pct(m["test_acc"]["values"]),
-                   color="tab:blue")
-    ax.scatter([len(labels) - 1], [100 * e3["ensemble"]["test_acc"]], color="tab:red", marker="*",
-               s=160)
+    ax.scatter([1] * len(e3["distilled"]["test_acc"]["values"]),
+               _pct(e3["distilled"]["test_acc"]["values"]), color="tab:blue")
+    ax.scatter([2], [100 * e3["ensemble"]["test_acc"]], color="tab:red", marker="*", s=160)
     ax.axhline(100 * e3["single"]["test_acc"]["mean"], color="tab:gray", ls="--", lw=1)
     ax.axhline(100 * e3["ensemble"]["test_acc"], color="tab:red", ls="--", lw=1)
     ax.set_xticks(range(len(labels)), labels)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{e3['n_teachers']} models, their ensemble, distilled (T={e3['temperature']:g})")
+    ax.set_title(f"{e3['n_teachers']} members, ensemble, distilled (T={e3['temperature']:g})")
     ax.grid(alpha=0.3, axis="y")
-    sw = e3["temperature_sweep"]
-    ax2.plot([r["temperature"] for r in sw], _pct([r["val_acc"] for r in sw]), marker="o")
+    sw = sorted(e3["sweep"], key=lambda c: c["temperature"])
+    ax2.plot([c["temperature"] for c in sw], _pct([c["val_acc"] for c in sw]), marker="o")
     ax2.set_xscale("log")
-    ax2.set_xticks([r["temperature"] for r in sw], [f"{r['temperature']:g}" for r in sw])
+    ax2.set_xticks([c["temperature"] for c in sw], [f"{c['temperature']:g}" for c in sw])
     ax2.minorticks_off()
-    ax2.set_xlabel("temperature T (sum mode, one seed)")
+    ax2.set_xlabel("temperature T (seed 0)")
     ax2.set_ylabel("validation accuracy (%)")
     ax2.set_title("choice of T")
     ax2.grid(alpha=0.3)
@@ -152,11 +150,12 @@ def e3_ensemble(e3: dict, folder: Path) -> str:
 
 
 def e4_regulariser(e4: dict, folder: Path) -> str:
-    """Train and test accuracy: all data (hard), 3% hard (early stopped), 3% soft targets."""
-    soft = next(r for r in e4["soft"] if r["temperature"] == e4["temperature"])
-    rows = [("100% hard", e4["full_data"]), ("3% hard\n(early stopped)", e4["hard"]),
-            (f"3% soft\n(T={e4['temperature']:g})", soft)]
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10.5, 3.8))
+    """Train and test accuracy of every row (mean ± s.d. over subsets), and the paper's."""
+    rr = e4["rows"]
+    rows = [("100%\nhard", e4["full_data"]), ("3% hard", rr["hard"]),
+            ("3% hard\nviews", rr["hard_views"]), ("3% soft\npaper", rr["paper"]),
+            ("3% soft\nviews", rr["views"])]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11.5, 3.8), gridspec_kw={"width_ratios": [5, 3]})
     x = range(len(rows))
     for off, key, color in ((-0.2, "train_acc", "tab:gray"), (0.2, "test_acc", "tab:blue")):
         ax.bar([i + off for i in x], [100 * r[key]["mean"] for _, r in rows], width=0.38,
@@ -168,13 +167,14 @@ def e4_regulariser(e4: dict, folder: Path) -> str:
     ax.set_ylabel("accuracy (%)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
-    ax.set_title("ours (mean ± s.d. over subsets)")
+    ax.set_title(f"ours (recipe {e4['recipe']}, baseline {e4['baseline']})")
     pn = paper.E4
     pvals = [(pn["full_train_acc"], pn["full_test_acc"]), (pn["hard3_train_acc"],
              pn["hard3_test_acc"]), (pn["soft3_train_acc"], pn["soft3_test_acc"])]
+    px = range(len(pvals))
     for off, j, color in ((-0.2, 0, "tab:gray"), (0.2, 1, "tab:blue")):
-        ax2.bar([i + off for i in x], [100 * v[j] for v in pvals], width=0.38, color=color)
-    ax2.set_xticks(list(x), [n.split("\n")[0] for n, _ in rows])
+        ax2.bar([i + off for i in px], [100 * v[j] for v in pvals], width=0.38, color=color)
+    ax2.set_xticks(list(px), ["100% hard", "3% hard", "3% soft"])
     ax2.set_ylim(35, 75)
     ax2.set_ylabel("frame accuracy (%)")
     ax2.grid(alpha=0.3, axis="y")

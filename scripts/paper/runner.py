@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import os
 import shlex
 import sys
@@ -17,7 +19,7 @@ from ensemble_kd.machine import describe_machine
 from . import e1_temperature, e2_omitted, e3_ensemble, e4_regulariser, e5_specialists
 from .common import Context
 from .presets import PRESETS
-from .report import write_report
+from .report import HEADLINES, write_report
 
 # E3-E5 first: they share E3's cheaper models, so a long run has numbers early; E1's big teacher
 # (also E2's) comes after.
@@ -25,12 +27,27 @@ ORDER = ["E3", "E4", "E5", "E1", "E2"]
 _DATASET_TITLES = {"fashion-mnist": "Fashion-MNIST", "digits": "scikit-learn's 8x8 digits"}
 MODULES = {"E1": e1_temperature, "E2": e2_omitted, "E3": e3_ensemble, "E4": e4_regulariser,
            "E5": e5_specialists}
+# Experiments whose module may not exist yet: E6 (specialists distilled back into one model) is
+# ``paper/e6_merged.py``, built on ``specialists.distill_specialists``; once the file exists it
+# runs after E5 (it reuses E5's generalists and specialists). Its contract: report.E6_CONTRACT.
+OPTIONAL = {"E6": ("e6_merged", "E5")}
+
+
+def experiments() -> tuple[list[str], dict]:
+    """The run order and modules, with each optional experiment whose module exists."""
+    order, modules = list(ORDER), dict(MODULES)
+    for exp, (name, after) in OPTIONAL.items():
+        if importlib.util.find_spec(f"{__package__}.{name}") is not None:
+            modules[exp] = importlib.import_module(f"{__package__}.{name}")
+            order.insert(order.index(after) + 1, exp)
+    return order, modules
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="reproduce_paper.py",
-        description="Reproduce Hinton, Vinyals & Dean (2015) on Fashion-MNIST (E1-E5) and write "
+        description="Reproduce Hinton, Vinyals & Dean (2015) on Fashion-MNIST (E1-E5, and E6 "
+                    "when its module exists) and write "
                     "a report (report.md, report.html, results.json, PNG figures) to OUT/report. "
                     "Interrupted runs resume: rerun the same command.",
     )
@@ -52,9 +69,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.preset = args.preset or ("quick" if args.quick else "full")
     if args.only:
         wanted = [e.strip().upper() for e in args.only.split(",") if e.strip()]
-        bad = [e for e in wanted if e not in MODULES]
+        order, _ = experiments()
+        missing = [e for e in wanted if e in OPTIONAL and e not in order]
+        if missing:
+            ap.error(f"--only: {', '.join(missing)} has no module yet (scripts/paper/"
+                     f"{OPTIONAL[missing[0]][0]}.py)")
+        bad = [e for e in wanted if e not in order]
         if bad:
-            ap.error(f"--only: unknown experiment(s) {', '.join(bad)}; valid: E1..E5")
+            ap.error(f"--only: unknown experiment(s) {', '.join(bad)}; valid: {', '.join(order)}")
         args.only = wanted
     if args.threads < 1:
         ap.error("--threads must be >= 1")
@@ -73,21 +95,21 @@ def main(argv: list[str] | None = None, *, log=None) -> dict:
     ctx = Context(args.out, preset, splits, device=args.device, command=command, log=log)
     ctx.say(f"preset {preset.name}, {splits.describe()}, device {ctx.device}, "
             f"{torch.get_num_threads()} thread(s); run folder {ctx.out}")
-    todo = [e for e in ORDER if args.only is None or e in args.only]
-    results = {e: r for e in ORDER if (r := ctx.load_result(e)) is not None}
-    data = _report(ctx, results, None)
+    order, modules = experiments()
+    todo = [e for e in order if args.only is None or e in args.only]
+    results = {e: r for e in order if (r := ctx.load_result(e)) is not None}
+    data = _report(ctx, results, None, order)
     for exp in todo:
         if exp in results:
             ctx.say(f"{exp}: already done (delete {ctx.result_path(exp)} to redo it)")
             continue
-        results[exp] = MODULES[exp].run(ctx)
+        results[exp] = modules[exp].run(ctx)
         ctx.save_result(exp, results[exp])
         # an invocation running other experiments beside this one may have finished some
-        results = {e: r for e in ORDER if (r := ctx.load_result(e)) is not None}
-        data = _report(ctx, results, {exp})
+        results = {e: r for e in order if (r := ctx.load_result(e)) is not None}
+        data = _report(ctx, results, {exp}, order)
         ctx.say(f"{exp}: saved; report updated in {ctx.out / 'report'}")
-    heads = {k: data[k] for k in ("e1_gap_closed", "e2_omitted_class_recall_after_bias",
-                                  "e3_ensemble_gain_kept", "e4_gap_recovered", "e5_relative_gain")}
+    heads = {k: data[k] for k, (exp, *_) in HEADLINES.items() if exp in order}
     shown = ", ".join(f"{k} = {_fmt(v, k[:2].upper() in results)}" for k, v in heads.items())
     ctx.say(f"finished ({'complete' if data['complete'] else 'partial'}): {shown}")
     return data
@@ -99,7 +121,7 @@ def _fmt(value: float | None, done: bool) -> str:
     return f"{value:.3f}"
 
 
-def _report(ctx: Context, results: dict, fresh: set[str] | None) -> dict:
+def _report(ctx: Context, results: dict, fresh: set[str] | None, order: list[str]) -> dict:
     wall = ctx.wall_seconds()
     inv = ctx.run["invocations"]
     meta = {
@@ -114,4 +136,4 @@ def _report(ctx: Context, results: dict, fresh: set[str] | None) -> dict:
         "settings": ctx.preset.as_dict(),
         "notes": list(ctx.preset.notes), "pid": os.getpid(),
     }
-    return write_report(Path(ctx.out) / "report", results, meta, fresh)
+    return write_report(Path(ctx.out) / "report", results, meta, fresh, expected=order)

@@ -1,0 +1,125 @@
+"""Short pilots that chose the reproduction's settings (``scripts/paper/presets.py`` cites them).
+
+    python scripts/reproduce_pilots.py timing                       # seconds per epoch, 1 thread
+    python scripts/reproduce_pilots.py members --recipe dropout --members 4 --epochs 8
+    python scripts/reproduce_pilots.py teacher --arch mlp --widths 1200 1200 --dropout 0.3 \
+        --shift 1 --epochs 10
+
+Every model goes through the library (``train``, ``train_baseline``, ``ViewBatches``); nothing is
+saved but the printed numbers (one JSON line per pilot, appended to ``--log`` when given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from ensemble_kd import (
+    TrainConfig,
+    ViewConfig,
+    build_model,
+    load_dataset,
+    make_transfer_set,
+    predict_probs,
+    train_baseline,
+)
+from ensemble_kd.io import atomic_write_text
+from ensemble_kd.metrics import accuracy
+
+# E3 member recipes tried by ``members``: (dropout, view settings); each member k gets view seed k
+RECIPES = {
+    "plain": (0.0, None),
+    "dropout": (0.2, None),
+    "shift1": (0.2, {"shift": 1}),
+    "shift1_mixup": (0.2, {"shift": 1, "mixup": 0.2}),
+    "crop1": (0.2, {"crop_padding": 1}),
+}
+
+
+def _member(splits, widths, dropout, views, seed, epochs, lr):
+    """One MLP trained on hard labels over (unbounded) views: (model, CPU seconds per epoch,
+    history). CPU time, not wall time: the machine is shared, the wall clock measures the load."""
+    torch.manual_seed(seed)
+    model = build_model("mlp", splits.input_shape, splits.n_classes, widths=list(widths),
+                        dropout=dropout)
+    cfg = TrainConfig(epochs=epochs, batch_size=128, lr=lr, seed=seed)
+    t = time.process_time()
+    res = train_baseline(model, make_transfer_set(splits), cfg, views=views, progress=False)
+    return res.model, (time.process_time() - t) / epochs, res.history
+
+
+def members(args, splits) -> dict:
+    dropout, view = RECIPES[args.recipe]
+    accs, probs, spe = [], [], []
+    for k in range(args.members):
+        views = None if view is None else ViewConfig(**view, views=None, seed=k)
+        m, s, _ = _member(splits, args.widths, dropout, views, k, args.epochs, args.lr)
+        p = predict_probs(m, splits.x_test)
+        accs.append(accuracy(p, splits.y_test))
+        probs.append(p)
+        spe.append(s)
+    ens = accuracy(torch.stack(probs).mean(0), splits.y_test)
+    mean = sum(accs) / len(accs)
+    return {"pilot": "members", "recipe": args.recipe, "widths": args.widths, "epochs": args.epochs,
+            "lr": args.lr, "members": accs, "mean_member": mean, "ensemble": ens,
+            "gain_points": 100 * (ens - mean), "cpu_seconds_per_epoch": sum(spe) / len(spe)}
+
+
+def teacher(args, splits) -> dict:
+    views = ViewConfig(shift=args.shift, views=None) if args.shift else None
+    torch.manual_seed(0)
+    kw = {"channels" if args.arch != "mlp" else "widths": list(args.widths)}
+    model = build_model(args.arch, splits.input_shape, splits.n_classes, dropout=args.dropout, **kw)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=args.lr, seed=0)
+    t = time.process_time()
+    res = train_baseline(model, make_transfer_set(splits), cfg, views=views,
+                         val=(splits.x_val, splits.y_val), progress=False)
+    return {"pilot": "teacher", "arch": args.arch, "widths": args.widths, "dropout": args.dropout,
+            "shift": args.shift, "epochs": args.epochs, "lr": args.lr,
+            "val_curve": [round(r["val_acc"], 4) for r in res.history],
+            "test_acc": accuracy(predict_probs(res.model, splits.x_test), splits.y_test),
+            "cpu_seconds_per_epoch": (time.process_time() - t) / args.epochs}
+
+
+def timing(args, splits) -> dict:
+    out = {"pilot": "timing", "unit": "CPU seconds per epoch, 54,000 images, batch 128"}
+    for name, widths in (("mlp512", [512]), ("mlp2x512", [512, 512]), ("mlp2x800", [800, 800]),
+                         ("mlp2x1200", [1200, 1200])):
+        for vname, views in (("plain", None), ("shift1_mixup", ViewConfig(shift=1, mixup=0.2,
+                                                                          views=None))):
+            _, s, _ = _member(splits, widths, 0.0, views, 0, 1, 1e-3)
+            out[f"{name}_{vname}"] = round(s, 2)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("pilot", choices=["timing", "members", "teacher"])
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default="dropout")
+    ap.add_argument("--members", type=int, default=4)
+    ap.add_argument("--widths", type=int, nargs="+", default=[512, 512])
+    ap.add_argument("--arch", default="mlp")
+    ap.add_argument("--dropout", type=float, default=0.3)
+    ap.add_argument("--shift", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--log", default=None, help="append the JSON line to this file")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    splits = load_dataset("fashion-mnist")
+    t = time.perf_counter()
+    out = {"timing": timing, "members": members, "teacher": teacher}[args.pilot](args, splits)
+    out["wall_seconds"] = round(time.perf_counter() - t, 1)
+    line = json.dumps(out)
+    print(line, flush=True)
+    if args.log:  # appended, rewritten atomically (a crash never leaves half a line)
+        log = Path(args.log)
+        atomic_write_text(log, (log.read_text() if log.exists() else "") + line + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -18,6 +18,7 @@ E2    6 students of 30 epochs (E1's teacher)                                    
 E3    10 members + 3 candidates + 2 seeds, 30 epochs each, plain images             1.1 h
 E4    14 runs on 1,620 images (validation of 6,000 images dominates)                0.3 h
 E5    3 generalists x about 4 specialists of 5 short epochs                          0.2 h
+E6    3 generalists x (merged model + control) of 10 epochs on the plain images      0.2 h
 ====  ==========================================================================  ========
 
 Two invocations side by side (``--only E1,E2`` and ``--only E3,E4,E5``) take about 6.5 h of wall
@@ -146,6 +147,14 @@ class Preset:
     e5_epochs: int = 5  # an epoch = one pass over the subset's examples
     e5_lr: float = 3e-4  # fine-tuning from the generalist's weights
 
+    # E6: E5's generalists + specialists distilled back into one model of the generalist's
+    # architecture (specialists.distill_specialists), from the generalist's weights; the control
+    # (the generalist trained on hard labels for the same budget) gets the same epochs and lr
+    e6_epochs: int = 10  # passes over the transfer set (the training set), merged and control
+    e6_lr: float = 3e-4  # fine-tuning from the generalist's weights, as E5's specialists
+    e6_temperature: float = 2.0  # T of the soft term on q, the combined distribution
+    e6_alpha: float = 0.9  # weight of the soft term on q; 1 - alpha weighs the hard labels
+
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def as_dict(self) -> dict:
@@ -203,6 +212,7 @@ QUICK = Preset(
     e4_seeds=2,
     e5_generalists=1,
     e5_epochs=2,
+    e6_epochs=2,
     notes=("quick preset: small models and a few epochs each; the numbers show the pipeline "
            "working, not the paper's effects",),
 )
@@ -246,6 +256,7 @@ TINY = Preset(
     e4_seeds=2,
     e5_generalists=1,
     e5_epochs=2,
+    e6_epochs=3,
     notes=("tiny preset (digits, a few epochs): the smoke test's settings",),
 )
 

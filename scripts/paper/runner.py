@@ -27,9 +27,10 @@ ORDER = ["E3", "E4", "E5", "E1", "E2"]
 _DATASET_TITLES = {"fashion-mnist": "Fashion-MNIST", "digits": "scikit-learn's 8x8 digits"}
 MODULES = {"E1": e1_temperature, "E2": e2_omitted, "E3": e3_ensemble, "E4": e4_regulariser,
            "E5": e5_specialists}
-# Experiments whose module may not exist yet: E6 (specialists distilled back into one model) is
-# ``paper/e6_merged.py``, built on ``specialists.distill_specialists``; once the file exists it
-# runs after E5 (it reuses E5's generalists and specialists). Its contract: report.E6_CONTRACT.
+# Optional experiments, run after the named one when their module exists: E6 (specialists
+# distilled back into one model) is ``paper/e6_merged.py``, built on
+# ``specialists.distill_specialists``; it reuses E5's generalists and specialists. Its contract:
+# report.E6_CONTRACT.
 OPTIONAL = {"E6": ("e6_merged", "E5")}
 
 
@@ -46,8 +47,7 @@ def experiments() -> tuple[list[str], dict]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="reproduce_paper.py",
-        description="Reproduce Hinton, Vinyals & Dean (2015) on Fashion-MNIST (E1-E5, and E6 "
-                    "when its module exists) and write "
+        description="Reproduce Hinton, Vinyals & Dean (2015) on Fashion-MNIST (E1-E6) and write "
                     "a report (report.md, report.html, results.json, PNG figures) to OUT/report. "
                     "Interrupted runs resume: rerun the same command.",
     )

@@ -1,6 +1,6 @@
 """Smoke test of scripts/reproduce_paper.py on the tiny preset (digits), plus its pure helpers.
 
-The tiny preset runs E1-E5 through the same code path as the full run (every model through the
+The tiny preset runs E1-E6 through the same code path as the full run (every model through the
 shared training loop), in seconds. Resuming is pinned by rerunning into the same folder.
 """
 
@@ -25,6 +25,7 @@ from paper import report as rep  # noqa: E402
 from paper.common import Context, gap_share_ci, late_change, share_of_gap, summary  # noqa: E402
 from paper.e2_omitted import choose_bias, class_counts  # noqa: E402
 from paper.e5_specialists import _pooled_coverage  # noqa: E402
+from paper.e6_merged import _result as e6_result  # noqa: E402
 from paper.presets import TINY  # noqa: E402
 from paper.runner import main, parse_args  # noqa: E402
 
@@ -54,7 +55,7 @@ def test_tiny_run_writes_the_report(tiny_run):
     assert saved["wall_seconds"] > 0
     for key in HEADLINE_KEYS + NEW_KEYS:
         assert key in saved, key
-    assert set(saved["experiments"]) == {"E1", "E2", "E3", "E4", "E5"}
+    assert set(saved["experiments"]) == {"E1", "E2", "E3", "E4", "E5", "E6"}
     # the headlines are the experiments' own numbers
     e1, e3, e4, e5 = (saved["experiments"][e] for e in ("E1", "E3", "E4", "E5"))
     assert saved["e3_ensemble_gain_kept"] == e3["headline_gain_kept"]
@@ -82,8 +83,29 @@ def test_tiny_run_writes_the_report(tiny_run):
     assert len(e3["members"]) == TINY.e3_teachers
     assert e3["distilled"]["test_acc"]["n"] == TINY.e3_seeds
     assert set(e4["rows"]) == {"hard", "hard_views", "paper", "views"}
+    # E6: every E5 generalist with specialists merged; the headline is a share or None with why
+    e6 = saved["experiments"]["E6"]
+    assert saved["e6_specialist_gain_kept"] == e6["headline_gain_kept"]
+    assert saved["e6_specialist_gain_kept_ci"] == e6["gain_kept_ci"]
+    merged = [g for g in e6["generalists"] if "merged_acc" in g]
+    assert [g["generalist"] for g in merged] == [r["generalist"] for r in e5["runs"]
+                                                 if r["subsets"]]
+    assert merged, "digits' tiny run has specialists (from the expected confusion)"
+    for g in merged:  # same test set, same generalist as E5
+        run5 = next(r for r in e5["runs"] if r["generalist"] == g["generalist"])
+        assert g["generalist_acc"] == run5["generalist_acc"]
+        assert g["combined_acc"] == pytest.approx(run5["combined_acc"])
+        assert g["systems"]["merged"]["params"] == g["systems"]["generalist"]["params"]
+    pooled = e6["pooled"]
+    if pooled["combined_gain"] > 0:
+        assert e6["headline_gain_kept"] == pytest.approx(
+            (pooled["merged_acc"] - pooled["control_acc"]) / pooled["combined_gain"])
+        low, high = e6["gain_kept_ci"]
+        assert low <= e6["headline_gain_kept"] <= high
+    else:
+        assert e6["headline_gain_kept"] is None and "gain nothing" in e6["note"]
     # stage lines: each experiment starts and ends, units are counted
-    for exp in ("E1", "E2", "E3", "E4", "E5"):
+    for exp in ("E1", "E2", "E3", "E4", "E5", "E6"):
         assert f"{exp}: start" in log and f"{exp}: saved" in log
     assert "E1 [21/21]" in log
 
@@ -97,7 +119,7 @@ def test_report_is_self_contained_and_compares_with_the_paper(tiny_run):
     md = (out / "report" / "report.md").read_text()
     assert "| teacher | 67 |" in md  # paper's E1 teacher beside ours
     assert "86%" in md and "87%" in md  # E3 and E4 ratios of the paper
-    assert "Not run yet" not in md and "E6" not in md
+    assert "Not run yet" not in md and "E6. Specialists distilled back into one model" in md
     assert "What stood in the way (measured):" in md and "95% interval" in md
 
 
@@ -106,7 +128,8 @@ def test_rerun_loads_everything_and_an_interrupted_unit_resumes(tiny_run):
     log = io.StringIO()
     again = main(["--preset", "tiny", "--out", str(out), "--device", "cpu"], log=log)
     assert "training" not in log.getvalue()
-    assert all(f"{e}: already done" in log.getvalue() for e in ("E1", "E2", "E3", "E4", "E5"))
+    assert all(f"{e}: already done" in log.getvalue()
+               for e in ("E1", "E2", "E3", "E4", "E5", "E6"))
     for key in HEADLINE_KEYS:
         assert again[key] == data[key]
     run = json.loads((out / "run.json").read_text())
@@ -123,6 +146,63 @@ def test_rerun_loads_everything_and_an_interrupted_unit_resumes(tiny_run):
                "training on" in ln]
     assert len(trained) == 1 and "mlp: student 32, paper, seed 1" in trained[0]
     assert third["experiments"]["E1"] == data["experiments"]["E1"]
+
+
+def test_e6_resumes_from_its_folder(tiny_run):
+    out, data, _ = tiny_run
+    # E6's result lost: its merged model and control are loaded, not retrained
+    (out / "e6" / "result.json").unlink()
+    log = io.StringIO()
+    again = main(["--preset", "tiny", "--out", str(out), "--device", "cpu", "--only", "E6"],
+                 log=log)
+    assert "training" not in log.getvalue() and "distilling" not in log.getvalue()
+    assert "merged model and control already trained, loading" in log.getvalue()
+    assert again["experiments"]["E6"] == data["experiments"]["E6"]
+    # the merged model lost as if killed: only it is trained again, from the cached q, and
+    # (seeded, CPU) it comes out the same
+    (out / "e6" / "result.json").unlink()
+    (out / "e6" / "generalist_0" / "model" / "model.pt").unlink()
+    log = io.StringIO()
+    third = main(["--preset", "tiny", "--out", str(out), "--device", "cpu", "--only", "E6"],
+                 log=log)
+    text = log.getvalue()
+    assert "distilling q" in text and "computing q" not in text
+    assert "training the control" not in text
+    assert third["experiments"]["E6"] == data["experiments"]["E6"]
+
+
+def test_e6_needs_e5(tmp_path, digits):
+    from paper import e6_merged
+
+    ctx = Context(tmp_path, TINY, digits, device="cpu", log=io.StringIO())
+    with pytest.raises(ValueError, match="run E5 first"):
+        e6_merged.run(ctx)
+    assert not (tmp_path / "e6").exists()  # refused before anything is written
+
+
+def test_e6_headline_is_none_with_the_reason_when_there_is_no_gain():
+    ctx = SimpleNamespace(preset=TINY, say=lambda _m: None)
+    # no generalist with specialists (E5's weak-signal rule)
+    entries = [{"generalist": 0, "subsets": [], "subset_names": [],
+                "note": "no specialists: too little confusion"}]
+    r = e6_result(ctx, entries, [])
+    assert r["headline_gain_kept"] is None and r["gain_kept_ci"] is None
+    assert "nothing to merge" in r["note"] and "too little confusion" in r["note"]
+    # specialists that gain nothing over the control: no share of a gain
+    rng = np.random.default_rng(0)
+    control = rng.random(200) < 0.8
+    ok = np.stack([control, control, control, ~control])  # generalist, control, combined, merged
+    r = e6_result(ctx, [{"generalist": 0}], [ok])
+    assert r["headline_gain_kept"] is None and "gain nothing over the control" in r["note"]
+    assert r["pooled"]["combined_gain"] == 0.0
+    # pooled over two generalists: correct counts summed
+    a = np.stack([control, control, control | (rng.random(200) < 0.5), control]).astype(bool)
+    b = a.copy()
+    b[3] = a[2]  # the second merged model keeps all of its gain, the first none
+    r = e6_result(ctx, [{"generalist": 0}, {"generalist": 1}], [a, b])
+    assert r["headline_gain_kept"] == pytest.approx(0.5)
+    low, high = r["gain_kept_ci"]
+    assert low < 0.5 < high
 
 
 def test_a_folder_refuses_other_settings(tiny_run, digits):
@@ -177,8 +257,7 @@ def test_parse_args():
     assert parse_args(["--out", "x"]).preset == "full"
     assert parse_args(["--out", "x", "--quick"]).preset == "quick"
     assert parse_args(["--out", "x", "--only", "e1, E3"]).only == ["E1", "E3"]
-    with pytest.raises(SystemExit):
-        parse_args(["--out", "x", "--only", "E6"])  # no module yet
+    assert parse_args(["--out", "x", "--only", "E6"]).only == ["E6"]
     with pytest.raises(SystemExit):
         parse_args(["--out", "x", "--only", "E7"])
     with pytest.raises(SystemExit):
@@ -229,16 +308,17 @@ def test_partial_report_marks_pending(tmp_path):
     assert "| a \\| b |" in rep._md_table(["a | b"], [])
 
 
-def test_an_e6_module_joins_the_run_after_e5(monkeypatch):
+def test_the_e6_module_joins_the_run_after_e5(monkeypatch):
     from paper import runner
 
-    assert "E6" not in runner.experiments()[0]  # no module yet: E6 is left out of the order
-    # any module with run(ctx) stands in for scripts/paper/e6_merged.py
-    monkeypatch.setitem(runner.OPTIONAL, "E6", ("e2_omitted", "E5"))
     order, modules = runner.experiments()
     assert order == ["E3", "E4", "E5", "E6", "E1", "E2"]
-    assert modules["E6"].__name__ == "paper.e2_omitted"
-    assert parse_args(["--out", "x", "--only", "E6"]).only == ["E6"]
+    assert modules["E6"].__name__ == "paper.e6_merged"
+    # an optional experiment whose module does not exist is left out, and --only refuses it
+    monkeypatch.setitem(runner.OPTIONAL, "E6", ("e6_not_there", "E5"))
+    assert "E6" not in runner.experiments()[0]
+    with pytest.raises(SystemExit):
+        parse_args(["--out", "x", "--only", "E6"])
 
 
 def test_report_renders_an_e6_result_and_its_key(tmp_path):
@@ -256,6 +336,17 @@ def test_report_renders_an_e6_result_and_its_key(tmp_path):
     assert "**62%**, 95% interval [41%, 80%]" in md
     assert "| 62.0% [41%, 80%] | yes |" in md  # the summary row: target 50%
     assert md.count("Not run yet (pending).") == 5
+    # no gain to keep: n/a with the reason, never a number
+    none = {**e6, "headline_gain_kept": None, "gain_kept_ci": None,
+            "note": "the specialists gain nothing over the control"}
+    data = rep.write_report(tmp_path, {"E6": none}, meta,
+                            expected=["E3", "E4", "E5", "E6", "E1", "E2"])
+    assert data["e6_specialist_gain_kept"] is None
+    md = (tmp_path / "report.md").read_text()
+    assert "**n/a**: the specialists gain nothing over the control." in md
+    assert "| E6 share of the specialists' gain kept by one merged model |  | 50% | n/a | n/a |" \
+        in md
+    assert "E6: no share of the gain kept: the specialists gain nothing" in md
 
 
 def test_late_change_and_the_gap_share_interval(digits):

@@ -58,7 +58,9 @@ gain_kept_ci: [low, high]          95% interval (paired bootstrap over test exam
 epochs: int, alpha: float, temperature: float   the merged model's distillation budget
 generalists: list of {generalist: int, generalist_acc, control_acc, combined_acc, merged_acc,
                       gain_kept}   accuracies are test fractions; control = the generalist
-                      trained on for the same budget on its own soft targets and labels
+                      trained on for the same budget on its own objective, without specialists
+optional: control ("labels", "self" or "teachers"), lr, pooled {..._acc, combined_gain,
+          merged_gain, n_generalists, n_test}, note (why headline_gain_kept is None)
 """
 
 METHOD_NOTES = [
@@ -365,24 +367,58 @@ def _e5(r: dict) -> list:
     return out
 
 
+E6_CONTROLS = {  # what the control of E6 trained on (specialists.merge.CONTROLS)
+    "labels": "on hard labels alone (its own objective: E5's generalists are hard-label models)",
+    "self": "on its own soft targets and labels",
+    "teachers": "on the soft targets of its own teachers and labels",
+}
+
+
 def _e6(r: dict) -> list:
     """Specialists distilled back into one model (issue 11, item 5); see ``E6_CONTRACT``."""
-    rows = [[str(g["generalist"]), pct(g["generalist_acc"]), pct(g["control_acc"]),
-             pct(g["combined_acc"]), pct(g["merged_acc"]), pct(g["gain_kept"], 0)]
-            for g in r["generalists"]]
-    return [
+    rows = []
+    for g in r["generalists"]:
+        if g.get("generalist_acc") is None:
+            rows.append([str(g["generalist"]), "", "", "", "", g.get("note") or "not merged"])
+            continue
+        ci = g.get("gain_kept_ci")
+        rows.append([str(g["generalist"]), pct(g["generalist_acc"]), pct(g["control_acc"]),
+                     pct(g["combined_acc"]), pct(g["merged_acc"]),
+                     pct(g["gain_kept"], 0) + (f" {ci_text(ci)}" if ci else "")])
+    if (pooled := r.get("pooled")) and pooled["n_generalists"] > 1:
+        rows.append(["all (pooled)", pct(pooled["generalist_acc"]), pct(pooled["control_acc"]),
+                     pct(pooled["combined_acc"]), pct(pooled["merged_acc"]),
+                     pct(r["headline_gain_kept"], 0)])
+    control = E6_CONTROLS.get(r.get("control", "self"), E6_CONTROLS["self"])
+    lr = f", lr {r['lr']:g}" if "lr" in r else ""
+    out = [
         ("h2", "E6. Specialists distilled back into one model"),
         ("p", f"The exact combined distribution of each generalist and its specialists over the "
               f"transfer set, distilled into one model of the generalist's architecture, from "
-              f"the generalist's weights ({r['epochs']} epochs, T = {r['temperature']:g}, alpha "
-              f"= {r['alpha']:g}). Control: the generalist trained on for the same budget on its "
-              "own soft targets and labels, without specialists."),
-        ("table", ["generalist", "generalist", "control", "generalist + specialists",
-                   "merged model", "gain kept"], rows),
-        ("p", f"Share of the specialists' gain over the control kept by the merged model, at the "
-              f"generalist's inference cost: **{pct(r['headline_gain_kept'], 0)}**, 95% "
-              f"interval {ci_text(r.get('gain_kept_ci'))}. The paper did not do this."),
+              f"the generalist's weights ({r['epochs']} epochs{lr}, T = {r['temperature']:g}, "
+              f"alpha = {r['alpha']:g}). Control: the generalist trained on for the same budget "
+              f"{control}, without specialists. Gain kept = (merged - control) / (generalist + "
+              "specialists - control), test accuracy."),
+        ("table", ["#", "generalist", "control", "generalist + specialists", "merged model",
+                   "gain kept [95% interval]"], rows),
     ]
+    if r["headline_gain_kept"] is None:
+        out.append(("p", "Share of the specialists' gain kept by the merged model: **n/a**: "
+                         + (r.get("note") or "no gain to keep") + "."))
+        return out
+    pooled = r.get("pooled") or {}
+    gain = pooled.get("combined_gain")
+    over = (f" The specialists' gain over the control: {points(gain)}; the merged model's: "
+            f"{points(pooled.get('merged_gain'))}." if gain is not None else "")
+    params = [g["inference_params"] for g in r["generalists"] if g.get("inference_params")]
+    cost = (f" Parameters run per example: {params[0]['merged']:,} (merged) against "
+            f"{params[0]['combined']:,} (generalist + specialists)." if params else "")
+    out.append(("p", f"Share of the specialists' gain over the control kept by the merged model, "
+                     f"at the generalist's inference cost: **{pct(r['headline_gain_kept'], 0)}**, "
+                     f"95% interval {ci_text(r.get('gain_kept_ci'))}"
+                     + (" (all generalists pooled; paired bootstrap over test examples)"
+                        if pooled else "") + f".{over}{cost} The paper did not do this."))
+    return out
 
 
 SECTIONS = [("E1", _e1, ["e1_accuracy_vs_temperature.png"]), ("E2", _e2, ["e2_bias.png"]),
@@ -424,6 +460,8 @@ def _summary_blocks(results: dict, heads: dict, expected: list[str]) -> list:
             verdict = "yes" if target is None or ours >= target else "no"
             if key == "e3_ensemble_gain_kept" and ci and not ci[0] > E3_CI_ABOVE:
                 verdict = "no (interval reaches below 30%)"
+            if key == "e6_specialist_gain_kept" and verdict == "yes" and ci and not ci[0] > 0:
+                verdict = "yes, but the interval includes 0"
         shown = pct(ours, 1)
         if key == "e5_relative_gain" and ours is not None:
             shown = (f"{pct(ours, 2)}; error reduction "
@@ -494,6 +532,24 @@ def obstacles(results: dict) -> list[str]:
             trend = "grows" if by["2"] >= by["1"] else "shrinks"
             out.append(f"E5: the relative gain {trend} from one covering specialist "
                        f"({pct(by['1'], 2)}) to two ({pct(by['2'], 2)}).")
+    if (e6 := results.get("E6")) is not None:
+        if (pooled := e6.get("pooled")) is not None:
+            out.append(f"E6: extra training alone (the control) moves test accuracy by "
+                       f"{points(pooled['control_acc'] - pooled['generalist_acc'])} over the "
+                       f"generalist; the specialists by "
+                       f"{points(pooled['combined_acc'] - pooled['generalist_acc'])}.")
+        if e6.get("generalist_views", "plain") != "plain":
+            out.append(f"E6: the generalists were trained on views {e6['generalist_views']}; "
+                       "their control and merged model continue on the plain images, which "
+                       "alone can move the control's accuracy.")
+        if e6["headline_gain_kept"] is None:
+            out.append(f"E6: no share of the gain kept: {e6.get('note') or 'no gain to keep'}.")
+        elif (pooled := e6.get("pooled")) is not None:
+            n = pooled["n_generalists"] * pooled["n_test"]
+            out.append(f"E6: the specialists gain {points(pooled['combined_gain'])} over the "
+                       f"control ({round(pooled['combined_gain'] * n):d} of {n:,} test "
+                       f"predictions), so the kept share's interval is "
+                       f"{ci_text(e6.get('gain_kept_ci'))}.")
     return out
 
 
@@ -576,6 +632,11 @@ def convergence_rows(results: dict) -> list[list[str]]:
     if (e4 := results.get("E4")) is not None:
         for key, row in e4["rows"].items():
             rows.append([f"E4 {key}", _late(row["late_change"])])
+    if (e6 := results.get("E6")) is not None:
+        merged = [g for g in e6["generalists"] if "late_change" in g]
+        if merged:
+            for key, name in (("merged", "merged models"), ("control", "controls")):
+                rows.append([f"E6 {name}", _late([g["late_change"][key] for g in merged])])
     return rows
 
 

@@ -129,7 +129,7 @@ def cmd_distill_specialists(ctx: Ctx, run: Path, args: argparse.Namespace) -> in
 
     command = run_folder(run)
     splits = load_data(ctx.cfg, ctx.allow_imports)
-    cfg = ctx.cfg = ctx.cfg.resolve_auto(splits.input_shape)
+    cfg = ctx.cfg = ctx.cfg.resolve_auto(splits.input_shape, len(splits.y_train))
     if cfg.merge_control not in (None, *CONTROLS):
         raise ValueError(f"merge_control must be one of {', '.join(CONTROLS)}, "
                          f"got {cfg.merge_control!r}")

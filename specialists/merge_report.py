@@ -113,6 +113,15 @@ def _interval(r: dict, pct: bool = True) -> str:
                if r["n_undefined"] else "") + ")")
 
 
+def _share_caveat(gain: dict) -> str:
+    """A warning when the specialists' own gain is not clearly above 0: a share of it means little."""
+    low = gain["low"]
+    if low is not None and low > 0:
+        return ""
+    return (" The specialists' gain over the control is not clearly above 0 (its interval reaches "
+            f"{_pct(low)}), so this share is a ratio of noise: do not read it as kept knowledge.")
+
+
 def format_merge_report(report: dict) -> str:
     """Markdown: the table of the four systems and the share of the gain kept, with intervals."""
     names = {"generalist": "generalist", "control": "control (generalist trained on, no specialists)",
@@ -131,7 +140,7 @@ def format_merge_report(report: dict) -> str:
         f"model's: {_interval(report['merged_gain'])}.",
         f"Share of the specialists' gain the merged model keeps: "
         f"{_interval(report['gain_kept'], pct=False)} (paired bootstrap over {report['n']:,} test "
-        f"examples; top-n = {report['top_n']}).",
+        f"examples; top-n = {report['top_n']}).{_share_caveat(report['combined_gain'])}",
         f"The merged model runs at the generalist's inference cost: {p['merged']:,} parameters per "
         f"example, against {p['combined']:,} for generalist + specialists.",
     ]

@@ -202,3 +202,18 @@ def test_report_scores_the_four_systems_and_the_share_kept(setup, tmp_path):
     assert rep["systems"]["combined"]["kl_from_combined"] == pytest.approx(0.0, abs=1e-6)
     text = format_merge_report(rep)
     assert "Share of the specialists' gain" in text and "inference cost" in text
+
+
+def _gain(low, high, est=0.01):
+    return {"estimate": est, "low": low, "high": high, "n_resamples": 100, "n_undefined": 0}
+
+
+@pytest.mark.parametrize("low,warned", [(-0.002, True), (0.0, True), (0.004, False)])
+def test_a_share_of_a_gain_indistinguishable_from_zero_is_flagged(low, warned):
+    sys = {"params": 10, "accuracy": 0.9, "nll": 0.3, "kl_from_combined": 0.0}
+    rep = {"n_specialists": 2, "systems": {k: dict(sys) for k in ("generalist", "control",
+                                                                    "combined", "merged")},
+           "inference_params": {"merged": 10, "combined": 30}, "combined_gain": _gain(low, 0.02),
+           "merged_gain": _gain(-0.01, 0.02), "gain_kept": _gain(-5.0, 9.0, est=13.0), "n": 1000,
+           "top_n": 1}
+    assert ("ratio of noise" in format_merge_report(rep)) is warned

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -174,3 +175,21 @@ def test_a_bad_teacher_option_is_named_in_one_line(tmp_path, capsys, flag, value
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and flag[2:].replace("-", "_") in err[0], err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("fraction,omit,epochs", [(1.0, [], 30), (0.5, [], 59), (0.03, [], 120),
+                                                  (1.0, [0, 1, 2, 3, 4], 59)])
+def test_the_students_budget_follows_the_transfer_set(fraction, omit, epochs):
+    """Large data: a smaller transfer set gets more epochs (the same examples seen, at most 120)."""
+    import torch
+
+    from ensemble_kd.cli.context import transfer_size
+
+    y = torch.arange(54_000) % 10
+    splits = SimpleNamespace(y_train=y)
+    cfg = _cfg("--transfer-fraction", str(fraction), *(["--omit-classes", *map(str, omit)]
+                                                       if omit else []))
+    n = transfer_size(cfg, splits)
+    assert n == round(fraction * 54_000 * (10 - len(omit)) / 10)
+    assert cfg.resolve_auto((1, 28, 28), 54_000, n).epochs == epochs
+    assert cfg.resolve_auto((1, 8, 8), 1_213, 40).epochs == 120  # small data: unchanged

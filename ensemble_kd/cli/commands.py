@@ -28,7 +28,7 @@ from ..predict import predict_logits
 from ..run import Run
 from .checks import check_options
 from .config import RunConfig
-from .context import Ctx, allowed_modules, load_data
+from .context import Ctx, allowed_modules, load_data, transfer_size
 from .inputs import check_model_data, read_generalist, read_teachers
 from .merge_steps import cmd_distill_specialists, distill_specialists_args, run_folder
 from .parser import COMMANDS, given_fields
@@ -219,7 +219,8 @@ def dispatch(args: argparse.Namespace, cfg: RunConfig) -> int:
     splits = load_data(cfg, allowed)
     # "auto" options are decided once, here; config.json records the result, so a resumed run
     # (whose saved settings are already decided) keeps them
-    resolved = ctx.cfg = cfg.resolve_auto(splits.input_shape, len(splits.y_train))
+    resolved = ctx.cfg = cfg.resolve_auto(splits.input_shape, len(splits.y_train),
+                                          transfer_size(cfg, splits))
     said, cfg = auto_message(cfg, resolved, splits), resolved
     teachers = read_teachers(ctx, splits, args) if cmd == "distill" else None
     generalist, subsets = read_generalist(ctx, splits, args) if cmd == "train-specialists" else (

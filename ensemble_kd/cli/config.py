@@ -112,8 +112,9 @@ class RunConfig:
     # 30 minutes of CPU.
     epochs: int | None = _f(None, "training epochs (students and the baseline get the same "
                             "budget); auto: 120, or on large data (more than 10,000 training "
-                            "examples) 1.6 million examples seen: round(1,600,000 / training "
-                            "examples), 5 to 120 (30 for Fashion-MNIST)", "train", auto=True)
+                            "examples) 1.6 million examples seen: round(1,600,000 / transfer-set "
+                            "examples), 5 to 120 (30 for Fashion-MNIST, 120 for 3 percent of it)",
+                            "train", auto=True)
     batch_size: int | None = _f(None, "examples per step; auto: 32, or 128 on large data (more "
                                 "than 10,000 training examples)", "train", auto=True)
     optimizer: str = _f("adam", "adam or sgd (Nesterov momentum)", "train")
@@ -206,10 +207,12 @@ class RunConfig:
             setattr(self, name, normalise_sweep(name, getattr(self, name)))
 
     # -- derived configs --
-    def resolve_auto(self, input_shape, n_train: int) -> RunConfig:
+    def resolve_auto(self, input_shape, n_train: int, n_transfer: int | None = None) -> RunConfig:
         """A copy with every "auto" option decided for ``n_train`` training examples of shape
         ``input_shape`` (the rules: README, "Defaults decided from the data"); options already set
-        are kept, so resolving a resolved config changes nothing."""
+        are kept, so resolving a resolved config changes nothing. ``n_transfer``: examples in the
+        students' transfer set (default ``n_train``); on large data the students' epochs give
+        them a fixed number of examples seen, so a small transfer set gets more epochs."""
         shape = tuple(int(s) for s in input_shape)
         image = len(shape) == 3
         auto_arch = ("cnn" if min(shape[1:]) >= CNN_MIN_SIDE else "convnet") if image else "mlp"
@@ -222,8 +225,8 @@ class RunConfig:
         auto = {
             "teachers": LARGE["teachers"] if large else SMALL["teachers"],
             "batch_size": LARGE["batch_size"] if large else SMALL["batch_size"],
-            "epochs": (min(SMALL["epochs"], max(5, round(STUDENT_EXAMPLES / n_train))) if large
-                       else SMALL["epochs"]),
+            "epochs": (min(SMALL["epochs"], max(5, round(STUDENT_EXAMPLES / max(
+                n_train if n_transfer is None else n_transfer, 1)))) if large else SMALL["epochs"]),
             # teacher options left at None without the cnn recipe mean "the shared option"
             **(CNN_RECIPE if set(archs) == {"cnn"} else
                {"teacher_epochs": 30, "teacher_dropout": 0.0, "teacher_jitter": int(image)}),

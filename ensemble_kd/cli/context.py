@@ -72,6 +72,19 @@ def _external(path: str, splits: Splits, labelled: bool) -> TransferSet:
     return load_transfer_data(path, splits, labelled=labelled)
 
 
+def transfer_size(cfg: RunConfig, splits: Splits) -> int | None:
+    """About how many examples the students' transfer set holds, for the auto budgets (None:
+    ``--transfer-data``, whose size is known only once it is read: the training split's size is
+    used). Arithmetic only: bad options are reported by the checks, not here."""
+    if cfg.transfer_data is not None or not 0.0 < cfg.transfer_fraction <= 1.0:
+        return None
+    import torch
+
+    kept = ~torch.isin(splits.y_train, torch.tensor(sorted(set(cfg.omit_classes)),
+                                                     dtype=splits.y_train.dtype))
+    return max(1, round(cfg.transfer_fraction * int(kept.sum())))
+
+
 def transfer_of(cfg: RunConfig, splits: Splits) -> TransferSet:
     """The student's transfer set: ``--transfer-data``, or a share of the training data, maybe
     without classes or labels."""

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -232,9 +233,22 @@ def test_a_setting_added_later_is_accepted_and_recorded(tmp_path, digits):
 def test_a_folder_in_use_by_another_process_is_refused(tmp_path, digits):
     ctx = Context(tmp_path, TINY, digits, device="cpu", log=io.StringIO())
     (tmp_path / "e1").mkdir()
-    (tmp_path / "e1" / "owner.pid").write_text(f"{os.getppid()}\n")  # alive: our parent
-    with pytest.raises(ValueError, match="in use by another running process"):
-        ctx.claim("e1", ("e1_",))
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # alive: another Python process
+        (tmp_path / "e1" / "owner.pid").write_text(f"{other.pid}\n")
+        with pytest.raises(ValueError, match="in use by another running process"):
+            ctx.claim("e1", ("e1_",))
+    finally:
+        other.kill()
+        other.wait()
+    if Path("/proc/self/cmdline").exists():  # Linux: a live process that is not Python is stale
+        shell = subprocess.Popen(["sleep", "60"])
+        try:
+            (tmp_path / "e1" / "owner.pid").write_text(f"{shell.pid}\n")
+            ctx.claim("e1", ("e1_",))
+        finally:
+            shell.kill()
+            shell.wait()
     (tmp_path / "e1" / "owner.pid").write_text("999999999\n")  # no such process: stale
     ctx.claim("e1", ("e1_",))
     assert (tmp_path / "e1" / "owner.pid").read_text().strip() == str(os.getpid())

@@ -433,7 +433,13 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # After a reboot or a new session the number may belong to another program: on Linux, a
+    # process that is not Python is not a run of this script.
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"python" in f.read()
+    except OSError:
+        return True
 
 
 def _fmt_s(seconds: float) -> str:

@@ -41,6 +41,28 @@ def gain_kept(means: np.ndarray) -> float:
 
 
 @torch.no_grad()
+def merge_probs(
+    generalist: nn.Module,
+    specialists: Sequence[Specialist],
+    merged: nn.Module,
+    control: nn.Module,
+    x: torch.Tensor,
+    *,
+    top_n: int | None = 1,
+    device: str | torch.device | None = None,
+) -> dict[str, torch.Tensor]:
+    """The four systems' predicted distributions on ``x``: ``{name: (N, C)}`` for each name in
+    :data:`SYSTEMS` (the combination solved once, with the ``top_n`` activity rule)."""
+    probs = {"generalist": torch.softmax(predict_logits(generalist, x, device=device), -1)}
+    ps = specialist_probs(specialists, x, device=device)
+    probs["combined"] = combine_predictions(probs["generalist"], ps,
+                                            [sp.subset for sp in specialists], top_n=top_n)
+    for name, model in (("control", control), ("merged", merged)):
+        probs[name] = torch.softmax(predict_logits(model, x, device=device), -1)
+    return probs
+
+
+@torch.no_grad()
 def evaluate_merge(
     generalist: nn.Module,
     specialists: Sequence[Specialist],
@@ -53,6 +75,7 @@ def evaluate_merge(
     n_resamples: int = 2000,
     seed: int = 0,
     device: str | torch.device | None = None,
+    probs: dict[str, torch.Tensor] | None = None,
 ) -> dict:
     """Compare generalist, control, generalist + specialists and the merged model on (x, y).
 
@@ -63,6 +86,7 @@ def evaluate_merge(
         top_n: the combination's activity rule (as the merged model was distilled with).
         n_resamples, seed: the paired bootstrap.
         device: where to run the models.
+        probs: :func:`merge_probs` of the same models on ``x``, when the caller has them already.
 
     Returns:
         A JSON-able dict: ``n``; ``systems``: per system ``{accuracy, error, nll, ece, top5,
@@ -71,12 +95,9 @@ def evaluate_merge(
         ``combined_gain`` and ``merged_gain``: accuracy over the control, with intervals;
         ``inference_params``: parameters run per example by the merged model and by the combination.
     """
-    probs = {"generalist": torch.softmax(predict_logits(generalist, x, device=device), -1)}
-    ps = specialist_probs(specialists, x, device=device)
-    probs["combined"] = combine_predictions(probs["generalist"], ps,
-                                            [sp.subset for sp in specialists], top_n=top_n)
-    for name, model in (("control", control), ("merged", merged)):
-        probs[name] = torch.softmax(predict_logits(model, x, device=device), -1)
+    if probs is None:
+        probs = merge_probs(generalist, specialists, merged, control, x, top_n=top_n,
+                            device=device)
     gen_params = count_parameters(generalist)
     params = {"generalist": gen_params, "control": count_parameters(control),
               "merged": count_parameters(merged),

@@ -373,8 +373,7 @@ def share_of_gap(worse: float, better: float, ours: float) -> float | None:
 
 def test_correct(model: nn.Module, ctx: Context) -> np.ndarray:
     """(N,) bool: which test examples ``model`` classifies right (for paired bootstraps)."""
-    pred = predict_logits(model, ctx.splits.x_test, device=ctx.device).argmax(1)
-    return (pred == ctx.splits.y_test).numpy()
+    return test_predictions(model, ctx) == ctx.splits.y_test.numpy()
 
 
 def test_predictions(model: nn.Module, ctx: Context) -> np.ndarray:

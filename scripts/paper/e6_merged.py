@@ -23,25 +23,18 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from ensemble_kd import make_transfer_set, predict_probs
+from ensemble_kd import make_transfer_set
 from ensemble_kd.ensemble import data_meta
 from ensemble_kd.metrics import paired_bootstrap_ci
 from ensemble_kd.run import Run
-from specialists import (
-    MergeConfig,
-    combine_predictions,
-    distill_specialists,
-    evaluate_merge,
-    load_specialists,
-    specialist_probs,
-)
+from specialists import MergeConfig, distill_specialists, evaluate_merge, load_specialists
 from specialists.merge import merge_folders
+from specialists.merge_report import SYSTEMS, merge_probs
 
 from .common import Context, curve, late_change, share_of_gap
 from .e3_ensemble import e3_teachers
 
 EXP = "E6"
-SYSTEMS = ("generalist", "control", "combined", "merged")  # rows of the correctness arrays
 
 
 def specialists_folder(ctx: Context, g: int) -> Path:
@@ -112,13 +105,10 @@ def _merge_one(ctx: Context, g: int, gen: nn.Module, transfer, config: MergeConf
     for key in ("model", "control"):  # saved: the checkpoints only served a resume
         Run(folders[key]).checkpoint_path.unlink(missing_ok=True)
 
+    probs = merge_probs(gen, sps, res.merged, res.control, s.x_test, top_n=1,
+                        device=ctx.device)  # {system: (N, C)}, the combination solved once
     rep = evaluate_merge(gen, sps, res.merged, res.control, s.x_test, s.y_test, top_n=1,
-                         n_resamples=p.n_boot, device=ctx.device)
-    p_g = predict_probs(gen, s.x_test, device=ctx.device)  # (N, C)
-    probs = {"generalist": p_g, "control": predict_probs(res.control, s.x_test, device=ctx.device),
-             "combined": combine_predictions(p_g, specialist_probs(sps, s.x_test, device=ctx.device),
-                                             [sp.subset for sp in sps], top_n=1),
-             "merged": predict_probs(res.merged, s.x_test, device=ctx.device)}
+                         n_resamples=p.n_boot, device=ctx.device, probs=probs)
     ok = np.stack([(probs[k].argmax(1) == s.y_test).numpy() for k in SYSTEMS])  # (4, N)
     correct.append(ok)
     acc = {k: float(ok[i].mean()) for i, k in enumerate(SYSTEMS)}

@@ -72,7 +72,7 @@ def trained(generalist, splits, tmp_path_factory):
         SUBSET,
         splits,
         TRAIN_CFG,
-        SpecialistConfig(share=0.5),
+        SpecialistConfig(share=0.5, alpha=0.5),
         run_dir=run_dir,
         progress=False,
     )
@@ -377,7 +377,7 @@ def test_train_specialists_writes_folders_and_resumes(generalist, splits, tmp_pa
     for m in range(2):
         assert (out / f"specialist_{m}" / "model.pt").exists()
         assert len(read_jsonl(out / f"specialist_{m}" / "metrics.jsonl")) == 2
-    assert [s.calibration for s in first] == ["fitted_on_validation"] * 2
+    assert [s.calibration for s in first] == ["prior_shift"] * 2  # the default: hard labels
     stamps = {
         p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.suffix != ".json"
     }

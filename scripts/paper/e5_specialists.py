@@ -51,7 +51,8 @@ def run(ctx: Context) -> dict:
         subsets, why = subsets_for_generalist(
             analysis.counts,
             train_probs=lambda gen=gen: predict_probs(gen, s.x_train, device=ctx.device).numpy(),
-            train_labels=s.y_train.numpy(), class_names=list(s.class_names), overlap=p.e5_overlap)
+            train_labels=s.y_train.numpy(), class_names=list(s.class_names), overlap=p.e5_overlap,
+            max_subset_size=p.e5_max_subset_size)
         entry = {"generalist": g, "clusters": analysis.clusters, "subsets": subsets,
                  "subset_names": [[s.class_names[c] for c in sub] for sub in subsets],
                  "val_confusion": analysis.counts.tolist(), "subset_source": why}
@@ -65,7 +66,9 @@ def run(ctx: Context) -> dict:
         ctx.say(f"{EXP} generalist {g + 1}/{p.e5_generalists}: {len(subsets)} specialists "
                 f"{'already trained, loading' if done else 'training'}: {names}")
         sps = train_specialists(
-            gen, subsets, s, ctx.train_config(p.e5_epochs, g, lr=p.e5_lr), SpecialistConfig(),
+            gen, subsets, s,
+            ctx.train_config(p.e5_epochs, g, lr=p.e5_lr, early_stopping=p.e5_early_stopping),
+            SpecialistConfig(alpha=p.e5_alpha),
             folder, device=ctx.device,
         )
         for m in range(len(subsets)):
@@ -86,7 +89,8 @@ def run(ctx: Context) -> dict:
         ctx.save_run()
     scored = [r for r in runs if "relative_gain" in r]
     out = {"runs": runs, "epochs": p.e5_epochs, "lr": p.e5_lr, "overlap": p.e5_overlap,
-           "top_n": 1}
+           "max_subset_size": p.e5_max_subset_size, "alpha": p.e5_alpha,
+           "early_stopping": p.e5_early_stopping, "top_n": 1}
     for key in ("generalist_acc", "combined_acc", "relative_gain", "relative_error_reduction",
                 "generalist_conditional_acc", "combined_conditional_acc"):
         out[key] = summary([r[key] for r in scored if r[key] is not None])

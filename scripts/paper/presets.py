@@ -144,8 +144,11 @@ class Preset:
     e5_generalists: int = 3
     e5_n_clusters: int | None = 4  # Fashion-MNIST: two confusable groups + trouser + bag
     e5_overlap: int = 1  # classes added to each subset, so some classes are covered twice
-    e5_epochs: int = 5  # an epoch = one pass over the subset's examples
-    e5_lr: float = 3e-4  # fine-tuning from the generalist's weights
+    e5_max_subset_size: int | None = None  # largest subset before overlap (None: components)
+    e5_epochs: int = 10  # an epoch = one pass over the subset's examples (E5_PILOT_NOTE)
+    e5_lr: float = 1e-3  # from the generalist's weights, at the generalist's own learning rate
+    e5_alpha: float = 0.0  # weight of the generalist's folded soft targets (0: hard labels)
+    e5_early_stopping: int = 0  # patience on the validation NLL; 0 = the whole budget
 
     # E6: E5's generalists + specialists distilled back into one model of the generalist's
     # architecture (specialists.distill_specialists), from the generalist's weights; the control

@@ -5,11 +5,13 @@ model 60.8%: 86% of the ensemble's gain kept (hard-label weight 0.5, T in {1, 2,
 MLPs of one architecture and recipe (dropout, and augmented views drawn afresh every epoch with a
 view seed of their own), differing by seed: their diversity comes from seeds, dropout and
 augmentation, not from weaker members. Each member *is* a single model trained on hard labels, so
-the baseline is their mean. The distilled students have the same architecture, recipe and budget:
+the baseline is their mean. The distilled students have the same architecture, recipe and budget
+(their dropout a candidate: soft targets regularise already):
 they see V cached views of the same augmentation, labelled by the ensemble (one KL term per member,
-the paper's multi-task loss), T chosen on validation (``distill_sweep``, seed 0), then
-``e3_seeds`` seeds. The kept share (distilled - mean member) / (ensemble - mean member) comes with a
-95% interval: bootstrap over test examples, student seeds and members.
+the paper's multi-task loss), T and the students' dropout chosen on validation (one
+``distill_sweep`` per dropout, seed 0), then ``e3_seeds`` seeds. The kept share (distilled - mean
+member) / (ensemble - mean member) comes with a 95% interval: bootstrap over test examples,
+student seeds and members.
 """
 
 from __future__ import annotations
@@ -41,9 +43,15 @@ def member_folder(ctx: Context, k: int) -> Path:
     return ctx.out / "e3" / "members" / f"member_{k}"
 
 
-def spec(ctx: Context) -> ModelSpec:
+def spec(ctx: Context, dropout: float | None = None) -> ModelSpec:
+    """The members' model (``dropout`` None), or the student's with its own dropout."""
     p = ctx.preset
-    return ModelSpec("mlp", p.e3_widths, p.e3_dropout)
+    return ModelSpec("mlp", p.e3_widths, p.e3_dropout if dropout is None else dropout)
+
+
+def _suffix(ctx: Context, dropout: float) -> str:
+    """Folder suffix of a student dropout: none for the members' own (the first design's names)."""
+    return "" if dropout == ctx.preset.e3_dropout else f"_d{dropout:g}"
 
 
 def e3_teachers(ctx: Context) -> list[nn.Module]:
@@ -59,7 +67,13 @@ def e3_teachers(ctx: Context) -> list[nn.Module]:
 
 def planned(ctx: Context) -> int:
     p = ctx.preset
-    return p.e3_teachers + len(p.e3_temperatures) * len(p.e3_alphas) + p.e3_seeds - 1
+    return (p.e3_teachers + len(student_dropouts(p)) * len(p.e3_temperatures) * len(p.e3_alphas)
+            + p.e3_seeds - 1)
+
+
+def student_dropouts(p: presets.Preset) -> list[float]:
+    """The students' dropout candidates: the members' own first, then the preset's others."""
+    return list(dict.fromkeys((p.e3_dropout, *p.e3_student_dropouts)))
 
 
 def run(ctx: Context) -> dict:
@@ -85,16 +99,21 @@ def run(ctx: Context) -> dict:
     folder = ctx.out / "e3" / "students"
     configs = [DistillConfig(temperature=float(t), alpha=float(a), views=views)
                for t in p.e3_temperatures for a in p.e3_alphas]
-    sw = ctx.sweep(folder / "sweep", spec(ctx), seed0, p.e3_epochs, members, transfer, configs,
-                   label=f"student {name} from {len(members)} members")
+    # one sweep of T per student dropout (same seed, same cache), the best on validation kept
+    sweeps = {d: ctx.sweep(folder / f"sweep{_suffix(ctx, d)}", spec(ctx, d), seed0, p.e3_epochs,
+                           members, transfer, configs,
+                           label=f"student {name} (dropout {d:g}) from {len(members)} members")
+              for d in student_dropouts(p)}
+    dropout = max(sweeps, key=lambda d: sweeps[d].candidates[sweeps[d].best].val_acc)
+    sw = sweeps[dropout]
     kept = sw.candidates[sw.best]
     cfg = DistillConfig(temperature=kept.temperature, alpha=kept.alpha, views=views)
     students, folders = [sw.model], [Path(kept.folder)]
     for i in range(1, p.e3_seeds):
-        f = folder / f"seed_{seed0 + i}"
+        f = folder / f"seed_{seed0 + i}{_suffix(ctx, dropout)}"
         students.append(ctx.distilled_model(
-            f, spec(ctx), seed0 + i, p.e3_epochs, members, transfer, cfg,
-            folder / "sweep" / "cache", label=f"student {name}, seed {seed0 + i}"))
+            f, spec(ctx, dropout), seed0 + i, p.e3_epochs, members, transfer, cfg,
+            folder / "sweep" / "cache", label=f"student {name} (dropout {dropout:g}), seed {seed0 + i}"))
         folders.append(f)
     runs = [scores(m, ctx) for m in students]
     students_ok = np.stack([test_correct(m, ctx) for m in students])  # (S, N)
@@ -108,8 +127,8 @@ def run(ctx: Context) -> dict:
         "member_views": p.e3_member_views, "views": p.e3_views, "n_teachers": p.e3_teachers,
         "seeds": p.e3_seeds, "single": single, "members": member_scores, "ensemble": ensemble,
         "ensemble_gain": ensemble["test_acc"] - single["test_acc"]["mean"],
-        "sweep": [c._asdict() for c in sw.candidates], "temperature": kept.temperature,
-        "alpha": kept.alpha,
+        "sweep": [{**c._asdict(), "dropout": d} for d, r in sweeps.items() for c in r.candidates],
+        "temperature": kept.temperature, "alpha": kept.alpha, "student_dropout": dropout,
         "distilled": {"test_acc": acc, "test_errors": summary([r["test_errors"] for r in runs]),
                       "val_acc": summary([r["val_acc"] for r in runs])},
         "agreement_with_ensemble": float(

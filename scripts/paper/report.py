@@ -245,17 +245,20 @@ def _e3(r: dict) -> list:
              pm(r["single"]["test_acc"]), errs(r["single"]["test_errors"])],
             [f"ensemble of {r['n_teachers']}", pct(p["ensemble_acc"], 1),
              pct(r["ensemble"]["test_acc"]), str(r["ensemble"]["test_errors"])],
-            [f"distilled single model (T={r['temperature']:g}, alpha={r['alpha']:g}, "
+            [f"distilled single model (T={r['temperature']:g}, alpha={r['alpha']:g}, dropout "
+             f"{r.get('student_dropout', r['dropout']):g}, "
              f"{d['test_acc']['n']} seed(s))", pct(p["distilled_acc"], 1), pm(d["test_acc"]),
              errs(d["test_errors"])]]
-    sweep = [[f"{c['temperature']:g}", f"{c['alpha']:g}", pct(c["val_acc"])] for c in r["sweep"]]
+    sweep = [[f"{c.get('dropout', r['dropout']):g}", f"{c['temperature']:g}", f"{c['alpha']:g}",
+              pct(c["val_acc"])] for c in r["sweep"]]
     return [
         ("h2", "E3. Ensemble -> one model"),
         ("p", f"{r['n_teachers']} MLPs {name} (dropout {r['dropout']:g}, {r['epochs']} epochs, "
               + ("no augmentation" if r["member_views"] == "plain" else
                  f"views {r['member_views']} drawn afresh every epoch with a view seed of their "
                  "own") + ") differing by seed; the distilled students have the same "
-              "architecture, recipe and budget and see "
+              "architecture, recipe and budget (their dropout chosen on validation with T) and "
+              "see "
               + ("the training images" if r["member_views"] == "plain" else
                  f"{r['views']} cached views per image of the same augmentation")
               + ", labelled by the ensemble (one KL term per member, the paper's multi-task "
@@ -271,8 +274,8 @@ def _e3(r: dict) -> list:
               f"ensemble's top class on {pct(r['agreement_with_ensemble'], 1)} of the test set."),
         *([("p", "n/a: the ensemble is not more accurate than its members' mean, so there is no "
                  "gain to keep.")] if r["headline_gain_kept"] is None else []),
-        ("p", "Choice of T (seed 0, validation accuracy):"),
-        ("table", ["T", "alpha", "validation accuracy"], sweep),
+        ("p", "Choice of the students' dropout and T (seed 0, validation accuracy):"),
+        ("table", ["dropout", "T", "alpha", "validation accuracy"], sweep),
     ]
 
 

@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -230,10 +231,22 @@ def test_a_setting_added_later_is_accepted_and_recorded(tmp_path, digits):
     assert json.loads(path.read_text())["e3_member_views"] == TINY.e3_member_views
 
 
+def _wait_for_program(pid: int, text: bytes, timeout: float = 30.0) -> None:
+    """Wait until the command line of process ``pid`` holds ``text``: between fork and exec it is
+    still the parent's (or empty), which made the ownership check below flaky on a busy machine."""
+    path = Path(f"/proc/{pid}/cmdline")
+    if not path.exists():
+        return  # not Linux: nothing to wait for
+    deadline = time.monotonic() + timeout
+    while text not in path.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_a_folder_in_use_by_another_process_is_refused(tmp_path, digits):
     ctx = Context(tmp_path, TINY, digits, device="cpu", log=io.StringIO())
     (tmp_path / "e1").mkdir()
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    _wait_for_program(other.pid, b"time.sleep(60)")  # its own command line: exec is done
     try:  # alive: another Python process
         (tmp_path / "e1" / "owner.pid").write_text(f"{other.pid}\n")
         with pytest.raises(ValueError, match="in use by another running process"):
@@ -243,6 +256,7 @@ def test_a_folder_in_use_by_another_process_is_refused(tmp_path, digits):
         other.wait()
     if Path("/proc/self/cmdline").exists():  # Linux: a live process that is not Python is stale
         shell = subprocess.Popen(["sleep", "60"])
+        _wait_for_program(shell.pid, b"sleep")
         try:
             (tmp_path / "e1" / "owner.pid").write_text(f"{shell.pid}\n")
             ctx.claim("e1", ("e1_",))

@@ -172,8 +172,9 @@ class RunConfig:
     specialist_epochs: int | None = _f(None, "specialist epochs (default: --epochs)", "specialists")
     specialist_share: float = _f(0.5, "share of each specialist batch drawn from its subset",
                                  "specialists")
-    specialist_alpha: float = _f(0.0, "weight of the generalist's folded soft targets for specialists",
-                                 "specialists")
+    specialist_alpha: float = _f(0.0, "weight of the generalist's folded soft targets for specialists "
+                                 "(0: hard labels; the generalist's own targets pull a specialist "
+                                 "back towards it)", "specialists")
     specialist_temperature: float = _f(2.0, "temperature of the specialists' soft targets",
                                        "specialists")
     top_n: int = _f(1, "a specialist is active when its subset holds one of the generalist's top n",

@@ -16,7 +16,7 @@ import dataclasses
 import math
 import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import torch
@@ -78,15 +78,23 @@ def save_specialist(
     save_model(path, specialist.model, full)
 
 
-def load_specialist(path: str | os.PathLike, device: str | torch.device = "cpu") -> Specialist:
+def load_specialist(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    *,
+    allow_imports: Collection[str] | None = None,
+) -> Specialist:
     """Load a specialist saved by :func:`save_specialist`, in eval mode.
+
+    ``allow_imports``: modules its spec may import, as for
+    :func:`ensemble_kd.checkpoint.load_model` (None: those of the enclosing ``allowing_imports``).
 
     Raises:
         FileNotFoundError: no such file.
         FormatError: not a model file, no valid subset or correction in its metadata, or a head
             whose size is not ``len(subset) + 1``.
     """
-    model, meta = load_model(path, device)
+    model, meta = load_model(path, device, allow_imports=allow_imports)
     subset = meta.get("subset")
     if not (
         isinstance(subset, list)
@@ -220,9 +228,13 @@ def _check_resumed(
 
 
 def load_specialists(
-    out_dir: str | os.PathLike, device: str | torch.device = "cpu"
+    out_dir: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    *,
+    allow_imports: Collection[str] | None = None,
 ) -> list[Specialist]:
-    """Load every specialist that :func:`train_specialists` wrote to ``out_dir``, in subset order.
+    """Load every specialist that :func:`train_specialists` wrote to ``out_dir``, in subset order
+    (``allow_imports`` as for :func:`load_specialist`).
 
     Raises:
         FileNotFoundError: no ``subsets.json`` or a specialist's ``model.pt`` is missing.
@@ -241,7 +253,7 @@ def load_specialists(
         path = specialist_dir(out, m) / "model.pt"
         if not path.exists():
             raise FileNotFoundError(f"{path}: specialist {m} has not been trained (yet)")
-        sp = load_specialist(path, device)
+        sp = load_specialist(path, device, allow_imports=allow_imports)
         if sp.subset != subset:
             raise FormatError(f"{path}: subset {sp.subset} differs from {subset} in {SUBSETS_FILE}")
         specialists.append(sp)

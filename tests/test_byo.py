@@ -18,7 +18,7 @@ from ensemble_kd.checkpoint import load_model, save_model
 from ensemble_kd.cli import main
 from ensemble_kd.ensemble import ModelSpec, train_ensemble
 from ensemble_kd.factories import ImportNotAllowed, allowing_imports, build_any, is_allowed
-from ensemble_kd.io import FormatError
+from ensemble_kd.io import FormatError, atomic_write_json
 from ensemble_kd.train import TrainConfig
 from ensemble_kd.user_data import load_dataset_function
 
@@ -243,3 +243,23 @@ def test_wrong_weights_for_an_import_path_are_a_format_error(mods, tmp_path):
     save_model(tmp_path / "m.pt", model)
     with pytest.raises(FormatError, match="weights do not match the architecture"):
         load_model(tmp_path / "m.pt", allow_imports=[bm.GOOD])
+
+
+def test_specialist_of_an_import_path_model_loads_only_when_allowed(mods, tmp_path):
+    from specialists import Specialist, build_specialist, load_specialist, load_specialists
+    from specialists.specialist import save_specialist
+
+    generalist = build_any(f"{bm.GOOD}:make", (1, 8, 8), 10, allow_imports=[bm.GOOD], width=12)
+    model = build_specialist(generalist, [3, 5])
+    atomic_write_json(tmp_path / "subsets.json", {"subsets": [[3, 5]]})
+    save_specialist(tmp_path / "specialist_0" / "model.pt", Specialist(model, [3, 5], 1.5, []))
+    bm.forget()  # saving imported nothing new; loading must ask again
+    with pytest.raises(ImportNotAllowed, match=f"--allow-import {bm.GOOD}"):
+        load_specialist(tmp_path / "specialist_0" / "model.pt")
+    assert bm.GOOD not in sys.modules
+    one = load_specialist(tmp_path / "specialist_0" / "model.pt", allow_imports=[bm.GOOD])
+    (both,) = load_specialists(tmp_path, allow_imports=[bm.GOOD])
+    x = torch.rand(4, 1, 8, 8)
+    for sp in (one, both):
+        assert sp.subset == [3, 5] and sp.dustbin_correction == 1.5
+        torch.testing.assert_close(sp.model(x), model.eval()(x))

@@ -56,17 +56,36 @@ def make_transfer_set(
     Returns:
         A :class:`TransferSet` with ascending ``indices`` into the training data.
     """
+    keep = transfer_indices(splits.y_train.numpy(), splits.n_classes, fraction=fraction,
+                            omit_classes=omit_classes, seed=seed)
+    idx = torch.from_numpy(keep.astype(np.int64))
+    return TransferSet(
+        x=splits.x_train[idx],
+        y=splits.y_train[idx] if labelled else None,
+        indices=idx,
+    )
+
+
+def transfer_indices(
+    y: np.ndarray, n_classes: int, *, fraction: float = 1.0, omit_classes: Iterable[int] = (),
+    seed: int = 0,
+) -> np.ndarray:
+    """The positions (ascending, int) of the training labels ``y`` (N,) that
+    :func:`make_transfer_set` keeps, with the same arguments; the inputs are not touched.
+
+    Raises:
+        ValueError: a fraction outside (0, 1], an unknown class, or nothing left.
+    """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     omit = sorted({int(c) for c in omit_classes})
-    bad = [c for c in omit if not 0 <= c < splits.n_classes]
+    bad = [c for c in omit if not 0 <= c < n_classes]
     if bad:
         raise ValueError(
-            f"omit_classes contains class {bad[0]} but there are only {splits.n_classes} classes"
+            f"omit_classes contains class {bad[0]} but there are only {n_classes} classes"
         )
-    if len(omit) == splits.n_classes:
+    if len(omit) == n_classes:
         raise ValueError("omit_classes omits every class: nothing left to transfer on")
-    y = splits.y_train.numpy()
     keep = np.flatnonzero(~np.isin(y, omit))
     if fraction < 1.0 and keep.size:
         rng = np.random.default_rng(seed)
@@ -77,9 +96,4 @@ def make_transfer_set(
         keep = np.sort(np.concatenate(chosen))
     if keep.size == 0:
         raise ValueError(f"the transfer set is empty: no training examples outside classes {omit}")
-    idx = torch.from_numpy(keep.astype(np.int64))
-    return TransferSet(
-        x=splits.x_train[idx],
-        y=splits.y_train[idx] if labelled else None,
-        indices=idx,
-    )
+    return keep

@@ -186,7 +186,7 @@ def test_the_students_budget_follows_the_transfer_set(fraction, omit, epochs):
     from ensemble_kd.cli.context import transfer_size
 
     y = torch.arange(54_000) % 10
-    splits = SimpleNamespace(y_train=y)
+    splits = SimpleNamespace(y_train=y, n_classes=10)
     cfg = _cfg("--transfer-fraction", str(fraction), *(["--omit-classes", *map(str, omit)]
                                                        if omit else []))
     n = transfer_size(cfg, splits)

@@ -13,6 +13,7 @@ from .. import distributed as dist
 from ..data import Splits, TransferSet, load_dataset, make_transfer_set
 from ..factories import is_import_path, module_of
 from ..predict import resolve_device
+from ..transfer import transfer_indices
 from ..transfer_data import load_transfer_data
 from ..user_data import load_dataset_function
 from .config import RunConfig
@@ -73,16 +74,17 @@ def _external(path: str, splits: Splits, labelled: bool) -> TransferSet:
 
 
 def transfer_size(cfg: RunConfig, splits: Splits) -> int | None:
-    """About how many examples the students' transfer set holds, for the auto budgets (None:
+    """How many examples the students' transfer set holds, for the auto budgets (None:
     ``--transfer-data``, whose size is known only once it is read: the training split's size is
-    used). Arithmetic only: bad options are reported by the checks, not here."""
-    if cfg.transfer_data is not None or not 0.0 < cfg.transfer_fraction <= 1.0:
+    used). The labels alone are read; bad options give None here and are reported by the checks."""
+    if cfg.transfer_data is not None:
         return None
-    import torch
-
-    kept = ~torch.isin(splits.y_train, torch.tensor(sorted(set(cfg.omit_classes)),
-                                                     dtype=splits.y_train.dtype))
-    return max(1, round(cfg.transfer_fraction * int(kept.sum())))
+    try:
+        return len(transfer_indices(splits.y_train.numpy(), splits.n_classes,
+                                    fraction=cfg.transfer_fraction, omit_classes=cfg.omit_classes,
+                                    seed=cfg.data_seed))
+    except ValueError:
+        return None
 
 
 def transfer_of(cfg: RunConfig, splits: Splits) -> TransferSet:

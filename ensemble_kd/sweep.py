@@ -111,6 +111,7 @@ def distill_sweep(
     *,
     val: tuple[torch.Tensor, torch.Tensor],
     run_dir: str | os.PathLike,
+    cache_dir: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     progress: bool | None = None,
     say: Callable[[str], None] | None = None,
@@ -125,6 +126,8 @@ def distill_sweep(
         configs: the candidates (:func:`candidate_configs`); one config means no sweep.
         val: (x (M, ...), y (M,)) on which the candidates are compared.
         run_dir: the sweep's folder (layout in the module docstring).
+        cache_dir: the teachers' cache (default ``run_dir/cache``); sweeps of other students
+            from the same teachers and transfer set may share one.
         device, progress: as for ``distill``.
         say: where to report each candidate's validation result (e.g. ``print``).
         allow_imports: modules a finished candidate's spec may import (see ``load_model``).
@@ -135,6 +138,7 @@ def distill_sweep(
     if not configs:
         raise ValueError("no distillation settings to try")
     run_dir = Path(run_dir)
+    cache_dir = run_dir / "cache" if cache_dir is None else Path(cache_dir)
     single = len(configs) == 1
     candidates, models = [], []
     for cfg in configs:
@@ -144,7 +148,7 @@ def distill_sweep(
             model = done[0]
         else:
             model = distill(make_student(), teachers, transfer, train_config, cfg, val=val,
-                            run_dir=folder, cache_dir=run_dir / "cache", device=device,
+                            run_dir=folder, cache_dir=cache_dir, device=device,
                             progress=progress).model
             if not single:
                 meta = {"role": "candidate", "temperature": cfg.temperature, "alpha": cfg.alpha}

@@ -89,6 +89,23 @@ def test_the_kept_candidate_is_the_best_on_validation(tmp_path):
     assert (tmp_path / "s" / "cache" / "meta.json").exists()  # one cache for every candidate
 
 
+def test_two_sweeps_share_one_teacher_cache(tmp_path, monkeypatch):
+    """``cache_dir``: a second sweep of another student from the same teachers reads the first
+    sweep's cache instead of running the teachers again."""
+    teachers, transfer, val = _problem()
+    cfgs = candidate_configs(DistillConfig(), [2.0, 4.0], [0.5])
+    tcfg = TrainConfig(epochs=1, lr=1e-2)
+    cache = tmp_path / "shared_cache"
+    distill_sweep(_student, teachers, transfer, tcfg, cfgs, val=val, run_dir=tmp_path / "a",
+                  cache_dir=cache)
+    assert (cache / "meta.json").exists() and not (tmp_path / "a" / "cache").exists()
+    import ensemble_kd.cache as cache_mod
+    monkeypatch.setattr(cache_mod, "write_cache", lambda *a, **k: pytest.fail("cache rebuilt"))
+    res = distill_sweep(_student, teachers, transfer, tcfg, cfgs, val=val, run_dir=tmp_path / "b",
+                        cache_dir=cache)
+    assert len(res.candidates) == 2 and not (tmp_path / "b" / "cache").exists()
+
+
 def test_a_sweep_resumes_without_retraining_finished_candidates(tmp_path, monkeypatch):
     teachers, transfer, val = _problem()
     cfgs = candidate_configs(DistillConfig(), [2.0, 4.0], [0.5])

@@ -278,8 +278,10 @@ class Context:
 
     def sweep(self, folder: Path, spec: ModelSpec, seed: int, epochs: int,
               teachers: Sequence[nn.Module], transfer: TransferSet,
-              configs: Sequence[DistillConfig], *, label: str = "") -> SweepResult:
+              configs: Sequence[DistillConfig], *, label: str = "",
+              cache_dir: Path | None = None) -> SweepResult:
         """One student per config (``distill_sweep``: one cache, same start), best on validation.
+        ``cache_dir``: the teachers' cache (default ``folder/cache``).
 
         Each candidate is a unit of its own (``folder/candidates/T4-a0.9``; a single config
         trains in ``folder`` itself), so an interrupted sweep resumes where it stopped.
@@ -302,7 +304,7 @@ class Context:
             return spec.build(s.input_shape, s.n_classes)
 
         res = distill_sweep(make, list(teachers), transfer, self.train_config(epochs, seed),
-                            list(configs), val=(s.x_val, s.y_val), run_dir=folder,
+                            list(configs), val=(s.x_val, s.y_val), run_dir=folder, cache_dir=cache_dir,
                             device=self.device, progress=False,
                             say=lambda m: self.say(f"{tag} {label}: {m}"))
         if len(configs) == 1:  # the single candidate trained in ``folder``: save it there

@@ -99,9 +99,10 @@ def run(ctx: Context) -> dict:
     folder = ctx.out / "e3" / "students"
     configs = [DistillConfig(temperature=float(t), alpha=float(a), views=views)
                for t in p.e3_temperatures for a in p.e3_alphas]
-    # one sweep of T per student dropout (same seed, same cache), the best on validation kept
+    # one sweep of T per student dropout (same seed, one teacher cache), the best on validation kept
+    cache = folder / "sweep" / "cache"
     sweeps = {d: ctx.sweep(folder / f"sweep{_suffix(ctx, d)}", spec(ctx, d), seed0, p.e3_epochs,
-                           members, transfer, configs,
+                           members, transfer, configs, cache_dir=cache,
                            label=f"student {name} (dropout {d:g}) from {len(members)} members")
               for d in student_dropouts(p)}
     dropout = max(sweeps, key=lambda d: sweeps[d].candidates[sweeps[d].best].val_acc)
@@ -112,8 +113,8 @@ def run(ctx: Context) -> dict:
     for i in range(1, p.e3_seeds):
         f = folder / f"seed_{seed0 + i}{_suffix(ctx, dropout)}"
         students.append(ctx.distilled_model(
-            f, spec(ctx, dropout), seed0 + i, p.e3_epochs, members, transfer, cfg,
-            folder / "sweep" / "cache", label=f"student {name} (dropout {dropout:g}), seed {seed0 + i}"))
+            f, spec(ctx, dropout), seed0 + i, p.e3_epochs, members, transfer, cfg, cache,
+            label=f"student {name} (dropout {dropout:g}), seed {seed0 + i}"))
         folders.append(f)
     runs = [scores(m, ctx) for m in students]
     students_ok = np.stack([test_correct(m, ctx) for m in students])  # (S, N)

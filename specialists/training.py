@@ -58,7 +58,8 @@ class SpecialistConfig:
     share: float = 0.5  # share of each batch drawn from the subset's classes; the paper used half
     # weight of the generalist's folded soft targets; 0 = hard labels only (the default: the
     # generalist's own soft targets pull a specialist back towards the generalist; on
-    # Fashion-MNIST they cost the specialists their gain, README "Specialists")
+    # Fashion-MNIST they cost the specialists their gain: README, "The default run on
+    # Fashion-MNIST")
     alpha: float = 0.0
     temperature: float = 2.0  # T of those soft targets (the specialist still predicts at T = 1)
     freeze_body: bool = False  # train only the head (the body stays the generalist's, in eval mode)

@@ -244,12 +244,13 @@ def kl_divergence(reference: ArrayLike, probs: ArrayLike) -> float:
 
 
 def _statistic(statistic: Callable[[np.ndarray], float], means: np.ndarray) -> float:
-    """``statistic(means)`` as a float; nan where it divides by zero."""
+    """``statistic(means)`` as a float; nan where it divides by zero or returns None (undefined)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         try:
-            return float(statistic(means))
+            value = statistic(means)
         except ZeroDivisionError:
             return math.nan
+    return math.nan if value is None else float(value)
 
 
 def paired_bootstrap(
@@ -269,7 +270,7 @@ def paired_bootstrap(
     Args:
         columns: ``(N, K)`` per-example values of K systems (e.g. correctness, 0/1).
         statistic: maps the K column means ``(K,)`` to a number, e.g. ``lambda m: m[1] - m[0]``.
-            A resample where it is not finite (a ratio over 0) is left out and counted.
+            A resample where it is None or not finite (a ratio over 0) is left out and counted.
         n_resamples: bootstrap resamples, at least 1.
         confidence: coverage of the interval, in (0, 1).
         seed: the resamples are a pure function of it.

@@ -10,7 +10,7 @@ model keeps*,
 with a 95% interval from a paired bootstrap over test examples
 (:func:`ensemble_kd.metrics.paired_bootstrap`). It is 1 when the merged model is as accurate as
 the combination, 0 when it gains nothing over extra training alone; it is undefined (None) when
-the combination gains nothing over the control.
+the combination is not more accurate than the control.
 """
 
 from __future__ import annotations
@@ -34,10 +34,14 @@ __all__ = ["SYSTEMS", "evaluate_merge", "format_merge_report", "gain_kept"]
 SYSTEMS = ("generalist", "control", "combined", "merged")  # the columns of the bootstrap, in order
 
 
-def gain_kept(means: np.ndarray) -> float:
+def gain_kept(means: np.ndarray) -> float | None:
     """``(merged - control) / (combined - control)`` of the accuracies ``means`` (4,) in the order
-    of :data:`SYSTEMS`; nan (or inf) when the combination is exactly as accurate as the control."""
-    return (means[3] - means[1]) / (means[2] - means[1])
+    of :data:`SYSTEMS`; None when the combination is not more accurate than the control (no gain
+    to keep; the reproduction's ``share_of_gap`` convention)."""
+    gain = float(means[2] - means[1])
+    if not gain > 0:
+        return None
+    return float(means[3] - means[1]) / gain
 
 
 @torch.no_grad()

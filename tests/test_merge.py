@@ -12,7 +12,7 @@ import torch
 from ensemble_kd.cache import open_cache
 from ensemble_kd.data import TransferSet, load_dataset, make_transfer_set
 from ensemble_kd.ensemble import ModelSpec, train_ensemble
-from ensemble_kd.metrics import kl_divergence
+from ensemble_kd.metrics import kl_divergence, paired_bootstrap
 from ensemble_kd.models import build_model, count_parameters
 from ensemble_kd.predict import predict_logits
 from ensemble_kd.train import TrainConfig, default_objective
@@ -195,13 +195,37 @@ def test_report_scores_the_four_systems_and_the_share_kept(setup, tmp_path):
                          n_resamples=200)
     acc = np.array([rep["systems"][k]["accuracy"] for k in ("generalist", "control", "combined",
                                                             "merged")])
-    if acc[2] != acc[1]:
-        assert rep["gain_kept"]["estimate"] == pytest.approx(gain_kept(acc))
+    if acc[2] > acc[1]:
+        assert rep["gain_kept"]["estimate"] == pytest.approx((acc[3] - acc[1]) / (acc[2] - acc[1]))
+    else:
+        assert rep["gain_kept"]["estimate"] is None
     assert rep["systems"]["merged"]["params"] == rep["systems"]["generalist"]["params"]
     assert rep["inference_params"]["combined"] > rep["inference_params"]["merged"]
     assert rep["systems"]["combined"]["kl_from_combined"] == pytest.approx(0.0, abs=1e-6)
     text = format_merge_report(rep)
     assert "Share of the specialists' gain" in text and "inference cost" in text
+
+
+@pytest.mark.parametrize("means,kept", [
+    ((0.80, 0.82, 0.86, 0.85), 0.75),  # 3 of the 4 points of gain kept
+    ((0.80, 0.82, 0.86, 0.82), 0.0),  # the merge gained only what extra training gains
+    ((0.80, 0.82, 0.86, 0.80), -0.5),  # worse than the control
+    ((0.80, 0.82, 0.82, 0.85), None),  # the specialists gained nothing: nothing to keep
+    ((0.80, 0.82, 0.81, 0.85), None),  # they lost: a ratio of two losses is no share
+])
+def test_gain_kept_known_answers(means, kept):
+    got = gain_kept(np.array(means))
+    assert got is None if kept is None else got == pytest.approx(kept)
+
+
+def test_the_share_is_undefined_when_the_specialists_lose():
+    # columns: generalist, control, combined, merged; combined wrong wherever control is right
+    correct = np.zeros((100, 4))
+    correct[:80, 1] = 1  # control 80%
+    correct[:70, 2] = 1  # combined 70%
+    correct[:75, 3] = 1
+    r = paired_bootstrap(correct, gain_kept, n_resamples=50)
+    assert r["estimate"] is None and r["low"] is None and r["n_undefined"] == 50
 
 
 def _gain(low, high, est=0.01):

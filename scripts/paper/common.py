@@ -46,6 +46,7 @@ from ensemble_kd.run import Run
 from ensemble_kd.sweep import Candidate, SweepResult, distill_sweep
 from ensemble_kd.train import evaluate_logits
 
+from .paper_numbers import share_of_gap
 from .presets import Preset
 
 RUN_FILE = "run.json"
@@ -362,15 +363,6 @@ def summary(values: Sequence[float]) -> dict:
     mean = sum(v) / len(v)
     std = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
     return {"mean": mean, "std": std, "n": len(v), "values": v}
-
-
-def share_of_gap(worse: float, better: float, ours: float) -> float | None:
-    """(ours - worse) / (better - worse): the share of the gap from ``worse`` to ``better``
-    that ``ours`` closes (accuracies), or None when there is no gap to close."""
-    gap = better - worse
-    if not gap > 0:
-        return None
-    return (ours - worse) / gap
 
 
 def test_correct(model: nn.Module, ctx: Context) -> np.ndarray:

@@ -6,6 +6,16 @@ Its data sets (MNIST, a speech corpus, JFT) are not available here, so the repor
 
 from __future__ import annotations
 
+
+def share_of_gap(worse: float, better: float, ours: float) -> float | None:
+    """(ours - worse) / (better - worse): the share of the gap from ``worse`` to ``better``
+    that ``ours`` closes (accuracies, error counts negated, ...), or None when there is no gap."""
+    gap = better - worse
+    if not gap > 0:
+        return None
+    return (ours - worse) / gap
+
+
 E1 = {
     "dataset": "MNIST, test errors out of 10,000",
     "teacher_errors": 67,  # 2x1200 ReLU, dropout + weight constraints, jitter up to 2 px

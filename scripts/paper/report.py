@@ -505,7 +505,7 @@ def obstacles(results: dict) -> list[str]:
                        f"{ci_text(row['gap_closed_ci'])} shows the noise.")
             for rec in row["recipes"].values():
                 if "fair_baseline" in rec:
-                    alone = share_of_gap_(hard, t["test_acc"],
+                    alone = paper.share_of_gap(hard, t["test_acc"],
                                           rec["fair_baseline"]["test_acc"]["mean"])
                     out.append(f"E1 {row['name']}: hard labels on views {rec['recipe']} alone "
                                f"close {pct(alone, 0)} of the gap; distillation on them gains "
@@ -567,11 +567,6 @@ def len_test(r: dict) -> int:
         except (KeyError, IndexError, TypeError):
             continue
     return 10_000
-
-
-def share_of_gap_(worse: float, better: float, ours: float) -> float | None:
-    gap = better - worse
-    return None if not gap > 0 else (ours - worse) / gap
 
 
 def build_blocks(results: dict, meta: dict, figs: dict, expected: list[str] | None = None) -> list:

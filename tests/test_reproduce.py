@@ -212,12 +212,22 @@ def test_a_folder_refuses_other_settings(tiny_run, digits):
     with pytest.raises(ValueError, match="another preset"):
         Context(out, dataclasses.replace(TINY, name="quick"), digits, device="cpu",
                 log=io.StringIO())
-    # E1's models were trained with e1_seeds=2: with 3 they are refused, E3's are still fine
-    ctx = Context(out, dataclasses.replace(TINY, e1_seeds=3), digits, device="cpu",
+    # E1's models were trained at other temperatures: refused; E3's are still fine
+    ctx = Context(out, dataclasses.replace(TINY, e1_temperatures=(3.0,)), digits, device="cpu",
                   log=io.StringIO())
-    with pytest.raises(ValueError, match=r"e1 was made with other settings \(e1_seeds\)"):
+    with pytest.raises(ValueError, match=r"e1 was made with other settings \(e1_temperatures\)"):
         ctx.claim("e1", ("e1_",))
     ctx.claim("e3", ("e3_",))
+
+
+def test_more_seeds_keep_the_models_trained_so_far(tiny_run, digits):
+    out, _, _ = tiny_run
+    before = {p: p.stat().st_mtime_ns for p in (out / "e1").rglob("model.pt")}
+    ctx = Context(out, dataclasses.replace(TINY, e1_seeds=TINY.e1_seeds + 1), digits,
+                  device="cpu", log=io.StringIO())
+    ctx.claim("e1", ("e1_",))  # a count: accepted, and recorded
+    assert json.loads((out / "e1" / "settings.json").read_text())["e1_seeds"] == TINY.e1_seeds + 1
+    assert before and {p: p.stat().st_mtime_ns for p in before} == before
 
 
 def test_a_setting_added_later_is_accepted_and_recorded(tmp_path, digits):

@@ -53,6 +53,9 @@ RUN_FILE = "run.json"
 SETTINGS_FILE = "settings.json"
 LOCK_FILE = "owner.pid"
 SHARED_SETTINGS = ("dataset", "batch_size", "lr")
+# How many seeds or generalists an experiment measures: model k is the same whatever the count,
+# so a changed count keeps the models trained so far and only adds (or leaves unused) the others.
+COUNT_SETTINGS = ("e1_seeds", "e2_seeds", "e3_seeds", "e4_seeds", "e5_generalists")
 
 
 class Context:
@@ -108,7 +111,8 @@ class Context:
         shared ones), and to this process while it runs.
 
         A folder whose models were trained with other settings is refused, so a changed setting
-        never silently reuses old models; settings of other experiments may change between
+        never silently reuses old models; a changed count (``COUNT_SETTINGS``: seeds, generalists)
+        is recorded and keeps them, and settings of other experiments may change between
         invocations (e.g. to redo E1 only, delete ``out/e1``). A folder in use by another live
         process (two invocations may run different experiments side by side, e.g. ``--only
         E3,E4,E5`` and ``--only E1,E2``) is refused too, so no model is trained twice at once.
@@ -123,13 +127,13 @@ class Context:
             # a setting the folder has not heard of was added to the presets later: such
             # settings only ever add models (variants), never change the existing ones
             diff = sorted(k for k in set(want) | set(have)
-                          if k in have and want.get(k) != have.get(k))
+                          if k in have and k not in COUNT_SETTINGS and want.get(k) != have.get(k))
             if diff:
                 raise ValueError(
                     f"{path.parent} was made with other settings ({', '.join(diff)}); delete "
                     f"that folder to redo it with these settings, or use a new --out folder"
                 )
-            if set(want) - set(have):
+            if set(want) - set(have) or any(want[k] != have.get(k) for k in want):
                 atomic_write_json(path, {**have, **want})
         else:
             atomic_write_json(path, want)

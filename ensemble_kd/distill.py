@@ -46,6 +46,8 @@ from .views import ViewConfig
 class DistillConfig:
     """How the student learns from the teachers (Hinton et al. 2015, sections 2 and 3)."""
 
+    # one run's T and alpha, one pair of the CLI's default grids; ``sweep.candidate_configs(cfg)``
+    # gives all of them (T 1 2 4 8 x alpha 0.5 0.9), as ``run`` trains them
     temperature: float = 4.0  # T of the soft targets; the saved student predicts at T = 1
     alpha: float = 0.9  # weight of the soft term; 1 - alpha weighs the hard labels (if any)
     combine: str = "sum"  # "sum" (per-teacher KL, the multi-task loss), "mean_probs", "mean_logits"

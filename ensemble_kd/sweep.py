@@ -79,9 +79,14 @@ def resolve_grid(values: Sequence[float] | str, auto: Sequence[float], name: str
 
 
 def candidate_configs(
-    base: DistillConfig, temperatures: Sequence[float], alphas: Sequence[float]
+    base: DistillConfig,
+    temperatures: Sequence[float] = AUTO_TEMPERATURES,
+    alphas: Sequence[float] = AUTO_ALPHAS,
 ) -> list[DistillConfig]:
-    """Every (T, alpha) pair as a config (T varies slowest); checked, alpha > 0 in a sweep."""
+    """Every (T, alpha) pair as a config (T varies slowest); checked, alpha > 0 in a sweep.
+
+    The default grids are the CLI's defaults (``--temperature auto --alpha auto``), so
+    ``distill_sweep(..., candidate_configs(DistillConfig()), ...)`` is what ``run`` does."""
     configs = [dataclasses.replace(base, temperature=t, alpha=a) for t in temperatures for a in alphas]
     if len(configs) > 1 and any(c.alpha == 0 for c in configs):
         raise ValueError("alpha = 0 trains on hard labels alone (that is the baseline): a "

@@ -126,15 +126,17 @@ class RunConfig:
                              "train")
     seed: int = _f(0, "training seed (teacher k uses seed + k)", "train")
     # ---- distillation ----
-    # Defaults measured on validation data (README, "Choosing the defaults"): the best T differs
-    # between data sets (digits 2-8, Fashion-MNIST 1), so T is chosen per run from the auto grid.
+    # Defaults measured on validation data (README, "Choosing the defaults"): the best T and alpha
+    # differ between data sets (digits T 2-8; Fashion-MNIST T 1, alpha 0.5 for a student the
+    # teachers barely beat), so both are chosen per run from the auto grids (8 candidates).
     temperature: list[float] | str = _f(
         "auto", "softmax temperature T of the soft targets: one value, several (each trains a "
         "candidate student from the same teacher cache; the best on validation is kept) or auto "
         "(1 2 4 8)", "distill")
     alpha: list[float] | str = _f(
-        [0.9], "weight of the soft term (1 - alpha weighs the hard labels): one value, several "
-        "or auto (0.5 0.9); a sweep needs alpha > 0", "distill")
+        "auto", "weight of the soft term (1 - alpha weighs the hard labels): one value, several "
+        "or auto (0.5 0.9); every (T, alpha) pair is a candidate; a sweep needs alpha > 0",
+        "distill")
     combine: str = _f("sum", "several teachers: sum (per-teacher KL), mean_probs or mean_logits",
                       "distill")
     teacher_weights: list[float] | None = _f(None, "one weight per teacher (normalised)", "distill")

@@ -95,3 +95,25 @@ def test_module_entry_point_help():
     assert r.returncode == 0
     for flag in ("--temperature", "--alpha", "--combine", "--config", "--resume", "--device"):
         assert flag in r.stdout
+
+
+def test_main_job_seeds_distils_saved_teachers_per_seed(run_dir, tmp_path):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "seeds"
+    data = TINY[:8]  # the data set only: distill takes the teachers from run_dir
+    cmd = [sys.executable, str(root / "scripts" / "main_job_seeds.py"), "--out", str(out),
+           "--seeds", "3", "--teachers", str(run_dir), "--", *data, "--student-widths", "8",
+           "--epochs", "2", "--batch-size", "64", "--lr", "0.01", "--temperature", "2",
+           "--alpha", "0.9", "--device", "cpu"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root)
+    assert r.returncode == 0, r.stderr[-2000:]
+    saved = json.loads((out / "seed_3" / "config.json").read_text())
+    assert saved["command"] == "distill" and saved["config"]["seed"] == 3
+    summary = json.loads((out / "seed_3" / "summary.json").read_text())
+    table = (out / "seeds.md").read_text()
+    assert "--teachers " + str(run_dir) in table.splitlines()[0]
+    row = next(line for line in table.splitlines() if line.startswith("| 3 |"))
+    assert f"{100 * summary['distilled_accuracy']:.2f}%" in row
+    assert f"{100 * summary['baseline_accuracy']:.2f}%" in row

@@ -96,6 +96,23 @@ def candidate_configs(
     return configs
 
 
+def without_labels(configs: Sequence[DistillConfig]) -> list[DistillConfig]:
+    """The candidates that differ on a transfer set without labels: alpha only weighs the hard
+    term, so candidates that differ in alpha alone would train the same student. Keeps one per
+    other setting, the one with the largest alpha (nearest to the loss actually used)."""
+    keys: list[DistillConfig] = []  # the configs with alpha blanked (unhashable: compared by ==)
+    kept: list[DistillConfig] = []
+    for cfg in configs:
+        key = dataclasses.replace(cfg, alpha=0.0)
+        if key in keys:
+            i = keys.index(key)
+            kept[i] = cfg if cfg.alpha > kept[i].alpha else kept[i]
+        else:
+            keys.append(key)
+            kept.append(cfg)
+    return kept
+
+
 def candidate_name(cfg: DistillConfig) -> str:
     """The folder name of a candidate: ``T4-a0.5``."""
     return f"T{cfg.temperature:g}-a{cfg.alpha:g}"
@@ -128,7 +145,9 @@ def distill_sweep(
         make_student: builds the student with its initial weights (called once per candidate; it
             must give the same weights every time, e.g. by seeding inside).
         teachers, transfer, train_config: as for :func:`ensemble_kd.distill.distill`.
-        configs: the candidates (:func:`candidate_configs`); one config means no sweep.
+        configs: the candidates (:func:`candidate_configs`); one config means no sweep. Without
+            labels in ``transfer``, candidates that differ in alpha alone are one
+            (:func:`without_labels`).
         val: (x (M, ...), y (M,)) on which the candidates are compared.
         run_dir: the sweep's folder (layout in the module docstring).
         cache_dir: the teachers' cache (default ``run_dir/cache``); sweeps of other students
@@ -142,6 +161,8 @@ def distill_sweep(
     """
     if not configs:
         raise ValueError("no distillation settings to try")
+    if transfer.y is None:
+        configs = without_labels(configs)
     run_dir = Path(run_dir)
     cache_dir = run_dir / "cache" if cache_dir is None else Path(cache_dir)
     single = len(configs) == 1

@@ -142,8 +142,8 @@ def _images(path: Path) -> Path:
 def test_a_run_with_auto_options_records_them_and_resumes_with_them(tmp_path, capsys):
     data = _images(tmp_path / "img.npz")
     argv = ["run", "--dataset", "npz", "--data-path", str(data), "--teachers", "1",
-            "--teacher-epochs", "1", "--epochs", "2", "--temperature", "2", "--no-specialists",
-            "--quiet", "--device", "cpu"]  # fmt: skip
+            "--teacher-epochs", "1", "--epochs", "2", "--temperature", "2", "--alpha", "0.9",
+            "--no-specialists", "--quiet", "--device", "cpu"]  # fmt: skip
     out = tmp_path / "run"
     assert main([*argv, "--out", str(out)]) == 0
     saved = read_run_record(out / "config.json")["config"]

@@ -10,7 +10,7 @@ from ensemble_kd.cli import main
 
 COMMON = ["run", "--no-specialists", "--teachers", "1", "--teacher-arch", "mlp", "--teacher-widths",
           "8", "--teacher-epochs", "1", "--student-widths", "4", "--epochs", "1", "--temperature",
-          "2", "--quiet"]
+          "2", "--alpha", "0.9", "--quiet"]
 
 
 def test_views_are_recorded_and_both_students_see_them(tmp_path):

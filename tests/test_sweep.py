@@ -22,6 +22,7 @@ from ensemble_kd.sweep import (
     candidate_configs,
     distill_sweep,
     resolve_grid,
+    without_labels,
 )
 from ensemble_kd.train import TrainConfig, evaluate_logits, train
 
@@ -87,6 +88,27 @@ def test_the_kept_candidate_is_the_best_on_validation(tmp_path):
     kept = evaluate_logits(predict_logits(res.model, val[0]), val[1])
     assert kept["acc"] == pytest.approx(best.val_acc)
     assert (tmp_path / "s" / "cache" / "meta.json").exists()  # one cache for every candidate
+
+
+def test_the_default_grids_are_the_clis_auto_grids():
+    cfgs = candidate_configs(DistillConfig())
+    assert [(c.temperature, c.alpha) for c in cfgs] == [
+        (t, a) for t in (1, 2, 4, 8) for a in (0.5, 0.9)]
+
+
+def test_without_labels_alpha_changes_nothing_so_one_candidate_per_temperature(tmp_path):
+    cfgs = candidate_configs(DistillConfig(), [2.0, 4.0], [0.5, 0.9])
+    assert [(c.temperature, c.alpha) for c in without_labels(cfgs)] == [(2, .9), (4, .9)]
+    # the loss ignores alpha without labels: two alphas would train bit-identical students
+    teachers, transfer, val = _problem()
+    unlabelled = TransferSet(transfer.x, None, transfer.indices)
+    tcfg = TrainConfig(epochs=1, lr=1e-2)
+    res = distill_sweep(_student, teachers, unlabelled, tcfg, cfgs, val=val, run_dir=tmp_path / "u")
+    assert [(c.temperature, c.alpha) for c in res.candidates] == [(2, .9), (4, .9)]
+    from ensemble_kd.distill import distill
+    a, b = (distill(_student(), teachers, unlabelled, tcfg, DistillConfig(temperature=2.0, alpha=al),
+                    run_dir=tmp_path / f"d{al}", progress=False).model for al in (0.5, 0.9))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
 def test_two_sweeps_share_one_teacher_cache(tmp_path, monkeypatch):

@@ -89,7 +89,7 @@ def test_a_last_batch_smaller_than_the_ranks_gives_no_nan(tmp_path):
     out = tmp_path / "run"
     args = [*TINY[:8], "--teachers", "1", "--teacher-widths", "8", "--teacher-epochs", "1",
             "--epochs", "2", "--student-widths", "8", "--batch-size", "7", "--no-specialists",
-            "--temperature", "4", "--quiet", "--device", "cpu"]
+            "--temperature", "4", "--alpha", "0.9", "--quiet", "--device", "cpu"]
     r = torchrun("run", "--out", str(out), *args)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "diverged" not in r.stderr

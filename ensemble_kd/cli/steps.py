@@ -14,7 +14,7 @@ from ..data import Splits, TransferSet, make_transfer_set
 from ..distill import train_baseline
 from ..ensemble import data_meta, find_teachers, load_teachers, train_ensemble
 from ..run import Run
-from ..sweep import distill_sweep
+from ..sweep import distill_sweep, without_labels
 from .context import Ctx, transfer_of
 
 VECTORIZE = {"auto": None, "on": True, "off": False}  # --teacher-vectorize -> train_ensemble's flag
@@ -107,9 +107,12 @@ def step_students(ctx: Ctx, splits: Splits, teachers, out: Path):
     else:
         ctx.say("no hard-label baseline: the transfer set is unlabelled (--unlabelled)")
     grid = cfg.distill_configs()
+    if transfer.y is None:  # no hard term: alpha changes nothing, one candidate per T
+        grid = without_labels(grid)
+    alphas = sorted({c.alpha for c in grid})
     settings = (f"T={grid[0].temperature:g}, alpha={grid[0].alpha:g}" if len(grid) == 1 else
                 f"{len(grid)} candidate settings (T in {' '.join(f'{t:g}' for t in cfg.temperatures())}, "
-                f"alpha in {' '.join(f'{a:g}' for a in cfg.alphas())}), the best on validation kept")
+                f"alpha in {' '.join(f'{a:g}' for a in alphas)}), the best on validation kept")
     ctx.say(f"distilling {len(teachers)} teacher(s) into the student at {settings}, "
             f"combine={cfg.combine} ({'online' if cfg.online else 'cached'} teachers)")
     student, meta = _train_distilled(ctx, splits, transfer, out / "student", teachers)

@@ -1,4 +1,4 @@
-"""Budgets of the reproduction: ``full`` (about 8 h on 2 cores), ``quick`` (minutes), ``tiny``
+"""Budgets of the reproduction: ``full`` (about 9 h on 2 cores), ``quick`` (minutes), ``tiny``
 (the smoke test).
 
 Every experiment reads its settings from one :class:`Preset`. A run folder remembers its preset's
@@ -17,12 +17,13 @@ E1    3 hard students; per row: teacher(s), 3 + 2 candidates on seed 0, 2 more  
 E2    6 students of 30 epochs (E1's teacher)                                        0.8 h
 E3    10 members + 3 candidates + 2 seeds, 30 epochs each, plain images             1.1 h
 E4    14 runs on 1,620 images (validation of 6,000 images dominates)                0.3 h
-E5    3 generalists x 3 specialists of 10 epochs (passes over the subset)          0.4 h
-E6    3 generalists x (merged model + control) of 10 epochs on the plain images      0.2 h
+E5    10 generalists x 3 specialists of 10 epochs (passes over the subset)        0.8 h
+E6    10 generalists x (merged model + control) of 10 epochs on the plain images    0.6 h
 ====  ==========================================================================  ========
 
 Two invocations side by side (``--only E1,E2`` and ``--only E3,E4,E5``) take about 6.5 h of wall
-time (8 h of CPU in all). Over budget, cut candidates (``e1_temperatures``, ``e1_view_recipes``,
+time (about 9 h of CPU in all; E5 and E6 over 10 generalists took 80 min of wall time on a
+loaded machine, 2026-11-30). Over budget, cut candidates (``e1_temperatures``, ``e1_view_recipes``,
 the second MLP teacher) before seeds, and seeds before the final measurements' epochs.
 """
 

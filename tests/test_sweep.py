@@ -172,3 +172,33 @@ def test_cli_lists_auto_and_bad_values(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert msg in err and len(err.splitlines()) == 1
         assert not (tmp_path / "bad").exists()  # nothing written
+
+
+def _fixed(weight: float) -> torch.nn.Module:
+    """A 3-class 'model' of one-hot inputs: weight > 0 answers the input's class, 0 always class 0."""
+    m = torch.nn.Linear(3, 3)
+    with torch.no_grad():
+        m.weight.copy_(weight * torch.eye(3))
+        m.bias.zero_()
+    return m
+
+
+def test_a_distilled_student_worse_than_its_baseline_is_said_with_what_to_try(capsys):
+    from types import SimpleNamespace
+
+    from ensemble_kd.cli.summary import _verdict
+
+    y = torch.tensor([0, 1, 2, 1, 0, 2, 1, 2])
+    splits = SimpleNamespace(x_val=torch.nn.functional.one_hot(y, 3).float(), y_val=y)
+    ctx = SimpleNamespace(device="cpu")
+    cands = [{"temperature": t, "alpha": 0.5, "val_acc": 0.25, "val_nll": 1.0} for t in (1.0, 2.0)]
+    meta = {"candidates": cands, "temperature": 1.0, "alpha": 0.5}
+    out = _verdict(ctx, splits, _fixed(5.0), _fixed(0.0), meta)  # baseline 100%, student 25%
+    assert out["baseline_val_accuracy"] == 1.0 and out["distilled_val_accuracy"] == 0.25
+    warning = out["warning"]
+    assert "worse than its hard-label baseline" in warning and "(25.00% vs 100.00%)" in warning
+    assert "--temperature 1" in warning and "--alpha auto" not in warning  # it swept already
+    assert warning in capsys.readouterr().err  # on the terminal too, even with --quiet
+    single = _verdict(ctx, splits, _fixed(5.0), _fixed(0.0), {"temperature": 4.0, "alpha": 0.9})
+    assert "--temperature auto --alpha auto" in single["warning"]  # one setting: try several
+    assert "warning" not in _verdict(ctx, splits, _fixed(5.0), _fixed(5.0), meta)  # a tie: none

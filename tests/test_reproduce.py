@@ -400,3 +400,31 @@ def test_late_change_and_the_gap_share_interval(digits):
     low, high = gap_share_ci(ctx, worse, better, ours)
     est = share_of_gap(worse.mean(), better.mean(), ours.mean())
     assert low < est < high and low > 0.2 and high < 0.8
+
+
+def test_a_result_measured_with_fewer_generalists_is_measured_again(tiny_run, tmp_path,
+                                                                      monkeypatch):
+    """E5 with one more generalist: the first generalist's specialists are loaded, the new one's
+    trained, and the result covers both; E6 (same count) would be stale too, E3 is not."""
+    import shutil
+
+    from paper import runner
+
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_run[0], out)
+    saved = json.loads((out / "e5" / "result.json").read_text())
+    assert saved["counts"] == {"e5_generalists": TINY.e5_generalists}
+    more = dataclasses.replace(TINY, e5_generalists=TINY.e5_generalists + 1)
+    monkeypatch.setitem(runner.PRESETS, "tiny", more)
+    log = io.StringIO()
+    data = main(["--preset", "tiny", "--out", str(out), "--device", "cpu", "--only", "E3,E5"],
+                log=log)
+    text = log.getvalue()
+    assert "E3: already done" in text
+    assert (f"E5: measured with e5_generalists={TINY.e5_generalists}, the preset asks "
+            f"e5_generalists={TINY.e5_generalists + 1}: measuring again") in text
+    trained = [ln for ln in text.splitlines() if "specialists training" in ln]
+    assert len(trained) == 1 and f"generalist {TINY.e5_generalists + 1}/" in trained[0]
+    e5 = data["experiments"]["E5"]
+    assert len(e5["runs"]) == TINY.e5_generalists + 1
+    assert e5["runs"][0] == saved["runs"][0]  # the first generalist's result did not move

@@ -56,6 +56,10 @@ SHARED_SETTINGS = ("dataset", "batch_size", "lr")
 # How many seeds or generalists an experiment measures: model k is the same whatever the count,
 # so a changed count keeps the models trained so far and only adds (or leaves unused) the others.
 COUNT_SETTINGS = ("e1_seeds", "e2_seeds", "e3_seeds", "e4_seeds", "e5_generalists")
+# The counts each experiment's result depends on: a result measured with other counts is measured
+# again (its trained models are loaded, the missing ones trained).
+RESULT_COUNTS = {"E1": ("e1_seeds",), "E2": ("e2_seeds",), "E3": ("e3_seeds",),
+                 "E4": ("e4_seeds",), "E5": ("e5_generalists",), "E6": ("e5_generalists",)}
 
 
 class Context:
@@ -206,8 +210,20 @@ class Context:
         return read_json(path) if path.exists() else None
 
     def save_result(self, exp: str, result: dict) -> None:
+        """Write ``exp``'s result, with the counts it was measured with (``RESULT_COUNTS``)."""
+        result = {**result, "counts": self.counts(exp)}
         atomic_write_json(self.result_path(exp), result)
         self.save_run()
+
+    def counts(self, exp: str) -> dict[str, int]:
+        """The preset's counts that ``exp``'s result depends on."""
+        return {k: getattr(self.preset, k) for k in RESULT_COUNTS.get(exp, ())}
+
+    def stale_counts(self, exp: str, result: dict) -> dict[str, int]:
+        """The counts a saved result was measured with where the preset now asks other ones
+        (empty: up to date; a result saved before counts were recorded counts as up to date)."""
+        have = result.get("counts") or {}
+        return {k: v for k, v in have.items() if self.counts(exp).get(k, v) != v}
 
     # ---------------------------------------------------------------- units
 

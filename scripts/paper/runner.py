@@ -100,7 +100,12 @@ def main(argv: list[str] | None = None, *, log=None) -> dict:
     results = {e: r for e in order if (r := ctx.load_result(e)) is not None}
     data = _report(ctx, results, None, order)
     for exp in todo:
-        if exp in results:
+        if exp in results and (stale := ctx.stale_counts(exp, results[exp])):
+            was = ", ".join(f"{k}={v}" for k, v in stale.items())
+            now = ", ".join(f"{k}={getattr(preset, k)}" for k in stale)
+            ctx.say(f"{exp}: measured with {was}, the preset asks {now}: measuring again "
+                    f"(trained models are loaded)")
+        elif exp in results:
             ctx.say(f"{exp}: already done (delete {ctx.result_path(exp)} to redo it)")
             continue
         results[exp] = modules[exp].run(ctx)

@@ -53,13 +53,12 @@ RUN_FILE = "run.json"
 SETTINGS_FILE = "settings.json"
 LOCK_FILE = "owner.pid"
 SHARED_SETTINGS = ("dataset", "batch_size", "lr")
-# How many seeds or generalists an experiment measures: model k is the same whatever the count,
-# so a changed count keeps the models trained so far and only adds (or leaves unused) the others.
-COUNT_SETTINGS = ("e1_seeds", "e2_seeds", "e3_seeds", "e4_seeds", "e5_generalists")
-# The counts each experiment's result depends on: a result measured with other counts is measured
-# again (its trained models are loaded, the missing ones trained).
+# How many seeds or generalists each experiment's result measures. Model k is the same whatever
+# the count, so a changed count keeps a folder's trained models (only adding, or leaving unused,
+# the others), and a result measured with other counts is measured again.
 RESULT_COUNTS = {"E1": ("e1_seeds",), "E2": ("e2_seeds",), "E3": ("e3_seeds",),
                  "E4": ("e4_seeds",), "E5": ("e5_generalists",), "E6": ("e5_generalists",)}
+COUNT_SETTINGS = tuple(dict.fromkeys(k for keys in RESULT_COUNTS.values() for k in keys))
 
 
 class Context:
@@ -137,7 +136,7 @@ class Context:
                     f"{path.parent} was made with other settings ({', '.join(diff)}); delete "
                     f"that folder to redo it with these settings, or use a new --out folder"
                 )
-            if set(want) - set(have) or any(want[k] != have.get(k) for k in want):
+            if {**have, **want} != have:  # new settings, or changed counts: record them
                 atomic_write_json(path, {**have, **want})
         else:
             atomic_write_json(path, want)

@@ -22,7 +22,7 @@ from .calibration import dustbin_log_correction, fit_dustbin_correction
 from .clustering import ClassClusterer, cluster_classes, select_subsets
 from .combine import active_specialists, combination_objective, combine_predictions
 from .combined import CombinedModel, q_fingerprint
-from .confusion import ConfusionAnalysis, analyse
+from .confusion import ConfusionAnalysis, analyse, analyse_counts
 from .counts import confusion_matrix
 from .evaluate import evaluate_specialists, format_coverage_table
 from .merge import MergeConfig, MergeResult, distill_specialists
@@ -50,7 +50,8 @@ __all__ = [
     "ClassClusterer", "CombinedModel", "ConfusionAnalysis", "MergeConfig", "MergeResult",
     "PlantedConfusion", "SignalCheck", "Specialist", "SpecialistConfig", "distill_specialists",
     "evaluate_merge", "format_merge_report", "q_fingerprint",
-    "active_specialists", "analyse", "build_specialist", "check_signal", "choose_subsets",
+    "active_specialists", "analyse", "analyse_counts", "build_specialist", "check_signal",
+    "choose_subsets",
     "expected_confusion", "subsets_for_generalist",
     "class_affinity", "cluster_classes", "combination_objective",
     "combine_predictions", "confusion_affinity", "confusion_matrix", "covariance_affinity",

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from .checks import (
     check_class_lists,
@@ -162,7 +163,7 @@ def class_affinity(matrix: Any, kind: str = "confusion") -> np.ndarray:
     return a
 
 
-def prediction_covariance(probs: Any) -> np.ndarray:
+def prediction_covariance(probs: Any, *, top_k: int | None = None) -> Any:
     """Covariance of the predicted probabilities of each pair of classes.
 
     The paper's label-free signal for finding confusable classes: two classes that the model
@@ -170,14 +171,35 @@ def prediction_covariance(probs: Any) -> np.ndarray:
 
     Args:
         probs: (N, C) predicted distributions, N >= 2 (a (K, N, C) stack is averaged first).
+        top_k: None: the exact dense covariance. An int k: the covariance of the truncated
+            predictions ``p~`` (each example's probabilities outside its k most probable classes
+            set to 0), as a sparse matrix, with no (C, C) array built: a pair of classes never
+            both among one example's top k has ``cov(p~_i, p~_j) = -N mu~_i mu~_j / (N - 1)
+            <= 0``, which is left out (an implicit 0); :func:`covariance_affinity` keeps
+            positive covariances only, so the affinity is exactly that of the dense covariance
+            of ``p~``. With k = C it is the exact covariance.
 
     Returns:
-        (C, C) float64, ``np.cov(probs, rowvar=False)``.
+        (C, C) float64, ``np.cov(probs, rowvar=False)``; a ``scipy.sparse.csr_array`` when
+        ``top_k`` is given.
     """
     probs = check_probs(probs)
-    if probs.shape[0] < 2:
-        raise ValueError(f"prediction_covariance needs at least 2 examples, got {probs.shape[0]}")
-    return np.atleast_2d(np.cov(probs, rowvar=False))  # (C, C)
+    n, c = probs.shape
+    if n < 2:
+        raise ValueError(f"prediction_covariance needs at least 2 examples, got {n}")
+    if top_k is None:
+        return np.atleast_2d(np.cov(probs, rowvar=False))  # (C, C)
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+    k = min(int(top_k), c)
+    cols = np.argpartition(-probs, k - 1, axis=1)[:, :k]  # (N, k) each example's top k
+    vals = np.take_along_axis(probs, cols, axis=1)  # (N, k)
+    rows = np.repeat(np.arange(n), k)
+    p_top = sp.csr_array((vals.ravel(), (rows, cols.ravel())), shape=(n, c))  # (N, C) sparse
+    mu = np.asarray(p_top.sum(axis=0)).ravel() / n  # (C,) mean of p~
+    gram = sp.coo_array(p_top.T @ p_top)  # (C, C) sum_n p~_ni p~_nj, pairs that co-occur only
+    data = (gram.data - n * mu[gram.row] * mu[gram.col]) / (n - 1)
+    return compact(sp.coo_array((data, (gram.row, gram.col)), shape=(c, c)))
 
 
 def subset_mass(matrix: Any, subsets: Sequence[Sequence[int]], *,

@@ -10,20 +10,25 @@ import warnings
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.metrics import confusion_matrix as _sk_confusion_matrix
 
 from .checks import check_confusion, check_labels, check_n_classes
+from .sparse import block_sum, compact
 
 __all__ = ["cluster_mass", "confusion_matrix", "most_confused_pairs"]
 
 
-def confusion_matrix(y_true: Any, y_pred: Any, n_classes: int) -> np.ndarray:
+def confusion_matrix(y_true: Any, y_pred: Any, n_classes: int, *,
+                     sparse: bool = False) -> Any:
     """Count how often each true class was predicted as each class.
 
     Args:
         y_true: (N,) true class indices in ``[0, n_classes)``.
         y_pred: (N,) predicted class indices in ``[0, n_classes)``.
         n_classes: C, the number of classes; classes with no example still get a row.
+        sparse: return a ``scipy.sparse.csr_array`` (at most N + C stored entries) instead of a
+            dense array: for many classes, where (C, C) would not fit in memory.
 
     Returns:
         (C, C) int64 counts; ``cm[i, j]`` = examples of true class i predicted as j.
@@ -38,6 +43,9 @@ def confusion_matrix(y_true: Any, y_pred: Any, n_classes: int) -> np.ndarray:
         raise ValueError(
             f"y_true has {y_true.shape[0]} labels but y_pred has {y_pred.shape[0]} predictions"
         )
+    if sparse:
+        ones = np.ones(y_true.shape[0], dtype=np.int64)
+        return compact(sp.coo_array((ones, (y_true, y_pred)), shape=(c, c)))
     if y_true.size == 0:
         return np.zeros((c, c), dtype=np.int64)
     with warnings.catch_warnings():
@@ -58,7 +66,7 @@ def most_confused_pairs(cm: Any, top: int | None = 10, *, symmetric: bool = Fals
     Ties in count are broken by the class indices, ascending.
 
     Args:
-        cm: (C, C) non-negative counts, rows = true class.
+        cm: (C, C) non-negative counts, rows = true class; dense or ``scipy.sparse``.
         top: at most this many rows; ``None`` lists every confused pair.
         symmetric: merge both directions of each unordered pair.
 
@@ -69,29 +77,32 @@ def most_confused_pairs(cm: Any, top: int | None = 10, *, symmetric: bool = Fals
     if top is not None and (isinstance(top, bool) or not isinstance(top, (int, np.integer))
                             or top < 0):
         raise ValueError(f"top must be a non-negative int or None, got {top!r}")
-    rows = cm.sum(axis=1)  # (C,) examples per true class
-    c = cm.shape[0]
-    out: list[dict] = []
+    rows = np.asarray(cm.sum(axis=1)).ravel()  # (C,) examples per true class
+    # The nonzero entries as coordinates: dense and sparse alike, no (C, C) index arrays.
+    m = sp.csr_array(cm)  # canonical: check_confusion summed a sparse one's duplicates
     if symmetric:
-        both = cm + cm.T  # (C, C)
-        a_idx, b_idx = np.triu_indices(c, k=1)
-        counts = both[a_idx, b_idx]
-        keep = counts > 0
-        for a, b, n in zip(a_idx[keep], b_idx[keep], counts[keep], strict=True):
-            total = rows[a] + rows[b]
-            out.append({"a": int(a), "b": int(b), "count": _num(n),
-                        "rate": float(n / total) if total > 0 else 0.0})
-        out.sort(key=lambda d: (-d["count"], d["a"], d["b"]))
+        coo = sp.triu(m + m.T, k=1, format="coo")  # (a, b) with a < b: both directions
     else:
-        t_idx, p_idx = np.nonzero(cm)
-        for t, p in zip(t_idx, p_idx, strict=True):
-            if t == p:
-                continue
-            n = cm[t, p]
-            out.append({"true": int(t), "predicted": int(p), "count": _num(n),
-                        "rate": float(n / rows[t])})
-        out.sort(key=lambda d: (-d["count"], d["true"], d["predicted"]))
-    return out if top is None else out[: int(top)]
+        coo = m.tocoo()
+    keep = (coo.data > 0) & (coo.row != coo.col)
+    i, j, n = coo.row[keep], coo.col[keep], coo.data[keep]
+    if top is not None and 0 < int(top) < n.size:  # sort only the pairs that can make the top
+        kth = np.partition(n, n.size - int(top))[n.size - int(top)]
+        tied_or_above = n >= kth
+        i, j, n = i[tied_or_above], j[tied_or_above], n[tied_or_above]
+    order = np.lexsort((j, i, -n))  # count descending, then the indices ascending
+    if top is not None:
+        order = order[: int(top)]
+    out: list[dict] = []
+    for a, b, cnt in zip(i[order], j[order], n[order], strict=True):
+        if symmetric:
+            total = rows[a] + rows[b]
+            out.append({"a": int(a), "b": int(b), "count": _num(cnt),
+                        "rate": float(cnt / total) if total > 0 else 0.0})
+        else:
+            out.append({"true": int(a), "predicted": int(b), "count": _num(cnt),
+                        "rate": float(cnt / rows[a])})
+    return out
 
 
 def _num(x: Any) -> int | float:
@@ -104,13 +115,13 @@ def cluster_mass(cm: Any, clusters: list[list[int]]) -> list[float]:
     """Confusion counts inside each cluster, off the diagonal.
 
     Args:
-        cm: (C, C) non-negative counts.
+        cm: (C, C) non-negative counts, dense or ``scipy.sparse``.
         clusters: lists of class indices.
 
     Returns:
         One float per cluster: ``sum cm[i, j]`` over i != j both in the cluster.
     """
-    cm = check_confusion(cm, "cm").astype(np.float64)
+    cm = check_confusion(cm, "cm")
     out = []
     for k, members in enumerate(clusters):
         idx = np.asarray(list(members), dtype=np.int64)
@@ -119,6 +130,6 @@ def cluster_mass(cm: Any, clusters: list[list[int]]) -> list[float]:
             raise ValueError(
                 f"clusters[{k}] contains class {bad} but there are only {cm.shape[0]} classes"
             )
-        block = cm[np.ix_(idx, idx)]  # (|S|, |S|)
-        out.append(float(block.sum() - np.trace(block)))
+        diagonal = cm.diagonal()[idx].sum() if idx.size else 0.0
+        out.append(block_sum(cm, idx, idx) - float(diagonal) if idx.size else 0.0)
     return out

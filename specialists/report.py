@@ -28,6 +28,7 @@ import base64
 import html
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -45,6 +46,7 @@ from .report_figures import (
     worst_classes,
 )
 from .selection import check_signal
+from .sparse import block_sum, is_sparse
 
 __all__ = ["FIGURE_MAX_CLASSES", "cluster_order", "write_confusion_report"]
 
@@ -77,14 +79,15 @@ def _blocks(a: ConfusionAnalysis, title: str, figures: dict[str, str],
     ("img", filename, alt)."""
     names = a.class_names
     c = a.n_classes
-    counts = np.asarray(a.counts)
-    off_total = float(counts.sum() - np.trace(counts))
+    counts = a.counts  # (C, C), dense or sparse (many classes)
+    correct = int(counts.diagonal().sum())
+    off_total = float(counts.sum() - correct)
     aff = a.affinity  # (C, C) what the clusters and the dendrogram are built from
     aff_what = ("the clipped correlation of the predicted probabilities" if a.kind == "covariance"
                 else "the mean of the two directions' error rates")
     b: list[tuple] = [("h1", title)]
     b.append(("p", f"{a.n} examples, {c} classes, overall accuracy {a.accuracy:.4f} "
-                   f"({int(np.trace(counts))} correct, {int(off_total)} confused). "
+                   f"({correct} correct, {int(off_total)} confused). "
                    f"Clusters: {len(a.clusters)} ({a.method})."))
     for note in a.notes:
         b.append(("note", note))
@@ -110,7 +113,7 @@ def _blocks(a: ConfusionAnalysis, title: str, figures: dict[str, str],
                        "rate = share of the true class's examples."))
         b.append(("table", ["#", "true class", "predicted as", "count", "rate"], rows))
         rows = [[str(k + 1), names[p["a"]], names[p["b"]], str(p["count"]), f"{p['rate']:.2%}",
-                 f"{aff[p['a'], p['b']]:.4f}"] for k, p in enumerate(a.pairs_symmetric)]
+                 f"{float(aff[p['a'], p['b']]):.4f}"] for k, p in enumerate(a.pairs_symmetric)]
         b.append(("p", "Both directions together; rate = share of the two classes' examples "
                        f"that went to the other one; affinity = {aff_what}, the measure the "
                        "clusters are built from."))
@@ -123,7 +126,7 @@ def _blocks(a: ConfusionAnalysis, title: str, figures: dict[str, str],
     rows = []
     for k, (members, mass) in enumerate(zip(a.clusters, a.cluster_mass, strict=True)):
         share = f"{mass / off_total:.1%}" if off_total > 0 else "-"
-        inside = float(aff[np.ix_(members, members)].sum())
+        inside = block_sum(aff, members, members)
         rows.append([str(k + 1), str(len(members)), ", ".join(names[i] for i in members),
                      _fmt_num(mass), share, f"{inside:.4f}"])
     b.append(("p", "Confusion mass = confusions between two different classes of the same "
@@ -144,13 +147,13 @@ def _blocks(a: ConfusionAnalysis, title: str, figures: dict[str, str],
         b.append(("p", f"The {FIGURE_MAX_CLASSES} classes with the lowest accuracy, of {c}."))
     rows = []
     for i in shown:
-        n_i = int(counts[i].sum())
-        wrong = counts[i].copy()
+        wrong = _row(counts, i)  # (C,)
+        n_i, n_correct = int(wrong.sum()), int(wrong[i])
         wrong[i] = 0
         top_wrong = f"{names[int(wrong.argmax())]} ({int(wrong.max())})" if wrong.max() > 0 \
             else "-"
         acc = a.per_class_accuracy[i]
-        rows.append([names[i], str(n_i), str(int(counts[i, i])),
+        rows.append([names[i], str(n_i), str(n_correct),
                      "-" if np.isnan(acc) else f"{acc:.3f}", top_wrong])
     b.append(("table", ["class", "examples", "correct", "accuracy", "most often predicted as"],
               rows))
@@ -160,7 +163,7 @@ def _blocks(a: ConfusionAnalysis, title: str, figures: dict[str, str],
 def _subset_blocks(a: ConfusionAnalysis, subsets: list[list[int]],
                    aff: np.ndarray) -> list[tuple]:
     """The specialist subsets chosen (``choose_subsets``), or why there are none."""
-    names, counts = a.class_names, np.asarray(a.counts)
+    names, counts = a.class_names, a.counts
     b: list[tuple] = [("h2", "Specialist subsets")]
     if not subsets:
         check = check_signal(counts, class_names=names)
@@ -169,15 +172,21 @@ def _subset_blocks(a: ConfusionAnalysis, subsets: list[list[int]],
         return b
     rows = []
     for k, s in enumerate(subsets):
-        inside = counts[np.ix_(s, s)]
+        confused = block_sum(counts, s, s) - float(counts.diagonal()[s].sum())
         rows.append([str(k + 1), str(len(s)), ", ".join(names[i] for i in s),
-                     _fmt_num(float(inside.sum() - np.trace(inside))),
-                     f"{float(aff[np.ix_(s, s)].sum()):.4f}"])
+                     _fmt_num(confused), f"{block_sum(aff, s, s):.4f}"])
     left = [names[i] for i in range(a.n_classes) if not any(i in s for s in subsets)]
     b.append(("p", "One dustbin specialist is trained per subset. Classes in no subset "
                    f"(rarely confused): {', '.join(left) if left else 'none'}."))
     b.append(("table", ["#", "size", "classes", "confusions inside", "affinity inside"], rows))
     return b
+
+
+def _row(m: Any, i: int) -> np.ndarray:
+    """Row ``i`` of a dense or sparse (C, C) matrix, as a dense (C,) copy."""
+    if is_sparse(m):
+        return m[[i]].toarray().ravel()
+    return np.array(m[i])
 
 
 def _fmt_num(x: float) -> str:
@@ -303,7 +312,8 @@ def write_confusion_report(analysis: ConfusionAnalysis, out_dir: str | os.PathLi
     data = analysis.to_dict()
     if subsets is not None:
         data["subsets"] = subsets
-    atomic_write_json(out / "report.json", data)
+    # Many classes: millions of stored counts, on one line (indented, each number took a line).
+    atomic_write_json(out / "report.json", data, indent=None if analysis.sparse else 2)
     atomic_write_text(out / "report.md", _to_markdown(doc))
     html_path = out / "report.html"
     atomic_write_text(html_path, _to_html(doc, title, images))

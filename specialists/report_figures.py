@@ -10,8 +10,10 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 from matplotlib import colormaps
 from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
@@ -82,6 +84,11 @@ def _no_white(name: str) -> ListedColormap:
     return ListedColormap(colormaps[name](np.linspace(0.15, 1.0, 256)), name=f"{name}_nw")
 
 
+def _dense(m: Any) -> np.ndarray:
+    """A (C, C) matrix as a dense array: the figures are drawn for few classes only."""
+    return m.toarray() if sp.issparse(m) else np.asarray(m)
+
+
 def heatmap_figure(a: ConfusionAnalysis, order: list[int], blocks: list[tuple], *,
              normalised: bool) -> Figure:
     """Confusion heatmap with rows/columns in cluster order and cluster blocks outlined.
@@ -93,7 +100,7 @@ def heatmap_figure(a: ConfusionAnalysis, order: list[int], blocks: list[tuple], 
     """
     c = a.n_classes
     names = [a.class_names[i] for i in order]
-    m = (a.normalised if normalised else a.counts)[np.ix_(order, order)].astype(float)  # (C, C)
+    m = _dense(a.normalised if normalised else a.counts)[np.ix_(order, order)].astype(float)
     fs = _label_fontsize(c)
     cell = 0.55 if c <= ANNOTATE_MAX else max(0.2, min(0.4, 12.0 / c))
     lab = _label_inches(names, fs)
@@ -178,7 +185,7 @@ def dendrogram_figure(a: ConfusionAnalysis) -> Figure:
     the clusters the report lists.
     """
     c = a.n_classes
-    s = a.affinity  # (C, C), zero diagonal: what the clusters were built from
+    s = _dense(a.affinity)  # (C, C), zero diagonal: what the clusters were built from
     # Normalise to [0, 1] so the most-confused pair sits at distance 0.
     d = 1.0 - s / s.max() if s.max() > 0 else np.ones_like(s)
     np.fill_diagonal(d, 0.0)

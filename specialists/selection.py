@@ -31,7 +31,7 @@ from scipy.sparse.csgraph import connected_components
 from .affinity import check_kind, class_affinity
 from .checks import check_confusion, check_count
 from .clustering import METHODS, adjust_subsets, partition
-from .sparse import block_sum, is_sparse, row_max, submatrix, upper_pairs, zero_outside
+from .sparse import block_sum, compact, is_sparse, row_max, submatrix, upper_pairs, zero_outside
 
 __all__ = ["MIN_AFFINITY", "MIN_PAIR_COUNT", "STRONG_AFFINITY", "SignalCheck", "check_signal",
            "choose_subsets"]
@@ -39,6 +39,7 @@ __all__ = ["MIN_AFFINITY", "MIN_PAIR_COUNT", "STRONG_AFFINITY", "SignalCheck", "
 MIN_AFFINITY = 0.15  # a class whose strongest affinity is below this share of the top pair's: out
 STRONG_AFFINITY = 0.5  # pairs at or above this share of the top pair's affinity share a subset
 MIN_PAIR_COUNT = 10  # confusions of the most confused pair below which the signal is too weak
+EXPECTED_TOP_K = 10  # many classes: the expected confusion keeps each example's top 10 classes
 
 
 @dataclass(frozen=True)
@@ -273,22 +274,35 @@ def choose_subsets(
     return adjust_subsets(graph, subsets, max_subsets=max_specialists)
 
 
-def expected_confusion(probs: Any, y: Any, n_classes: int) -> np.ndarray:
+def expected_confusion(probs: Any, y: Any, n_classes: int, *,
+                       top_k: int | None = None) -> Any:
     """Expected confusion counts: predicted probabilities summed per true class.
 
     Args:
         probs: (N, C) predicted probabilities of the generalist.
         y: (N,) true classes.
         n_classes: C.
+        top_k: None: dense. An int k: a sparse matrix (for many classes) of each example's k
+            most probable classes only; the rest of its probability is dropped.
 
     Returns:
-        (C, C) float64, rows = true class; row c sums to the number of examples of class c.
+        (C, C) float64, rows = true class; row c sums to the number of examples of class c
+        (less the dropped probability with ``top_k``); a ``scipy.sparse.csr_array`` with
+        ``top_k``.
     """
     p = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(y, dtype=np.int64)
     if p.ndim != 2 or p.shape[1] != n_classes or len(labels) != len(p):
         raise ValueError(f"probs must be (N, {n_classes}) with one label per row, got "
                          f"{p.shape} and {labels.shape}")
+    if top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+            raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+        k = min(int(top_k), n_classes)
+        cols = np.argpartition(-p, k - 1, axis=1)[:, :k]  # (N, k)
+        vals = np.take_along_axis(p, cols, axis=1)  # (N, k)
+        return compact(sp.coo_array((vals.ravel(), (np.repeat(labels, k), cols.ravel())),
+                                    shape=(n_classes, n_classes)))
     out = np.zeros((n_classes, n_classes))
     np.add.at(out, labels, p)
     return out
@@ -327,7 +341,10 @@ def subsets_for_generalist(
         return [], f"no specialists: validation confusion: {check.reason}"
     c = np.shape(val_counts)[0]  # np.shape reads .shape: a sparse matrix is not converted
     probs = train_probs() if callable(train_probs) else train_probs
-    expected = expected_confusion(probs, train_labels, c)
+    # Sparse validation counts (many classes): a sparse expected confusion of each example's
+    # most probable classes, never a (C, C) array.
+    expected = expected_confusion(probs, train_labels, c,
+                                  top_k=EXPECTED_TOP_K if is_sparse(val_counts) else None)
     check2 = check_signal(expected, class_names=class_names)
     if check2.too_weak:
         return [], (f"no specialists: validation confusion: {check.reason}; expected confusion on "

@@ -102,6 +102,13 @@ def test_subsets_at_scale_runs_in_a_fresh_process(bench):
     assert detail["classes"] == 40 and detail["subsets"] == 4
     assert bench.TARGETS["subsets_15k_seconds"] == ("<", 60.0)
     assert "subsets" in bench.STEPS
+    # the report of the same matrix: sparse (it came sparse), its 4 clusters the planted groups
+    assert _is_pos(r["report_15k_seconds"]) and _is_pos(r["report_15k_peak_gib"])
+    assert r["report_15k_ari"] == 1.0
+    report = r["report_15k_detail"]
+    assert report["sparse"] is True
+    assert {"report.json", "report.md", "report.html", "confusion_counts.png"} <= set(
+        report["files_bytes"])  # 40 classes: few enough for a heatmap
 
 
 def test_table_and_cli(bench, tmp_path):

@@ -705,6 +705,7 @@ def table(results: dict) -> str:
         ("subsets 15k peak RSS (GiB)", "subsets_15k_peak_gib"),
         ("report 15k classes (s)", "report_15k_seconds"),
         ("report 15k peak RSS (GiB)", "report_15k_peak_gib"),
+        ("report 15k clusters ARI", "report_15k_ari"),
         ("subsets 15k ARI", "subsets_15k_ari"),
     ]
     lines = [f"{'measurement':34s} {'value':>10s}  target", "-" * 60]

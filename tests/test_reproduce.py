@@ -428,3 +428,15 @@ def test_a_result_measured_with_fewer_generalists_is_measured_again(tiny_run, tm
     e5 = data["experiments"]["E5"]
     assert len(e5["runs"]) == TINY.e5_generalists + 1
     assert e5["runs"][0] == saved["runs"][0]  # the first generalist's result did not move
+
+
+def test_summary_verdicts_against_the_issues_targets_only():
+    # E2 has no target: its paper number (98.6%) is shown beside it, never used as one
+    results = {"E2": {"headline_recall_after_bias": 0.68, "recall_after_bias_vs_present": 0.96},
+               "E4": {"headline_gap_recovered": 0.72, "gap_recovered_ci": [0.65, 0.8]}}
+    (_, _, rows), = rep._summary_blocks(results, rep.headlines(results), ["E2", "E4"])
+    verdict = {r[0][:2]: r[-1] for r in rows}
+    assert verdict == {"E2": "no target", "E4": "yes"}
+    results["E4"]["headline_gap_recovered"] = 0.61
+    (_, _, rows), = rep._summary_blocks(results, rep.headlines(results), ["E4"])
+    assert rows[0][-1] == "no"

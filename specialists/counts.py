@@ -130,6 +130,6 @@ def cluster_mass(cm: Any, clusters: list[list[int]]) -> list[float]:
             raise ValueError(
                 f"clusters[{k}] contains class {bad} but there are only {cm.shape[0]} classes"
             )
-        diagonal = cm.diagonal()[idx].sum() if idx.size else 0.0
-        out.append(block_sum(cm, idx, idx) - float(diagonal) if idx.size else 0.0)
+        inside = block_sum(cm, idx, idx) if idx.size else 0.0
+        out.append(inside - float(cm.diagonal()[idx].sum()))  # (C,)[idx]: an empty sum is 0
     return out

@@ -440,3 +440,16 @@ def test_summary_verdicts_against_the_issues_targets_only():
     results["E4"]["headline_gap_recovered"] = 0.61
     (_, _, rows), = rep._summary_blocks(results, rep.headlines(results), ["E4"])
     assert rows[0][-1] == "no"
+
+
+def test_summary_says_why_e1_has_no_headline_and_gives_the_other_rows():
+    e1 = {"headline_gap_closed": None,
+          "rows": [{"name": "mlp", "teacher_clearly_better": False, "margin": -0.0022,
+                    "gap_closed": -0.2, "gap_closed_ci": [-7.6, 0.67]},
+                   {"name": "cnn", "teacher_clearly_better": True, "margin": 0.023,
+                    "gap_closed": 0.173, "gap_closed_ci": [-0.02, 0.339]}]}
+    results = {"E1": e1}
+    (_, _, rows), = rep._summary_blocks(results, rep.headlines(results), ["E1"])
+    assert rows[0][3] == ("n/a: no mlp teacher clearly beat the student (margin -0.22 points); "
+                          "cnn row 17.3% [-2%, 34%]")
+    assert rows[0][-1] == "n/a"

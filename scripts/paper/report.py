@@ -472,6 +472,8 @@ def _summary_blocks(results: dict, heads: dict, expected: list[str]) -> list:
                      f"{pct(heads['e5_relative_error_reduction'], 1)} {ci_text(ci, 1)}")
         elif ci:
             shown += f" {ci_text(ci)}"
+        if key == "e1_gap_closed" and ours is None and "E1" in results:
+            shown = _e1_without_headline(results["E1"])
         if key == "e2_omitted_class_recall_after_bias" and ours is not None:
             shown += (f" ({ratio(results['E2'].get('recall_after_bias_vs_present'), 1.0)} of its "
                       "recall when the class is in the transfer set)")
@@ -483,6 +485,19 @@ def _summary_blocks(results: dict, heads: dict, expected: list[str]) -> list:
                      target, shown, verdict])
     return [("table", ["headline", "paper", "target", "ours [95% interval]", "target met?"],
              rows)]
+
+
+def _e1_without_headline(e1: dict) -> str:
+    """E1's summary cell when the paper's set-up gave no ratio: why, and the other rows' ratios."""
+    rows = e1.get("rows") or []
+    first = rows[0] if rows else {}
+    why = "n/a"
+    if first.get("teacher_clearly_better") is False and first.get("margin") is not None:
+        why += (f": no {first.get('name', '')} teacher clearly beat the student (margin "
+                f"{100 * first['margin']:+.2f} points)")
+    others = [f"{r['name']} row {pct(r['gap_closed'], 1)} {ci_text(r.get('gap_closed_ci'))}"
+              for r in rows[1:] if r.get("gap_closed") is not None]
+    return why + ("; " + "; ".join(others) if others else "")
 
 
 def obstacles(results: dict) -> list[str]:

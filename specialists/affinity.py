@@ -32,7 +32,7 @@ from .checks import (
     check_probs,
     check_square,
 )
-from .sparse import block_sum, compact, is_sparse, scale, without_diagonal
+from .sparse import block_sum, compact, is_sparse, row_top_k, scale, without_diagonal
 
 __all__ = [
     "KINDS",
@@ -189,12 +189,8 @@ def prediction_covariance(probs: Any, *, top_k: int | None = None) -> Any:
         raise ValueError(f"prediction_covariance needs at least 2 examples, got {n}")
     if top_k is None:
         return np.atleast_2d(np.cov(probs, rowvar=False))  # (C, C)
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
-    k = min(int(top_k), c)
-    cols = np.argpartition(-probs, k - 1, axis=1)[:, :k]  # (N, k) each example's top k
-    vals = np.take_along_axis(probs, cols, axis=1)  # (N, k)
-    rows = np.repeat(np.arange(n), k)
+    cols, vals = row_top_k(probs, top_k)  # (N, k) each example's top k
+    rows = np.repeat(np.arange(n), cols.shape[1])
     p_top = sp.csr_array((vals.ravel(), (rows, cols.ravel())), shape=(n, c))  # (N, C) sparse
     mu = np.asarray(p_top.sum(axis=0)).ravel() / n  # (C,) mean of p~
     gram = sp.coo_array(p_top.T @ p_top)  # (C, C) sum_n p~_ni p~_nj, pairs that co-occur only

@@ -31,7 +31,16 @@ from scipy.sparse.csgraph import connected_components
 from .affinity import check_kind, class_affinity
 from .checks import check_confusion, check_count
 from .clustering import METHODS, adjust_subsets, partition
-from .sparse import block_sum, compact, is_sparse, row_max, submatrix, upper_pairs, zero_outside
+from .sparse import (
+    block_sum,
+    compact,
+    is_sparse,
+    row_max,
+    row_top_k,
+    submatrix,
+    upper_pairs,
+    zero_outside,
+)
 
 __all__ = ["MIN_AFFINITY", "MIN_PAIR_COUNT", "STRONG_AFFINITY", "SignalCheck", "check_signal",
            "choose_subsets"]
@@ -296,13 +305,9 @@ def expected_confusion(probs: Any, y: Any, n_classes: int, *,
         raise ValueError(f"probs must be (N, {n_classes}) with one label per row, got "
                          f"{p.shape} and {labels.shape}")
     if top_k is not None:
-        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-            raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
-        k = min(int(top_k), n_classes)
-        cols = np.argpartition(-p, k - 1, axis=1)[:, :k]  # (N, k)
-        vals = np.take_along_axis(p, cols, axis=1)  # (N, k)
-        return compact(sp.coo_array((vals.ravel(), (np.repeat(labels, k), cols.ravel())),
-                                    shape=(n_classes, n_classes)))
+        cols, vals = row_top_k(p, top_k)  # (N, k)
+        return compact(sp.coo_array((vals.ravel(), (np.repeat(labels, cols.shape[1]),
+                                                    cols.ravel())), shape=(n_classes, n_classes)))
     out = np.zeros((n_classes, n_classes))
     np.add.at(out, labels, p)
     return out

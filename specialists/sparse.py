@@ -21,6 +21,7 @@ __all__ = [
     "compact",
     "is_sparse",
     "row_max",
+    "row_top_k",
     "scale",
     "submatrix",
     "upper_pairs",
@@ -86,6 +87,22 @@ def row_max(a: Matrix) -> np.ndarray:
     if is_sparse(a):
         return np.asarray(a.max(axis=1).toarray()).ravel()
     return a.max(axis=1)
+
+
+def row_top_k(p: np.ndarray, top_k: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``top_k`` largest entries of a dense (N, C) ``p``, in no particular order.
+
+    Returns:
+        (columns (N, k), values (N, k)) with k = min(top_k, C).
+
+    Raises:
+        ValueError: ``top_k`` is not a positive int.
+    """
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+    k = min(int(top_k), p.shape[1])
+    cols = np.argpartition(-p, k - 1, axis=1)[:, :k]  # (N, k)
+    return cols, np.take_along_axis(p, cols, axis=1)
 
 
 def zero_outside(a: Matrix, keep: np.ndarray) -> Matrix:

@@ -40,12 +40,13 @@ RECIPES = {
 }
 
 
-def _member(splits, widths, dropout, views, seed, epochs, lr):
-    """One MLP trained on hard labels over (unbounded) views: (model, CPU seconds per epoch,
-    history). CPU time, not wall time: the machine is shared, the wall clock measures the load."""
+def _member(splits, widths, dropout, views, seed, epochs, lr, arch="mlp"):
+    """One model (an MLP, or a cnn with ``widths`` as its channels) trained on hard labels over
+    (unbounded) views: (model, CPU seconds per epoch, history). CPU time, not wall time: the
+    machine is shared, the wall clock measures the load."""
     torch.manual_seed(seed)
-    model = build_model("mlp", splits.input_shape, splits.n_classes, widths=list(widths),
-                        dropout=dropout)
+    kw = {"widths" if arch == "mlp" else "channels": list(widths)}
+    model = build_model(arch, splits.input_shape, splits.n_classes, dropout=dropout, **kw)
     cfg = TrainConfig(epochs=epochs, batch_size=128, lr=lr, seed=seed)
     t = time.process_time()
     res = train_baseline(model, make_transfer_set(splits), cfg, views=views, progress=False)
@@ -54,17 +55,20 @@ def _member(splits, widths, dropout, views, seed, epochs, lr):
 
 def members(args, splits) -> dict:
     dropout, view = RECIPES[args.recipe]
+    if args.member_dropout is not None:
+        dropout = args.member_dropout
     accs, probs, spe = [], [], []
     for k in range(args.members):
         views = None if view is None else ViewConfig(**view, views=None, seed=k)
-        m, s, _ = _member(splits, args.widths, dropout, views, k, args.epochs, args.lr)
+        m, s, _ = _member(splits, args.widths, dropout, views, k, args.epochs, args.lr, args.arch)
         p = predict_probs(m, splits.x_test)
         accs.append(accuracy(p, splits.y_test))
         probs.append(p)
         spe.append(s)
     ens = accuracy(torch.stack(probs).mean(0), splits.y_test)
     mean = sum(accs) / len(accs)
-    return {"pilot": "members", "recipe": args.recipe, "widths": args.widths, "epochs": args.epochs,
+    return {"pilot": "members", "arch": args.arch, "recipe": args.recipe, "dropout": dropout,
+            "widths": args.widths, "epochs": args.epochs,
             "lr": args.lr, "members": accs, "mean_member": mean, "ensemble": ens,
             "gain_points": 100 * (ens - mean), "cpu_seconds_per_epoch": sum(spe) / len(spe)}
 
@@ -104,6 +108,8 @@ def main() -> None:
     ap.add_argument("--widths", type=int, nargs="+", default=[512, 512])
     ap.add_argument("--arch", default="mlp")
     ap.add_argument("--dropout", type=float, default=0.3)
+    ap.add_argument("--member-dropout", type=float, default=None,
+                    help="members: this dropout instead of the recipe's")
     ap.add_argument("--shift", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)

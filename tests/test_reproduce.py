@@ -83,6 +83,13 @@ def test_tiny_run_writes_the_report(tiny_run):
     assert saved["e1_agreement"] == row["chosen"]["agreement"]["mean"]
     assert (saved["e1_gap_closed"] is None) == (not row["teacher_clearly_better"])
     assert len(e3["members"]) == TINY.e3_teachers
+    # E3 has its own ensemble (a cnn in the tiny and full presets); E4-E6 share the MLP members
+    assert e3["arch"] == TINY.e3_arch == "cnn"
+    assert sorted(p.name for p in (out / "members").iterdir() if p.is_dir()) == [
+        f"member_{k}" for k in range(TINY.members_count)]
+    assert sorted(p.name for p in (out / "e3" / "members").iterdir() if p.is_dir()) == [
+        f"member_{k}" for k in range(TINY.e3_teachers)]
+    assert len(e4["full_data"]["test_acc"]["values"]) == TINY.members_count
     assert e3["distilled"]["test_acc"]["n"] == TINY.e3_seeds
     assert set(e4["rows"]) == {"hard", "hard_views", "paper", "views"}
     # E6: every E5 generalist with specialists merged; the headline is a share or None with why

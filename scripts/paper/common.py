@@ -275,8 +275,10 @@ class Context:
 
     def distilled_model(self, folder: Path, spec: ModelSpec, seed: int, epochs: int,
                         teachers: Sequence[nn.Module], transfer: TransferSet,
-                        dcfg: DistillConfig, cache_dir: Path, *, label: str = "") -> nn.Module:
-        """A model distilled from ``teachers`` on ``transfer`` (same init as the hard model)."""
+                        dcfg: DistillConfig, cache_dir: Path, *, lr: float | None = None,
+                        label: str = "") -> nn.Module:
+        """A model distilled from ``teachers`` on ``transfer`` (same init as the hard model);
+        ``lr`` None: the preset's."""
         tag = self._tag()
         if (m := self._loaded(folder, tag, label)) is not None:
             return m
@@ -287,7 +289,7 @@ class Context:
         seed_everything(seed)
         model = spec.build(s.input_shape, s.n_classes)
         res = distill(
-            model, list(teachers), transfer, self.train_config(epochs, seed), dcfg,
+            model, list(teachers), transfer, self.train_config(epochs, seed, lr=lr), dcfg,
             val=(s.x_val, s.y_val), run_dir=folder, cache_dir=cache_dir, device=self.device,
             progress=False,
         )
@@ -299,9 +301,9 @@ class Context:
     def sweep(self, folder: Path, spec: ModelSpec, seed: int, epochs: int,
               teachers: Sequence[nn.Module], transfer: TransferSet,
               configs: Sequence[DistillConfig], *, label: str = "",
-              cache_dir: Path | None = None) -> SweepResult:
+              cache_dir: Path | None = None, lr: float | None = None) -> SweepResult:
         """One student per config (``distill_sweep``: one cache, same start), best on validation.
-        ``cache_dir``: the teachers' cache (default ``folder/cache``).
+        ``cache_dir``: the teachers' cache (default ``folder/cache``); ``lr`` None: the preset's.
 
         Each candidate is a unit of its own (``folder/candidates/T4-a0.9``; a single config
         trains in ``folder`` itself), so an interrupted sweep resumes where it stopped.
@@ -323,7 +325,7 @@ class Context:
             seed_everything(seed)
             return spec.build(s.input_shape, s.n_classes)
 
-        res = distill_sweep(make, list(teachers), transfer, self.train_config(epochs, seed),
+        res = distill_sweep(make, list(teachers), transfer, self.train_config(epochs, seed, lr=lr),
                             list(configs), val=(s.x_val, s.y_val), run_dir=folder, cache_dir=cache_dir,
                             device=self.device, progress=False,
                             say=lambda m: self.say(f"{tag} {label}: {m}"))

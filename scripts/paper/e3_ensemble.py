@@ -2,8 +2,9 @@
 
 Paper (sec. 4, speech): single model 58.9% frame accuracy, ensemble of 10 61.1%, distilled single
 model 60.8%: 86% of the ensemble's gain kept (hard-label weight 0.5, T in {1, 2, 5, 10}). Here: 10
-MLPs of one architecture and recipe (dropout, and augmented views drawn afresh every epoch with a
-view seed of their own), differing by seed: their diversity comes from seeds, dropout and
+models of one architecture (``e3_arch``: small convnets in the full preset; ten MLPs 2x512 gained
+only 0.27 points) and recipe (dropout, and optionally augmented views drawn afresh every epoch with
+a view seed of their own), differing by seed: their diversity comes from seeds, dropout and
 augmentation, not from weaker members. Each member *is* a single model trained on hard labels, so
 the baseline is their mean. The distilled students have the same architecture, recipe and budget
 (their dropout a candidate: soft targets regularise already):
@@ -46,7 +47,7 @@ def member_folder(ctx: Context, k: int) -> Path:
 def spec(ctx: Context, dropout: float | None = None) -> ModelSpec:
     """The members' model (``dropout`` None), or the student's with its own dropout."""
     p = ctx.preset
-    return ModelSpec("mlp", p.e3_widths, p.e3_dropout if dropout is None else dropout)
+    return ModelSpec(p.e3_arch, p.e3_widths, p.e3_dropout if dropout is None else dropout)
 
 
 def _suffix(ctx: Context, dropout: float) -> str:
@@ -54,14 +55,18 @@ def _suffix(ctx: Context, dropout: float) -> str:
     return "" if dropout == ctx.preset.e3_dropout else f"_d{dropout:g}"
 
 
+def model_name(p: presets.Preset) -> str:
+    """E3's architecture in words, e.g. ``cnn 16x32``."""
+    return f"{p.e3_arch} {widths_name(p.e3_widths)}"
+
+
 def e3_teachers(ctx: Context) -> list[nn.Module]:
-    """The ensemble's members (shared with E4, whose teacher and 100% baseline they are, and E5,
-    whose generalists they are). Member k: seed k, views drawn with view seed k."""
+    """The ensemble's members. Member k: seed k, views drawn with view seed k."""
     ctx.claim("e3", ("e3_",))
     p = ctx.preset
-    return [ctx.hard_model(member_folder(ctx, k), spec(ctx), k, p.e3_epochs,
+    return [ctx.hard_model(member_folder(ctx, k), spec(ctx), k, p.e3_epochs, lr=p.e3_lr,
                            views=presets.views(p.e3_member_views, None, seed=k),
-                           label=f"member {k + 1}/{p.e3_teachers} {widths_name(p.e3_widths)}")
+                           label=f"member {k + 1}/{p.e3_teachers} {model_name(p)}")
             for k in range(p.e3_teachers)]
 
 
@@ -95,14 +100,14 @@ def run(ctx: Context) -> dict:
     seed0 = p.e3_teachers
     views = presets.views(p.e3_member_views, p.e3_views)
     transfer = make_transfer_set(s)
-    name = widths_name(p.e3_widths)
+    name = model_name(p)
     folder = ctx.out / "e3" / "students"
     configs = [DistillConfig(temperature=float(t), alpha=float(a), views=views)
                for t in p.e3_temperatures for a in p.e3_alphas]
     # one sweep of T per student dropout (same seed, one teacher cache), the best on validation kept
     cache = folder / "sweep" / "cache"
     sweeps = {d: ctx.sweep(folder / f"sweep{_suffix(ctx, d)}", spec(ctx, d), seed0, p.e3_epochs,
-                           members, transfer, configs, cache_dir=cache,
+                           members, transfer, configs, cache_dir=cache, lr=p.e3_lr,
                            label=f"student {name} (dropout {d:g}) from {len(members)} members")
               for d in student_dropouts(p)}
     dropout = max(sweeps, key=lambda d: sweeps[d].candidates[sweeps[d].best].val_acc)
@@ -114,7 +119,7 @@ def run(ctx: Context) -> dict:
         f = folder / f"seed_{seed0 + i}{_suffix(ctx, dropout)}"
         students.append(ctx.distilled_model(
             f, spec(ctx, dropout), seed0 + i, p.e3_epochs, members, transfer, cfg, cache,
-            label=f"student {name} (dropout {dropout:g}), seed {seed0 + i}"))
+            lr=p.e3_lr, label=f"student {name} (dropout {dropout:g}), seed {seed0 + i}"))
         folders.append(f)
     runs = [scores(m, ctx) for m in students]
     students_ok = np.stack([test_correct(m, ctx) for m in students])  # (S, N)
@@ -124,7 +129,8 @@ def run(ctx: Context) -> dict:
     member_curves = [curve(member_folder(ctx, k)) for k in range(p.e3_teachers)]
     student_curves = [curve(f) for f in folders]
     out = {
-        "widths": list(p.e3_widths), "dropout": p.e3_dropout, "epochs": p.e3_epochs,
+        "arch": p.e3_arch, "widths": list(p.e3_widths), "dropout": p.e3_dropout,
+        "epochs": p.e3_epochs, "lr": p.lr if p.e3_lr is None else p.e3_lr,
         "member_views": p.e3_member_views, "views": p.e3_views, "n_teachers": p.e3_teachers,
         "seeds": p.e3_seeds, "single": single, "members": member_scores, "ensemble": ensemble,
         "ensemble_gain": ensemble["test_acc"] - single["test_acc"]["mean"],

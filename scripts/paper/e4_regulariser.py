@@ -1,8 +1,9 @@
 """E4: soft targets as a regulariser -- a model trained on 3% of the data.
 
 Paper (sec. 4.1, speech): all data, hard labels: 58.9% test; 3% hard labels (early stopped): 44.5%;
-3% soft targets: 57.0%, i.e. 87% of the gap recovered. Here: E3's architecture; the 100% row is
-E3's members (hard labels, all the data); the teacher giving the soft targets is E3's first member.
+3% soft targets: 57.0%, i.e. 87% of the gap recovered. Here: the MLP members' architecture
+(``paper.members``); the 100% row is those members (hard labels, all the data); the teacher giving
+the soft targets is the first member.
 On each 3% subset (``e4_seeds`` of them):
 
 * hard labels, early stopped on validation NLL, on the fixed images (the paper's baseline) and on
@@ -37,7 +38,7 @@ from .common import (
     test_correct,
     widths_name,
 )
-from .e3_ensemble import e3_teachers, spec
+from .members import PREFIX, mlp_members, spec
 
 EXP = "E4"
 PAPER = "paper"
@@ -47,18 +48,18 @@ def planned(ctx: Context) -> int:
     p = ctx.preset
     sweeps = len(p.e4_temperatures) * len(p.e4_alphas) + len(p.e4_view_temperatures) * len(
         p.e4_alphas)
-    return p.e3_teachers + sweeps + p.e4_seeds * 2 + 2 * (p.e4_seeds - 1)
+    return p.members_count + sweeps + p.e4_seeds * 2 + 2 * (p.e4_seeds - 1)
 
 
 def run(ctx: Context) -> dict:
     p, s = ctx.preset, ctx.splits
-    ctx.claim("e4", ("e3_", "e4_"))
+    ctx.claim("e4", (PREFIX, "e4_"))
     ctx.begin(EXP, planned(ctx))
-    members = e3_teachers(ctx)
+    members = mlp_members(ctx)
     teacher = members[0]
     full = [scores(m, ctx, train_x=s.x_train, train_y=s.y_train) for m in members]
     full_ok = np.stack([test_correct(m, ctx) for m in members])
-    name = widths_name(p.e3_widths)
+    name = widths_name(p.members_widths)
     view_cfg = presets.views(p.e4_view_recipe, p.e4_views)
 
     subsets = [make_transfer_set(s, fraction=p.e4_fraction, seed=k) for k in range(p.e4_seeds)]

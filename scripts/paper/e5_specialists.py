@@ -3,12 +3,13 @@
 Paper (sec. 5, JFT): 61 specialists on a 25%-accurate generalist raised test accuracy from 25.0% to
 26.1% (4.4% relative; a 1.5% relative *error* reduction), conditional accuracy 43.1% -> 45.9%, and
 the gain grew with the number of specialists covering the true class. Here: each generalist is one
-E3 model; its *validation* confusion is clustered (``specialists.analyse``), the clusters become
-subsets (``choose_subsets``, one overlapping class added to each so that some classes are covered
-twice), one dustbin specialist is trained per subset from the generalist's weights
-(``train_specialists``), and the test predictions are combined with ``combine_predictions`` and
-scored with ``evaluate_specialists`` (top-n = 1). The relative test-error reduction is pooled over the
-generalists (their errors summed), with a 95% paired-bootstrap interval over test examples.
+of the MLP members (``paper.members``); its *validation* confusion is clustered
+(``specialists.analyse``), the clusters become subsets (``choose_subsets``, one overlapping class
+added to each so that some classes are covered twice), one dustbin specialist is trained per subset
+from the generalist's weights (``train_specialists``), and the test predictions are combined with
+``combine_predictions`` and scored with ``evaluate_specialists`` (top-n = 1). The relative
+test-error reduction is pooled over the generalists (their errors summed), with a 95% paired-bootstrap
+interval over test examples.
 """
 
 from __future__ import annotations
@@ -28,20 +29,20 @@ from specialists import (
 )
 
 from .common import Context, summary
-from .e3_ensemble import e3_teachers
+from .members import PREFIX, mlp_members
 
 EXP = "E5"
 
 
 def planned(ctx: Context) -> int:
-    return ctx.preset.e3_teachers  # the generalists; specialists get their own lines
+    return ctx.preset.members_count  # the generalists; specialists get their own lines
 
 
 def run(ctx: Context) -> dict:
     p, s = ctx.preset, ctx.splits
-    ctx.claim("e5", ("e3_", "e5_"))
+    ctx.claim("e5", (PREFIX, "e5_"))
     ctx.begin(EXP, planned(ctx))
-    teachers = e3_teachers(ctx)
+    teachers = mlp_members(ctx)
     runs, correct = [], []  # correct: per scored generalist, (generalist, combined) (N,) bools
     for g in range(min(p.e5_generalists, len(teachers))):
         gen = teachers[g]

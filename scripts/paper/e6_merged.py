@@ -1,9 +1,9 @@
 """E6: the specialists distilled back into one model (the paper's open problem, sec. 5).
 
 Paper: none; Hinton, Vinyals & Dean leave open how to put what the specialists know back into one
-model. Here, for each E5 generalist that has specialists (E5's generalists are E3 members, trained
-on hard labels): the exact combined distribution q of the generalist and its specialists over the
-transfer set (the training set) is cached and distilled into one model of the generalist's
+model. Here, for each E5 generalist that has specialists (E5's generalists are the MLP members,
+trained on hard labels): the exact combined distribution q of the generalist and its specialists
+over the transfer set (the training set) is cached and distilled into one model of the generalist's
 architecture, starting from the generalist's weights (``specialists.distill_specialists``, T and
 alpha from the preset, the hard labels weighted 1 - alpha). The control is the generalist trained
 on for the same budget (epochs, lr, seed, batches) on hard labels alone, its own objective
@@ -32,7 +32,7 @@ from specialists.merge import merge_folders
 from specialists.merge_report import SYSTEMS, merge_probs
 
 from .common import Context, curve, late_change, share_of_gap
-from .e3_ensemble import e3_teachers
+from .members import PREFIX, mlp_members
 
 EXP = "E6"
 
@@ -55,19 +55,19 @@ def _e5_runs(ctx: Context) -> list[dict]:
 
 
 def planned(ctx: Context) -> int:
-    """E3's members (loaded), then two models per generalist with specialists: the merged model
+    """The MLP members (loaded), then two models per generalist with specialists: the merged model
     and its control."""
     e5 = ctx.load_result("E5")
     merges = 0 if e5 is None else sum(1 for r in e5["runs"] if r["subsets"])
-    return ctx.preset.e3_teachers + 2 * merges
+    return ctx.preset.members_count + 2 * merges
 
 
 def run(ctx: Context) -> dict:
     p, s = ctx.preset, ctx.splits
     runs = _e5_runs(ctx)
-    ctx.claim("e6", ("e3_", "e5_", "e6_"))  # the generalists and specialists are E3's and E5's
+    ctx.claim("e6", (PREFIX, "e5_", "e6_"))  # the generalists (MLP members) and E5's specialists
     ctx.begin(EXP, planned(ctx))
-    teachers = e3_teachers(ctx)
+    teachers = mlp_members(ctx)
     transfer = make_transfer_set(s)
     config = MergeConfig(temperature=p.e6_temperature, alpha=p.e6_alpha, top_n=1,
                          control="labels")
@@ -135,7 +135,7 @@ def _result(ctx: Context, entries: list[dict], correct: list[np.ndarray]) -> dic
     p = ctx.preset
     out = {"epochs": p.e6_epochs, "lr": p.e6_lr, "temperature": p.e6_temperature,
            "alpha": p.e6_alpha, "control": "labels", "top_n": 1, "generalists": entries,
-           "generalist_views": p.e3_member_views,  # the generalists' training inputs
+           "generalist_views": p.members_views,  # the generalists' training inputs
            "headline_gain_kept": None, "gain_kept_ci": None, "pooled": None, "note": None}
     if not correct:
         why = "; ".join(f"generalist {e['generalist']}: {e['note']}" for e in entries)

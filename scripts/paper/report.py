@@ -236,6 +236,11 @@ def _e2(r: dict) -> list:
     return out
 
 
+def _arch_plural(arch: str) -> str:
+    return {"mlp": "MLPs", "cnn": "small convnets (ensemble_kd.models.cnn, channels)"}.get(
+        arch, f"{arch} models")
+
+
 def _e3(r: dict) -> list:
     p = paper.E3
     a = p["anchor"]
@@ -253,7 +258,8 @@ def _e3(r: dict) -> list:
               pct(c["val_acc"])] for c in r["sweep"]]
     return [
         ("h2", "E3. Ensemble -> one model"),
-        ("p", f"{r['n_teachers']} MLPs {name} (dropout {r['dropout']:g}, {r['epochs']} epochs, "
+        ("p", f"{r['n_teachers']} {_arch_plural(r.get('arch', 'mlp'))} {name} (dropout "
+              f"{r['dropout']:g}, {r['epochs']} epochs, "
               + ("no augmentation" if r["member_views"] == "plain" else
                  f"views {r['member_views']} drawn afresh every epoch with a view seed of their "
                  "own") + ") differing by seed; the distilled students have the same "
@@ -291,7 +297,7 @@ def _e4(r: dict) -> list:
               "views": f"3%, soft targets on views {r['view_recipe']}"}
     paper_cols = {"hard": (p["hard3_train_acc"], p["hard3_test_acc"]),
                   "paper": (p["soft3_train_acc"], p["soft3_test_acc"])}
-    rows = [["100% of the data, hard labels (E3's members)", pct(p["full_train_acc"], 1),
+    rows = [["100% of the data, hard labels (the MLP members)", pct(p["full_train_acc"], 1),
              pct(p["full_test_acc"], 1), pm(r["full_data"]["train_acc"]),
              pm(r["full_data"]["test_acc"]), ""]]
     for key, label in labels.items():
@@ -308,10 +314,11 @@ def _e4(r: dict) -> list:
            for k, cands in r["sweeps"].items() for c in cands]
     return [
         ("h2", "E4. Soft targets as a regulariser (3% of the training data)"),
-        ("p", f"E3's architecture on {int(round(100 * r['fraction']))}% of the training set "
+        ("p", f"The MLP members' architecture on {int(round(100 * r['fraction']))}% of the "
+              "training set "
               f"({size:,} examples), {r['seeds']} different subsets; up to {r['epochs']} epochs "
               f"(hard labels: early stopping on validation NLL, patience {r['patience']}). "
-              f"Teacher: E3's first member. Views: {r['views']} cached per image. 'Train' = "
+              f"Teacher: the first MLP member. Views: {r['views']} cached per image. 'Train' = "
               "accuracy on the model's own training data. The baseline of the headline is the "
               "better hard-label row on validation."),
         ("table", ["system", "paper: train", "paper: test", "ours: train", "ours: test", ""],
@@ -328,7 +335,7 @@ def _e4(r: dict) -> list:
 def _e5(r: dict) -> list:
     p = paper.E5
     out = [("h2", "E5. Specialists"),
-           ("p", f"Generalists: the first {len(r['runs'])} E3 member(s). Subsets from each "
+           ("p", f"Generalists: the first {len(r['runs'])} MLP member(s). Subsets from each "
                  "generalist's validation confusion (specialists.subsets_for_generalist), "
                  f"{r['overlap']} most-confused outside class added to each; specialists start "
                  f"from the generalist, {r['epochs']} epoch(s) (one epoch = one pass over the "

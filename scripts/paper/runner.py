@@ -21,8 +21,8 @@ from .common import Context
 from .presets import PRESETS
 from .report import HEADLINES, write_report
 
-# E3-E5 first: they share E3's cheaper models, so a long run has numbers early; E1's big teacher
-# (also E2's) comes after.
+# E3-E5 first: their models are cheaper (E4 and E5 share the MLP members), so a long run has
+# numbers early; E1's big teacher (also E2's) comes after.
 ORDER = ["E3", "E4", "E5", "E1", "E2"]
 _DATASET_TITLES = {"fashion-mnist": "Fashion-MNIST", "digits": "scikit-learn's 8x8 digits"}
 MODULES = {"E1": e1_temperature, "E2": e2_omitted, "E3": e3_ensemble, "E4": e4_regulariser,

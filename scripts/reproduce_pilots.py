@@ -4,6 +4,8 @@
     python scripts/reproduce_pilots.py members --recipe dropout --members 4 --epochs 8
     python scripts/reproduce_pilots.py teacher --arch mlp --widths 1200 1200 --dropout 0.3 \
         --shift 1 --epochs 10
+    python scripts/reproduce_pilots.py e4 --teacher runs/paper_v2/members/member_0 \
+        --view shift=1 mixup=0.2 --temperature 4 --alpha 0.9 --views 64
 
 Every model goes through the library (``train``, ``train_baseline``, ``ViewBatches``); nothing is
 saved but the printed numbers (one JSON line per pilot, appended to ``--log`` when given).
@@ -13,12 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from ensemble_kd import (
+    DistillConfig,
+    ModelSpec,
     TrainConfig,
     ViewConfig,
     build_model,
@@ -29,6 +35,9 @@ from ensemble_kd import (
 )
 from ensemble_kd.io import atomic_write_text
 from ensemble_kd.metrics import accuracy
+from ensemble_kd.run import Run
+from ensemble_kd.sweep import distill_sweep
+from ensemble_kd.train import seed_everything
 
 # E3 member recipes tried by ``members``: (dropout, view settings); each member k gets view seed k
 RECIPES = {
@@ -89,6 +98,35 @@ def teacher(args, splits) -> dict:
             "cpu_seconds_per_epoch": (time.process_time() - t) / args.epochs}
 
 
+def e4(args, splits) -> dict:
+    """E4's 3% student (subset 0, MLP 2x512 with dropout 0.2) distilled on one view recipe from a
+    saved teacher; validation accuracy of the best epoch, as E4's sweep chooses."""
+    teacher = Run(Path(args.teacher)).load_finished("cpu")
+    if teacher is None:
+        raise SystemExit(f"{args.teacher}: no finished model there")
+    view = {}
+    for item in args.view:
+        key, _, value = item.partition("=")
+        view[key] = {"flip": lambda v: v.lower() in ("1", "true")}.get(
+            key, float if key in ("mixup", "cutmix", "noise") else int)(value)
+    views = ViewConfig(**view, views=args.views, seed=0)
+    ts = make_transfer_set(splits, fraction=0.03, seed=0)
+    cfg = DistillConfig(temperature=args.temperature, alpha=args.alpha, views=views)
+
+    def make():
+        seed_everything(0)
+        return ModelSpec("mlp", (512, 512), 0.2).build(splits.input_shape, splits.n_classes)
+
+    with tempfile.TemporaryDirectory(prefix="e4-pilot-") as folder:
+        res = distill_sweep(make, [teacher[0]], ts, TrainConfig(epochs=args.epochs, batch_size=128,
+                                                                 lr=args.lr, seed=0),
+                            [cfg], val=(splits.x_val, splits.y_val), run_dir=Path(folder),
+                            device="cpu", progress=False)
+    c = res.candidates[res.best]
+    return {"pilot": "e4", "view": view, "views": args.views, "temperature": args.temperature,
+            "alpha": args.alpha, "epochs": args.epochs, "val_acc": c.val_acc}
+
+
 def timing(args, splits) -> dict:
     out = {"pilot": "timing", "unit": "CPU seconds per epoch, 54,000 images, batch 128"}
     for name, widths in (("mlp512", [512]), ("mlp2x512", [512, 512]), ("mlp2x800", [800, 800]),
@@ -102,7 +140,7 @@ def timing(args, splits) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("pilot", choices=["timing", "members", "teacher"])
+    ap.add_argument("pilot", choices=["timing", "members", "teacher", "e4"])
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="dropout")
     ap.add_argument("--members", type=int, default=4)
     ap.add_argument("--widths", type=int, nargs="+", default=[512, 512])
@@ -113,12 +151,22 @@ def main() -> None:
     ap.add_argument("--shift", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--teacher", default="runs/paper_v2/members/member_0",
+                    help="e4: the teacher's run folder")
+    ap.add_argument("--view", nargs="*", default=["shift=1", "mixup=0.2"],
+                    help="e4: ViewConfig settings as name=value")
+    ap.add_argument("--views", type=int, default=64, help="e4: V cached views per image")
+    ap.add_argument("--temperature", type=float, default=4.0)
+    ap.add_argument("--alpha", type=float, default=0.9)
     ap.add_argument("--log", default=None, help="append the JSON line to this file")
     args = ap.parse_args()
     torch.set_num_threads(1)
     splits = load_dataset("fashion-mnist")
     t = time.perf_counter()
-    out = {"timing": timing, "members": members, "teacher": teacher}[args.pilot](args, splits)
+    if args.pilot == "e4" and "--epochs" not in sys.argv:
+        args.epochs = 300  # E4's budget
+    pilots = {"timing": timing, "members": members, "teacher": teacher, "e4": e4}
+    out = pilots[args.pilot](args, splits)
     out["wall_seconds"] = round(time.perf_counter() - t, 1)
     line = json.dumps(out)
     print(line, flush=True)

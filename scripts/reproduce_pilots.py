@@ -4,6 +4,8 @@
     python scripts/reproduce_pilots.py members --recipe dropout --members 4 --epochs 8
     python scripts/reproduce_pilots.py teacher --arch mlp --widths 1200 1200 --dropout 0.3 \
         --shift 1 --epochs 10
+    python scripts/reproduce_pilots.py e3student --arch cnn --widths 16 32 --dropout 0.2 \
+        --epochs 16 --lr 2e-3 --temperature 2 --alpha 0.5
     python scripts/reproduce_pilots.py e4 --teacher runs/paper_v2/members/member_0 \
         --view shift=1 mixup=0.2 --temperature 4 --alpha 0.9 --views 64
 
@@ -28,6 +30,7 @@ from ensemble_kd import (
     TrainConfig,
     ViewConfig,
     build_model,
+    distill,
     load_dataset,
     make_transfer_set,
     predict_probs,
@@ -127,6 +130,31 @@ def e4(args, splits) -> dict:
             "alpha": args.alpha, "epochs": args.epochs, "val_acc": c.val_acc}
 
 
+def e3student(args, splits) -> dict:
+    """One E3 student (seed 10, like the run's first) of ``--arch``/``--widths`` with dropout
+    ``--dropout`` distilled for ``--epochs`` from the saved members in ``--members-dir`` (T
+    ``--temperature``, alpha ``--alpha``, the plain images); test accuracy beside the members'."""
+    members = [Run(f).load_finished("cpu")[0]
+               for f in sorted(Path(args.members_dir).glob("member_*"))]
+    kw = {"widths" if args.arch == "mlp" else "channels": list(args.widths)}
+    seed_everything(10)
+    student = build_model(args.arch, splits.input_shape, splits.n_classes, dropout=args.dropout,
+                          **kw)
+    cfg = DistillConfig(temperature=args.temperature, alpha=args.alpha)
+    t = time.process_time()
+    with tempfile.TemporaryDirectory(prefix="e3-pilot-") as folder:
+        res = distill(student, members, make_transfer_set(splits),
+                      TrainConfig(epochs=args.epochs, batch_size=128, lr=args.lr, seed=10), cfg,
+                      run_dir=Path(folder) / "run", cache_dir=Path(folder) / "cache",
+                      progress=False)
+    accs = [accuracy(predict_probs(m, splits.x_test), splits.y_test) for m in members]
+    return {"pilot": "e3student", "arch": args.arch, "widths": args.widths, "epochs": args.epochs,
+            "lr": args.lr, "T": args.temperature, "alpha": args.alpha, "dropout": args.dropout,
+            "members": len(members), "mean_member": sum(accs) / len(accs),
+            "student": accuracy(predict_probs(res.model, splits.x_test), splits.y_test),
+            "cpu_seconds_per_epoch": (time.process_time() - t) / args.epochs}
+
+
 def timing(args, splits) -> dict:
     out = {"pilot": "timing", "unit": "CPU seconds per epoch, 54,000 images, batch 128"}
     for name, widths in (("mlp512", [512]), ("mlp2x512", [512, 512]), ("mlp2x800", [800, 800]),
@@ -140,7 +168,7 @@ def timing(args, splits) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("pilot", choices=["timing", "members", "teacher", "e4"])
+    ap.add_argument("pilot", choices=["timing", "members", "teacher", "e4", "e3student"])
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="dropout")
     ap.add_argument("--members", type=int, default=4)
     ap.add_argument("--widths", type=int, nargs="+", default=[512, 512])
@@ -151,6 +179,8 @@ def main() -> None:
     ap.add_argument("--shift", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--members-dir", default="runs/paper_v2/e3/members",
+                    help="e3student: the folder of the saved members")
     ap.add_argument("--teacher", default="runs/paper_v2/members/member_0",
                     help="e4: the teacher's run folder")
     ap.add_argument("--view", nargs="*", default=["shift=1", "mixup=0.2"],
@@ -165,7 +195,8 @@ def main() -> None:
     t = time.perf_counter()
     if args.pilot == "e4" and "--epochs" not in sys.argv:
         args.epochs = 300  # E4's budget
-    pilots = {"timing": timing, "members": members, "teacher": teacher, "e4": e4}
+    pilots = {"timing": timing, "members": members, "teacher": teacher, "e4": e4,
+              "e3student": e3student}
     out = pilots[args.pilot](args, splits)
     out["wall_seconds"] = round(time.perf_counter() - t, 1)
     line = json.dumps(out)

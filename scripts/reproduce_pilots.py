@@ -101,17 +101,23 @@ def teacher(args, splits) -> dict:
             "cpu_seconds_per_epoch": (time.process_time() - t) / args.epochs}
 
 
+def _view_settings(items: list[str]) -> dict:
+    """``["shift=1", "mixup=0.2"]`` -> ViewConfig keyword arguments."""
+    view = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        view[key] = {"flip": lambda v: v.lower() in ("1", "true")}.get(
+            key, float if key in ("mixup", "cutmix", "noise") else int)(value)
+    return view
+
+
 def e4(args, splits) -> dict:
     """E4's 3% student (subset 0, MLP 2x512 with dropout 0.2) distilled on one view recipe from a
     saved teacher; validation accuracy of the best epoch, as E4's sweep chooses."""
     teacher = Run(Path(args.teacher)).load_finished("cpu")
     if teacher is None:
         raise SystemExit(f"{args.teacher}: no finished model there")
-    view = {}
-    for item in args.view:
-        key, _, value = item.partition("=")
-        view[key] = {"flip": lambda v: v.lower() in ("1", "true")}.get(
-            key, float if key in ("mixup", "cutmix", "noise") else int)(value)
+    view = _view_settings(args.view)
     views = ViewConfig(**view, views=args.views, seed=0)
     ts = make_transfer_set(splits, fraction=0.03, seed=0)
     cfg = DistillConfig(temperature=args.temperature, alpha=args.alpha, views=views)
@@ -133,14 +139,17 @@ def e4(args, splits) -> dict:
 def e3student(args, splits) -> dict:
     """One E3 student (seed 10, like the run's first) of ``--arch``/``--widths`` with dropout
     ``--dropout`` distilled for ``--epochs`` from the saved members in ``--members-dir`` (T
-    ``--temperature``, alpha ``--alpha``, the plain images); test accuracy beside the members'."""
+    ``--temperature``, alpha ``--alpha``; the plain images, or with ``--student-views V`` V cached
+    views of ``--view`` per image); test accuracy beside the members'."""
     members = [Run(f).load_finished("cpu")[0]
                for f in sorted(Path(args.members_dir).glob("member_*"))]
     kw = {"widths" if args.arch == "mlp" else "channels": list(args.widths)}
     seed_everything(10)
     student = build_model(args.arch, splits.input_shape, splits.n_classes, dropout=args.dropout,
                           **kw)
-    cfg = DistillConfig(temperature=args.temperature, alpha=args.alpha)
+    views = (ViewConfig(**_view_settings(args.view), views=args.student_views, seed=0)
+             if args.student_views else None)
+    cfg = DistillConfig(temperature=args.temperature, alpha=args.alpha, views=views)
     t = time.process_time()
     with tempfile.TemporaryDirectory(prefix="e3-pilot-") as folder:
         res = distill(student, members, make_transfer_set(splits),
@@ -150,7 +159,8 @@ def e3student(args, splits) -> dict:
     accs = [accuracy(predict_probs(m, splits.x_test), splits.y_test) for m in members]
     return {"pilot": "e3student", "arch": args.arch, "widths": args.widths, "epochs": args.epochs,
             "lr": args.lr, "T": args.temperature, "alpha": args.alpha, "dropout": args.dropout,
-            "members": len(members), "mean_member": sum(accs) / len(accs),
+            "views": None if views is None else views.as_dict(), "members": len(members),
+            "mean_member": sum(accs) / len(accs),
             "student": accuracy(predict_probs(res.model, splits.x_test), splits.y_test),
             "cpu_seconds_per_epoch": (time.process_time() - t) / args.epochs}
 
@@ -186,6 +196,8 @@ def main() -> None:
     ap.add_argument("--view", nargs="*", default=["shift=1", "mixup=0.2"],
                     help="e4: ViewConfig settings as name=value")
     ap.add_argument("--views", type=int, default=64, help="e4: V cached views per image")
+    ap.add_argument("--student-views", type=int, default=0,
+                    help="e3student: V cached views of --view per image (0: the plain images)")
     ap.add_argument("--temperature", type=float, default=4.0)
     ap.add_argument("--alpha", type=float, default=0.9)
     ap.add_argument("--log", default=None, help="append the JSON line to this file")

@@ -136,14 +136,22 @@ def e3_ensemble(e3: dict, folder: Path) -> str:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{e3['n_teachers']} members, ensemble, distilled (T={e3['temperature']:g})")
     ax.grid(alpha=0.3, axis="y")
-    sw = sorted(e3["sweep"], key=lambda c: c["temperature"])
-    ax2.plot([c["temperature"] for c in sw], _pct([c["val_acc"] for c in sw]), marker="o")
+    # one line per student dropout (each a sweep of T); older results have no dropout per candidate
+    dropouts = list(dict.fromkeys(c.get("dropout", e3["dropout"]) for c in e3["sweep"]))
+    for d in dropouts:
+        sw = sorted((c for c in e3["sweep"] if c.get("dropout", e3["dropout"]) == d),
+                    key=lambda c: c["temperature"])
+        ax2.plot([c["temperature"] for c in sw], _pct([c["val_acc"] for c in sw]), marker="o",
+                 label=f"dropout {d:g}")
+    temps = sorted({c["temperature"] for c in e3["sweep"]})
     ax2.set_xscale("log")
-    ax2.set_xticks([c["temperature"] for c in sw], [f"{c['temperature']:g}" for c in sw])
+    ax2.set_xticks(temps, [f"{t:g}" for t in temps])
     ax2.minorticks_off()
     ax2.set_xlabel("temperature T (seed 0)")
     ax2.set_ylabel("validation accuracy (%)")
-    ax2.set_title("choice of T")
+    ax2.set_title("choice of T and the students' dropout")
+    if len(dropouts) > 1:
+        ax2.legend(fontsize=8)
     ax2.grid(alpha=0.3)
     fig.suptitle("E3: ensemble -> one model")
     return _save(fig, folder, "e3_ensemble.png")

@@ -208,7 +208,14 @@ E3_PILOT_NOTE = (
     "(+0.51: more, but from weaker members); small convnets, channels 16 and 32, dropout 0.2, 8 "
     "epochs at lr 2e-3 (`--arch cnn --widths 16 32 --recipe dropout --epochs 8 --lr 2e-3`): "
     "members 92.11%, ensemble 92.96% (+0.85) at 29 CPU seconds an epoch. Hence E3's ensemble is "
-    "ten such convnets; E4-E6 keep the MLP members (``members_*``) and their results."
+    "ten such convnets; E4-E6 keep the MLP members (``members_*``) and their results. Its full run "
+    "(10 members, 8 epochs): gain +1.17 points (92.05% -> 93.22%), students 92.06%: 1% kept. "
+    "What the students lack, pilots from those 10 members (one seed each, test accuracy; "
+    "`reproduce_pilots.py e3student` and `members`): a student of 16 epochs (T 2, dropout 0.2) "
+    "92.26% against 92.24% for two hard-label members of 16 epochs (so not the budget); a student "
+    "on 4 cached views of 1-px shifts and mixup 0.2 labelled by the ensemble (`--student-views 4 "
+    "--view shift=1 mixup=0.2`) 92.18% against 91.81% for a hard-label member on the same views "
+    "(+0.37 over its fair baseline, but below the plain members' mean, so about 11% of the gain)."
 )
 
 E5_PILOT_NOTE = (
@@ -228,7 +235,7 @@ E5_PILOT_NOTE = (
 )
 
 E3_STUDENT_NOTE = (
-    "E3 students' dropout, pilot (2026-11-30, the full run's 10 members, seed 11, T = 2, alpha "
+    "E3 students' dropout, pilot (2026-11-30, the first design's 10 MLP members, seed 11, T = 2, alpha "
     "0.5, 30 epochs, through ensemble_kd.distill): without dropout the student reached 90.90% "
     "validation / 90.49% test accuracy, against 90.58% / 90.04% (mean of 3 seeds) for the students "
     "with the members' dropout 0.2, and 90.48% for the ensemble itself. Soft targets regularise "

@@ -236,9 +236,11 @@ def _e2(r: dict) -> list:
     return out
 
 
-def _arch_plural(arch: str) -> str:
-    return {"mlp": "MLPs", "cnn": "small convnets (ensemble_kd.models.cnn, channels)"}.get(
-        arch, f"{arch} models")
+def _models_text(arch: str, name: str) -> str:
+    """E3's members in words, e.g. ``MLPs 512x512`` or ``small convnets (...) with channels 16x32``."""
+    if arch == "cnn":
+        return f"small convnets (ensemble_kd.models.cnn) with channels {name}"
+    return f"MLPs {name}" if arch == "mlp" else f"{arch} models {name}"
 
 
 def _e3(r: dict) -> list:
@@ -258,7 +260,7 @@ def _e3(r: dict) -> list:
               pct(c["val_acc"])] for c in r["sweep"]]
     return [
         ("h2", "E3. Ensemble -> one model"),
-        ("p", f"{r['n_teachers']} {_arch_plural(r.get('arch', 'mlp'))} {name} (dropout "
+        ("p", f"{r['n_teachers']} {_models_text(r.get('arch', 'mlp'), name)} (dropout "
               f"{r['dropout']:g}, {r['epochs']} epochs, "
               + ("no augmentation" if r["member_views"] == "plain" else
                  f"views {r['member_views']} drawn afresh every epoch with a view seed of their "

@@ -6,6 +6,7 @@
         --shift 1 --epochs 10
     python scripts/reproduce_pilots.py e3student --arch cnn --widths 16 32 --dropout 0.2 \
         --epochs 16 --lr 2e-3 --temperature 2 --alpha 0.5
+    python scripts/reproduce_pilots.py disagreement --members-dir runs/paper_v2/e3/members
     python scripts/reproduce_pilots.py e4 --teacher runs/paper_v2/members/member_0 \
         --view shift=1 mixup=0.2 --temperature 4 --alpha 0.9 --views 64
 
@@ -165,6 +166,25 @@ def e3student(args, splits) -> dict:
             "cpu_seconds_per_epoch": (time.process_time() - t) / args.epochs}
 
 
+def disagreement(args, splits) -> dict:
+    """How much the saved members of ``--members-dir`` know beyond the labels, on the training
+    images (E3's transfer set) and on the test images: member and ensemble accuracy, the
+    ensemble's mean top probability, and the share of images on which the members disagree."""
+    members = [Run(f).load_finished("cpu")[0]
+               for f in sorted(Path(args.members_dir).glob("member_*"))]
+    out = {"pilot": "disagreement", "members_dir": args.members_dir, "members": len(members)}
+    for name, x, y in (("train", splits.x_train, splits.y_train),
+                       ("test", splits.x_test, splits.y_test)):
+        probs = torch.stack([predict_probs(m, x) for m in members])  # (K, N, C)
+        top = probs.argmax(2)  # (K, N)
+        ens = probs.mean(0)  # (N, C)
+        out[name] = {"mean_member": (top == y).double().mean().item(),
+                     "ensemble": (ens.argmax(1) == y).double().mean().item(),
+                     "ensemble_top_prob": ens.max(1).values.mean().item(),
+                     "disagree": (top != top[:1]).any(0).double().mean().item()}
+    return out
+
+
 def timing(args, splits) -> dict:
     out = {"pilot": "timing", "unit": "CPU seconds per epoch, 54,000 images, batch 128"}
     for name, widths in (("mlp512", [512]), ("mlp2x512", [512, 512]), ("mlp2x800", [800, 800]),
@@ -178,7 +198,8 @@ def timing(args, splits) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("pilot", choices=["timing", "members", "teacher", "e4", "e3student"])
+    ap.add_argument("pilot", choices=["timing", "members", "teacher", "e4", "e3student",
+                                          "disagreement"])
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="dropout")
     ap.add_argument("--members", type=int, default=4)
     ap.add_argument("--widths", type=int, nargs="+", default=[512, 512])
@@ -190,7 +211,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--members-dir", default="runs/paper_v2/e3/members",
-                    help="e3student: the folder of the saved members")
+                    help="e3student, disagreement: the folder of the saved members")
     ap.add_argument("--teacher", default="runs/paper_v2/members/member_0",
                     help="e4: the teacher's run folder")
     ap.add_argument("--view", nargs="*", default=["shift=1", "mixup=0.2"],
@@ -208,7 +229,7 @@ def main() -> None:
     if args.pilot == "e4" and "--epochs" not in sys.argv:
         args.epochs = 300  # E4's budget
     pilots = {"timing": timing, "members": members, "teacher": teacher, "e4": e4,
-              "e3student": e3student}
+              "e3student": e3student, "disagreement": disagreement}
     out = pilots[args.pilot](args, splits)
     out["wall_seconds"] = round(time.perf_counter() - t, 1)
     line = json.dumps(out)

@@ -18,19 +18,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from paper.presets import FULL
 
 from ensemble_kd import (
     DistillConfig,
     ModelSpec,
     TrainConfig,
     ViewConfig,
-    build_model,
     distill,
     load_dataset,
     make_transfer_set,
@@ -58,8 +57,7 @@ def _member(splits, widths, dropout, views, seed, epochs, lr, arch="mlp"):
     (unbounded) views: (model, CPU seconds per epoch, history). CPU time, not wall time: the
     machine is shared, the wall clock measures the load."""
     torch.manual_seed(seed)
-    kw = {"widths" if arch == "mlp" else "channels": list(widths)}
-    model = build_model(arch, splits.input_shape, splits.n_classes, dropout=dropout, **kw)
+    model = ModelSpec(arch, tuple(widths), dropout).build(splits.input_shape, splits.n_classes)
     cfg = TrainConfig(epochs=epochs, batch_size=128, lr=lr, seed=seed)
     t = time.process_time()
     res = train_baseline(model, make_transfer_set(splits), cfg, views=views, progress=False)
@@ -89,8 +87,8 @@ def members(args, splits) -> dict:
 def teacher(args, splits) -> dict:
     views = ViewConfig(shift=args.shift, views=None) if args.shift else None
     torch.manual_seed(0)
-    kw = {"channels" if args.arch != "mlp" else "widths": list(args.widths)}
-    model = build_model(args.arch, splits.input_shape, splits.n_classes, dropout=args.dropout, **kw)
+    model = ModelSpec(args.arch, tuple(args.widths), args.dropout).build(splits.input_shape,
+                                                                         splits.n_classes)
     cfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=args.lr, seed=0)
     t = time.process_time()
     res = train_baseline(model, make_transfer_set(splits), cfg, views=views,
@@ -100,6 +98,15 @@ def teacher(args, splits) -> dict:
             "val_curve": [round(r["val_acc"], 4) for r in res.history],
             "test_acc": accuracy(predict_probs(res.model, splits.x_test), splits.y_test),
             "cpu_seconds_per_epoch": (time.process_time() - t) / args.epochs}
+
+
+def _saved_members(folder: str) -> list[torch.nn.Module]:
+    """The finished models ``folder/member_k`` of a run, in the order of k."""
+    found = sorted(Path(folder).glob("member_*"), key=lambda f: int(f.name.split("_")[1]))
+    models = [Run(f).load_finished("cpu") for f in found]
+    if not models or any(m is None for m in models):
+        raise SystemExit(f"{folder}: no finished member_k models there")
+    return [m[0] for m in models]
 
 
 def _view_settings(items: list[str]) -> dict:
@@ -113,19 +120,20 @@ def _view_settings(items: list[str]) -> dict:
 
 
 def e4(args, splits) -> dict:
-    """E4's 3% student (subset 0, MLP 2x512 with dropout 0.2) distilled on one view recipe from a
-    saved teacher; validation accuracy of the best epoch, as E4's sweep chooses."""
+    """E4's 3% student (subset 0, the full preset's MLP members' model) distilled on one view
+    recipe from a saved teacher; validation accuracy of the best epoch, as E4's sweep chooses."""
     teacher = Run(Path(args.teacher)).load_finished("cpu")
     if teacher is None:
         raise SystemExit(f"{args.teacher}: no finished model there")
     view = _view_settings(args.view)
     views = ViewConfig(**view, views=args.views, seed=0)
-    ts = make_transfer_set(splits, fraction=0.03, seed=0)
+    ts = make_transfer_set(splits, fraction=FULL.e4_fraction, seed=0)
     cfg = DistillConfig(temperature=args.temperature, alpha=args.alpha, views=views)
 
     def make():
         seed_everything(0)
-        return ModelSpec("mlp", (512, 512), 0.2).build(splits.input_shape, splits.n_classes)
+        spec = ModelSpec("mlp", FULL.members_widths, FULL.members_dropout)
+        return spec.build(splits.input_shape, splits.n_classes)
 
     with tempfile.TemporaryDirectory(prefix="e4-pilot-") as folder:
         res = distill_sweep(make, [teacher[0]], ts, TrainConfig(epochs=args.epochs, batch_size=128,
@@ -142,12 +150,10 @@ def e3student(args, splits) -> dict:
     ``--dropout`` distilled for ``--epochs`` from the saved members in ``--members-dir`` (T
     ``--temperature``, alpha ``--alpha``; the plain images, or with ``--student-views V`` V cached
     views of ``--view`` per image); test accuracy beside the members'."""
-    members = [Run(f).load_finished("cpu")[0]
-               for f in sorted(Path(args.members_dir).glob("member_*"))]
-    kw = {"widths" if args.arch == "mlp" else "channels": list(args.widths)}
+    members = _saved_members(args.members_dir)
     seed_everything(10)
-    student = build_model(args.arch, splits.input_shape, splits.n_classes, dropout=args.dropout,
-                          **kw)
+    student = ModelSpec(args.arch, tuple(args.widths), args.dropout).build(splits.input_shape,
+                                                                           splits.n_classes)
     views = (ViewConfig(**_view_settings(args.view), views=args.student_views, seed=0)
              if args.student_views else None)
     cfg = DistillConfig(temperature=args.temperature, alpha=args.alpha, views=views)
@@ -170,8 +176,7 @@ def disagreement(args, splits) -> dict:
     """How much the saved members of ``--members-dir`` know beyond the labels, on the training
     images (E3's transfer set) and on the test images: member and ensemble accuracy, the
     ensemble's mean top probability, and the share of images on which the members disagree."""
-    members = [Run(f).load_finished("cpu")[0]
-               for f in sorted(Path(args.members_dir).glob("member_*"))]
+    members = _saved_members(args.members_dir)
     out = {"pilot": "disagreement", "members_dir": args.members_dir, "members": len(members)}
     for name, x, y in (("train", splits.x_train, splits.y_train),
                        ("test", splits.x_test, splits.y_test)):
@@ -208,7 +213,8 @@ def main() -> None:
     ap.add_argument("--member-dropout", type=float, default=None,
                     help="members: this dropout instead of the recipe's")
     ap.add_argument("--shift", type=int, default=0)
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=None, help="default: 300 for e4 (its budget), "
+                    "else 8")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--members-dir", default="runs/paper_v2/e3/members",
                     help="e3student, disagreement: the folder of the saved members")
@@ -226,8 +232,8 @@ def main() -> None:
     torch.set_num_threads(1)
     splits = load_dataset("fashion-mnist")
     t = time.perf_counter()
-    if args.pilot == "e4" and "--epochs" not in sys.argv:
-        args.epochs = 300  # E4's budget
+    if args.epochs is None:
+        args.epochs = FULL.e4_epochs if args.pilot == "e4" else 8
     pilots = {"timing": timing, "members": members, "teacher": teacher, "e4": e4,
               "e3student": e3student, "disagreement": disagreement}
     out = pilots[args.pilot](args, splits)

@@ -11,7 +11,8 @@
         --view shift=1 mixup=0.2 --temperature 4 --alpha 0.9 --views 64
 
 Every model goes through the library (``train``, ``train_baseline``, ``ViewBatches``); nothing is
-saved but the printed numbers (one JSON line per pilot, appended to ``--log`` when given).
+saved but the printed numbers (one JSON line per pilot, appended to ``--log`` when given), and
+the members of ``members --save DIR`` (for ``e3student --members-dir DIR``).
 """
 
 from __future__ import annotations
@@ -49,18 +50,20 @@ RECIPES = {
     "shift1": (0.2, {"shift": 1}),
     "shift1_mixup": (0.2, {"shift": 1, "mixup": 0.2}),
     "crop1": (0.2, {"crop_padding": 1}),
+    "crop2_flip": (0.2, {"crop_padding": 2, "flip": True}),
 }
 
 
-def _member(splits, widths, dropout, views, seed, epochs, lr, arch="mlp"):
+def _member(splits, widths, dropout, views, seed, epochs, lr, arch="mlp", run_dir=None):
     """One model (an MLP, or a cnn with ``widths`` as its channels) trained on hard labels over
-    (unbounded) views: (model, CPU seconds per epoch, history). CPU time, not wall time: the
-    machine is shared, the wall clock measures the load."""
+    (unbounded) views, kept in ``run_dir`` when given: (model, CPU seconds per epoch, history).
+    CPU time, not wall time: the machine is shared, the wall clock measures the load."""
     torch.manual_seed(seed)
     model = ModelSpec(arch, tuple(widths), dropout).build(splits.input_shape, splits.n_classes)
     cfg = TrainConfig(epochs=epochs, batch_size=128, lr=lr, seed=seed)
     t = time.process_time()
-    res = train_baseline(model, make_transfer_set(splits), cfg, views=views, progress=False)
+    res = train_baseline(model, make_transfer_set(splits), cfg, views=views, run_dir=run_dir,
+                         progress=False)
     return res.model, (time.process_time() - t) / epochs, res.history
 
 
@@ -71,7 +74,9 @@ def members(args, splits) -> dict:
     accs, probs, spe = [], [], []
     for k in range(args.members):
         views = None if view is None else ViewConfig(**view, views=None, seed=k)
-        m, s, _ = _member(splits, args.widths, dropout, views, k, args.epochs, args.lr, args.arch)
+        save = None if args.save is None else Path(args.save) / f"member_{k}"
+        m, s, _ = _member(splits, args.widths, dropout, views, k, args.epochs, args.lr, args.arch,
+                          save)
         p = predict_probs(m, splits.x_test)
         accs.append(accuracy(p, splits.y_test))
         probs.append(p)
@@ -212,6 +217,8 @@ def main() -> None:
     ap.add_argument("--dropout", type=float, default=0.3)
     ap.add_argument("--member-dropout", type=float, default=None,
                     help="members: this dropout instead of the recipe's")
+    ap.add_argument("--save", default=None,
+                    help="members: keep member k in SAVE/member_k (resumes; e3student reads it)")
     ap.add_argument("--shift", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=None, help="default: 300 for e4 (its budget), "
                     "else 8")

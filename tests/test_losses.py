@@ -230,6 +230,45 @@ def test_with_labels_alpha_mix_and_parts():
     torch.testing.assert_close(other.hard, hard, rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("t", [1.0, 4.0])
+@pytest.mark.parametrize("a", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("target", ["labels", "mixed", "none"])
+def test_gradient_matches_autograd_of_the_written_out_loss(t, a, target):
+    # the loss backpropagates a closed-form gradient (one autograd node); it must equal autograd
+    # through the loss written out term by term: one KL per teacher, T^2-scaled, plus the
+    # cross-entropy of the (mixed) hard target
+    from ensemble_kd.views import Mix
+
+    b, c, k = 7, 5, 3
+    z, v = _randn(b, c, seed=40), _randn(k, b, c, seed=41)
+    y, y2 = torch.tensor([0, 1, 2, 3, 4, 0, 1]), torch.tensor([4, 4, 0, 1, 2, 3, 3])
+    lam = torch.rand(b, generator=torch.Generator().manual_seed(42))
+    mix = Mix(partner=torch.arange(b), lam=lam.float(), partner_y=y2) if target == "mixed" else None
+    labels = None if target == "none" else y
+
+    def written_out(s: torch.Tensor) -> torch.Tensor:
+        log_q = torch.log_softmax(s / t, -1)
+        soft = t * t * sum((torch.softmax(v[i] / t, -1) * (torch.log_softmax(v[i] / t, -1) - log_q))
+                           .sum(-1).mean() for i in range(k)) / k
+        if labels is None:
+            return soft
+        log_p = torch.log_softmax(s, -1)
+        hard = -log_p[torch.arange(b), y]
+        if mix is not None:
+            hard = lam.to(D) * hard - (1 - lam.to(D)) * log_p[torch.arange(b), y2]
+        return a * soft + (1 - a) * hard.mean()
+
+    kw = {"temperature": t, "alpha": a, "mix": mix}
+    ours = distillation_loss_parts(z.clone().requires_grad_(True), v, labels, **kw)
+    torch.testing.assert_close(ours.loss, written_out(z), rtol=1e-10, atol=1e-12)
+    g = _grad(lambda s: distillation_loss_parts(s, v, labels, **kw).loss, z)
+    torch.testing.assert_close(g, _grad(written_out, z), rtol=1e-10, atol=1e-12)
+    # a weight on the loss scales the gradient (the node multiplies by its incoming gradient)
+    g3 = _grad(lambda s: 3.0 * distillation_loss_parts(s, v, labels, **kw).loss, z)
+    torch.testing.assert_close(g3, 3.0 * g, rtol=1e-10, atol=1e-12)
+    assert not ours.soft.requires_grad
+
+
 def test_int32_labels_are_class_indices_too():
     # the validator accepts any integer dtype ("labels must be integer class indices"), so an int32
     # label vector (numpy's default on some platforms) must give the int64 answer, not crash

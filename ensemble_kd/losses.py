@@ -151,7 +151,11 @@ def hard_term(student_logits: torch.Tensor, labels: torch.Tensor, mix: Mix | Non
     """Cross-entropy (T = 1, batch mean) of logits (B, C) against labels (B,), mixed by ``mix``."""
     if mix is None:
         return F.cross_entropy(student_logits, labels.long())
-    return F.cross_entropy(student_logits, _mixed_hard_target(student_logits, labels, mix))
+    if mix.partner_y is None:
+        raise ValueError("mixed views need their partners' labels (Mix.partner_y) for a hard term")
+    target = mixed_targets(labels, mix.partner_y, mix.lam.to(student_logits.dtype),
+                           student_logits.shape[-1])
+    return F.cross_entropy(student_logits, target)
 
 
 class SoftTargets(NamedTuple):
@@ -210,63 +214,12 @@ def loss_from_soft_targets(
     mixup/cutmix weights, which mix the hard targets as they mixed the inputs.
     """
     t = float(temperature)
+    log_q = F.log_softmax(student_logits.T / t, 0)  # (C, B), see combined_soft_targets
+    soft = (targets.neg_entropy - (targets.probs.T * log_q).sum(0)).mean() * (t * t)
     if labels is None:
-        loss, soft, _ = _FusedDistillLoss.apply(student_logits, targets.probs, targets.neg_entropy,
-                                                None, t, 1.0)
-        return LossParts(loss, soft, None)
-    hard_target = labels.long() if mix is None else _mixed_hard_target(student_logits, labels, mix)
-    loss, soft, hard = _FusedDistillLoss.apply(student_logits, targets.probs, targets.neg_entropy,
-                                               hard_target, t, float(alpha))
-    return LossParts(loss, soft, hard)
-
-
-def _mixed_hard_target(logits: torch.Tensor, labels: torch.Tensor, mix: Mix) -> torch.Tensor:
-    """The (B, C) hard target of mixed views (see :func:`hard_term`)."""
-    if mix.partner_y is None:
-        raise ValueError("mixed views need their partners' labels (Mix.partner_y) for a hard term")
-    return mixed_targets(labels, mix.partner_y, mix.lam.to(logits.dtype), logits.shape[-1])
-
-
-class _FusedDistillLoss(torch.autograd.Function):
-    """``alpha * soft + (1 - alpha) * hard`` as one autograd node, its gradient in closed form.
-
-    soft = T^2 mean_b(neg_entropy_b - sum_c p_bc log softmax(z_b / T)_c); hard = the cross-entropy
-    of softmax(z) against labels (B,) or a (B, C) target distribution. The gradient with respect to
-    the logits z (B, C) is ``alpha T (s softmax(z / T) - p) / B + (1 - alpha) (r softmax(z) - y) /
-    B``, ``s`` and ``r`` the row sums of p and y (1 for distributions). Small students spend much
-    of a step in the autograd engine's per-node overhead; one node instead of a dozen is what keeps
-    an epoch on cached views close to a plain one. Outputs: (loss, soft, hard), the parts detached
-    for logging (hard is a zero without labels).
-    """
-
-    @staticmethod
-    def forward(ctx, logits, probs, neg_entropy, hard_target, t, alpha):  # noqa: D102
-        b = logits.shape[0]
-        z = logits.detach()
-        log_q = F.log_softmax(z.T / t, 0)  # (C, B): CPU log_softmax is faster over a leading dim
-        soft = (neg_entropy - (probs.T * log_q).sum(0)).mean() * (t * t)
-        grad = probs.sum(1, keepdim=True) * log_q.T.exp() - probs  # (B, C)
-        grad.mul_(alpha * t / b)
-        hard = torch.zeros_like(soft)
-        total = soft.clone()
-        if hard_target is not None:
-            log_p = F.log_softmax(z, 1)
-            if hard_target.dim() == 1:
-                hard = F.nll_loss(log_p, hard_target)
-                y = F.one_hot(hard_target, z.shape[1]).to(z.dtype)
-            else:
-                y = hard_target
-                hard = -(y * log_p).sum(1).mean()
-            grad.add_(y.sum(1, keepdim=True) * log_p.exp() - y, alpha=(1.0 - alpha) / b)
-            total = alpha * soft + (1.0 - alpha) * hard
-        ctx.save_for_backward(grad)
-        ctx.mark_non_differentiable(soft, hard)
-        return total, soft, hard
-
-    @staticmethod
-    def backward(ctx, g, _g_soft, _g_hard):  # noqa: D102
-        (grad,) = ctx.saved_tensors
-        return g * grad, None, None, None, None, None
+        return LossParts(soft, soft, None)
+    hard = hard_term(student_logits, labels, mix)
+    return LossParts(alpha * soft + (1.0 - alpha) * hard, soft, hard)
 
 
 def check_loss_options(temperature: float, alpha: float, combine: str) -> tuple[float, float]:

@@ -64,6 +64,8 @@ def _member(splits, widths, dropout, views, seed, epochs, lr, arch="mlp", run_di
     t = time.process_time()
     res = train_baseline(model, make_transfer_set(splits), cfg, views=views, run_dir=run_dir,
                          progress=False)
+    if run_dir is not None:
+        Run(run_dir).finish(res.model, {"role": "member", "seed": seed})
     return res.model, (time.process_time() - t) / epochs, res.history
 
 

@@ -234,9 +234,8 @@ def test_with_labels_alpha_mix_and_parts():
 @pytest.mark.parametrize("a", [0.0, 0.3, 1.0])
 @pytest.mark.parametrize("target", ["labels", "mixed", "none"])
 def test_gradient_matches_autograd_of_the_written_out_loss(t, a, target):
-    # the loss backpropagates a closed-form gradient (one autograd node); it must equal autograd
-    # through the loss written out term by term: one KL per teacher, T^2-scaled, plus the
-    # cross-entropy of the (mixed) hard target
+    # value and gradient against the loss written out term by term, independently of the module:
+    # one KL per teacher, T^2-scaled, plus the cross-entropy of the (mixed) hard target
     from ensemble_kd.views import Mix
 
     b, c, k = 7, 5, 3
@@ -263,10 +262,6 @@ def test_gradient_matches_autograd_of_the_written_out_loss(t, a, target):
     torch.testing.assert_close(ours.loss, written_out(z), rtol=1e-10, atol=1e-12)
     g = _grad(lambda s: distillation_loss_parts(s, v, labels, **kw).loss, z)
     torch.testing.assert_close(g, _grad(written_out, z), rtol=1e-10, atol=1e-12)
-    # a weight on the loss scales the gradient (the node multiplies by its incoming gradient)
-    g3 = _grad(lambda s: 3.0 * distillation_loss_parts(s, v, labels, **kw).loss, z)
-    torch.testing.assert_close(g3, 3.0 * g, rtol=1e-10, atol=1e-12)
-    assert not ours.soft.requires_grad
 
 
 def test_int32_labels_are_class_indices_too():

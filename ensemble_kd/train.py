@@ -290,8 +290,7 @@ def train_members(
             torch.manual_seed(_epoch_seed(cfg.seed, epoch) + 1)  # dropout, on every device
             members.train()
             active = None if n == 1 else torch.tensor([not s for s in stopped], device=device)
-            parts_log: list[tuple] = []  # per step: loss, soft, hard (scalars, or (N,) each)
-            sizes: list[int] = []
+            sums = _EpochSums(n)
             for batch in _epoch_batches(srcs, gens, shard_batches):
                 parts = objective(members(batch.x), batch)
                 opt.zero_grad(set_to_none=True)
@@ -301,11 +300,8 @@ def train_members(
                     torch.where(active, parts.loss, 0.0).sum().backward()
                 opt.step()
                 sched.step()
-                # kept as they are (no kernel per step); summed once at the end of the epoch
-                parts_log.append((parts.loss.detach(), parts.soft.detach(),
-                                  None if parts.hard is None else parts.hard.detach()))
-                sizes.append(batch.idx.shape[-1])  # examples per member
-            means = _epoch_means(parts_log, sizes, n, shard_batches)  # (N, 3)
+                sums.add(parts, batch.idx.shape[-1])  # examples per member
+            means = sums.means(shard_batches)  # (N, 3)
             seconds = (time.perf_counter() - t0) / n
             val_metrics = None
             if val is not None:
@@ -404,15 +400,38 @@ def _sharded(batches):
         yield batch.rows(dist.shard(len(batch.idx)))
 
 
-def _epoch_means(parts_log: list[tuple], sizes: list[int], n: int, reduce: bool) -> list:
-    """Example-weighted means of (loss, soft, hard) over the epoch, per member: N lists of 3."""
-    if not parts_log:
-        return [[math.nan] * 3 for _ in range(n)]
-    steps = torch.stack([torch.stack([loss, soft, loss.new_zeros(loss.shape) if hard is None else hard])
-                         for loss, soft, hard in parts_log]).double().reshape(len(sizes), 3, n)  # (S, 3, N)
-    w = torch.tensor(sizes, dtype=torch.float64, device=steps.device)  # (S,)
-    sums = torch.cat([(steps * w[:, None, None]).sum(0).flatten(), w.sum()[None]])  # (3N + 1,)
-    if reduce:  # DDP: every rank's shard counts
-        torch.distributed.all_reduce(sums)
-    total = max(float(sums[-1]), 1.0)
-    return (sums[:-1].reshape(3, n).T / total).tolist()
+class _EpochSums:
+    """Example-weighted running sums of (loss, soft, hard) over an epoch, per member.
+
+    Added up on the training device as the steps go (a few tiny kernels a step, no sync). Keeping
+    every step's scalars until the end of the epoch instead left thousands of small allocations
+    among the steps' large temporaries: the heap fragmented and resident memory grew by about
+    0.8 MB a step (3.3 GiB at the end of one epoch over a streamed cache of a million examples).
+    """
+
+    def __init__(self, n: int):
+        self.n, self.sums, self.total = n, None, 0
+
+    def add(self, parts: LossParts, size: int) -> None:
+        """One step's parts (scalars, or (N,) each) over ``size`` examples per member."""
+        loss = parts.loss.detach()
+        hard = torch.zeros_like(loss) if parts.hard is None else parts.hard.detach()
+        step = torch.stack([loss, parts.soft.detach(), hard]).double()  # (3,) or (3, N)
+        if self.sums is None:
+            self.sums = step * size
+        else:
+            self.sums.add_(step, alpha=size)
+        self.total += size
+
+    def means(self, reduce: bool) -> list:
+        """Means of (loss, soft, hard) per member: N lists of 3 (NaN without steps). ``reduce``:
+        DDP, every rank's shard counts."""
+        if self.sums is None:
+            return [[math.nan] * 3 for _ in range(self.n)]
+        sums = torch.cat([self.sums.reshape(3 * self.n),
+                          torch.tensor([float(self.total)], dtype=torch.float64,
+                                       device=self.sums.device)])  # (3N + 1,)
+        if reduce:
+            torch.distributed.all_reduce(sums)
+        total = max(float(sums[-1]), 1.0)
+        return (sums[:-1].reshape(3, self.n).T / total).tolist()

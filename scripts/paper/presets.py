@@ -230,7 +230,7 @@ E3_PILOT_NOTE = (
 )
 
 E5_PILOT_NOTE = (
-    "E5 specialist recipe, pilots (2026-11-30; generalists E3 members 0 and 1, relative error "
+    "E5 specialist recipe, pilots (2026-11-30; generalists MLP members 0 and 1 (then E3's), relative error "
     "reduction of generalist + specialists on validation / test; the script lived in /tmp and "
     "called train_specialists and combine_predictions as E5 does): from the generalist's weights, "
     "5 epochs at lr 3e-4 on the generalist's own soft targets (alpha 0.5, the earlier E5): member 0 "

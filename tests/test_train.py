@@ -284,3 +284,22 @@ def test_stale_log_without_checkpoint_is_discarded(tmp_path, blobs):
     _run(blobs, tmp_path, epochs=2)
     log = read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["epoch"] for r in log] == [1, 2] and all(r["loss"] != 9 for r in log)
+
+
+def test_epoch_sums_are_example_weighted_means_per_member():
+    # the loop's running sums of the logged loss parts: known answers, two members, a short last
+    # batch, no hard term (logged as 0), and NaN for an epoch without steps
+    from ensemble_kd.losses import LossParts
+    from ensemble_kd.train import _EpochSums
+
+    sums = _EpochSums(2)
+    sums.add(LossParts(torch.tensor([1.0, 10.0]), torch.tensor([2.0, 20.0]), None), 6)
+    sums.add(LossParts(torch.tensor([3.0, 30.0]), torch.tensor([4.0, 40.0]), None), 2)
+    means = sums.means(reduce=False)
+    assert [v for row in means for v in row] == pytest.approx([1.5, 2.5, 0.0, 15.0, 25.0, 0.0])
+    one = _EpochSums(1)
+    one.add(LossParts(torch.tensor(2.0), torch.tensor(1.0), torch.tensor(5.0)), 3)
+    one.add(LossParts(torch.tensor(4.0), torch.tensor(3.0), torch.tensor(1.0)), 1)
+    assert one.means(reduce=False)[0] == pytest.approx([2.5, 1.5, 4.0])
+    empty = _EpochSums(1).means(reduce=False)
+    assert all(v != v for v in empty[0])  # NaN

@@ -207,10 +207,10 @@ def e5topn(args, splits) -> dict:
     folders = sorted((run / "e5").glob("generalist_*"), key=lambda f: int(f.name.split("_")[1]))
     if not folders:
         raise SystemExit(f"{run / 'e5'}: no generalist_g folders there")
+    generalists = _saved_members(str(run / "members"))
     errors: dict[str, dict[int, list[int]]] = {"val": {}, "test": {}}
     for f in folders:
-        g = int(f.name.split("_")[1])
-        gen = _saved_members(str(run / "members"))[g]
+        gen = generalists[int(f.name.split("_")[1])]
         sps = load_specialists(f)
         subsets = [sp.subset for sp in sps]
         for name, x, y in (("val", splits.x_val, splits.y_val), ("test", splits.x_test,

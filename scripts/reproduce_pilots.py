@@ -6,6 +6,7 @@
         --shift 1 --epochs 10
     python scripts/reproduce_pilots.py e3student --arch cnn --widths 16 32 --dropout 0.2 \
         --epochs 16 --lr 2e-3 --temperature 2 --alpha 0.5
+    python scripts/reproduce_pilots.py e3student ... --init-member 0 [--control]
     python scripts/reproduce_pilots.py disagreement --members-dir runs/paper_v2/e3/members
     python scripts/reproduce_pilots.py e4 --teacher runs/paper_v2/members/member_0 \
         --view shift=1 mixup=0.2 --temperature 4 --alpha 0.9 --views 64
@@ -139,7 +140,8 @@ def e4(args, splits) -> dict:
 
     def make():
         seed_everything(0)
-        spec = ModelSpec("mlp", FULL.members_widths, FULL.members_dropout)
+        dropout = spec_dropout(args)
+        spec = ModelSpec("mlp", FULL.members_widths, dropout)
         return spec.build(splits.input_shape, splits.n_classes)
 
     with tempfile.TemporaryDirectory(prefix="e4-pilot-") as folder:
@@ -149,7 +151,13 @@ def e4(args, splits) -> dict:
                             device="cpu", progress=False)
     c = res.candidates[res.best]
     return {"pilot": "e4", "view": view, "views": args.views, "temperature": args.temperature,
-            "alpha": args.alpha, "epochs": args.epochs, "val_acc": c.val_acc}
+            "alpha": args.alpha, "epochs": args.epochs, "lr": args.lr,
+            "dropout": spec_dropout(args), "val_acc": c.val_acc}
+
+
+def spec_dropout(args) -> float:
+    """E4's student dropout: ``--dropout``, else the members' (the full preset's)."""
+    return FULL.members_dropout if args.dropout is None else args.dropout
 
 
 def e3student(args, splits) -> dict:
@@ -161,20 +169,30 @@ def e3student(args, splits) -> dict:
     seed_everything(10)
     student = ModelSpec(args.arch, tuple(args.widths), args.dropout).build(splits.input_shape,
                                                                            splits.n_classes)
+    if args.init_member is not None:  # warm start (Stanton et al. 2021: fidelity from init)
+        student.load_state_dict(members[args.init_member].state_dict())
     views = (ViewConfig(**_view_settings(args.view), views=args.student_views, seed=0)
              if args.student_views else None)
     cfg = DistillConfig(temperature=args.temperature, alpha=args.alpha, views=views)
+    train_cfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=args.lr, seed=10)
     t = time.process_time()
     with tempfile.TemporaryDirectory(prefix="e3-pilot-") as folder:
-        res = distill(student, members, make_transfer_set(splits),
-                      TrainConfig(epochs=args.epochs, batch_size=128, lr=args.lr, seed=10), cfg,
-                      run_dir=Path(folder) / "run", cache_dir=Path(folder) / "cache",
-                      progress=False)
+        if args.control:  # the same start and budget on hard labels (and views) alone
+            res = train_baseline(student, make_transfer_set(splits), train_cfg, views=views,
+                                 run_dir=Path(folder) / "run", progress=False)
+        else:
+            res = distill(student, members, make_transfer_set(splits), train_cfg, cfg,
+                          run_dir=Path(folder) / "run", cache_dir=Path(folder) / "cache",
+                          progress=False)
     accs = [accuracy(predict_probs(m, splits.x_test), splits.y_test) for m in members]
+    ens = accuracy(torch.stack([predict_probs(m, splits.x_test) for m in members]).mean(0),
+                   splits.y_test)
     return {"pilot": "e3student", "arch": args.arch, "widths": args.widths, "epochs": args.epochs,
             "lr": args.lr, "T": args.temperature, "alpha": args.alpha, "dropout": args.dropout,
             "views": None if views is None else views.as_dict(), "members": len(members),
-            "mean_member": sum(accs) / len(accs),
+            "init_member": args.init_member, "control": args.control,
+            "init_member_acc": None if args.init_member is None else accs[args.init_member],
+            "mean_member": sum(accs) / len(accs), "ensemble": ens,
             "student": accuracy(predict_probs(res.model, splits.x_test), splits.y_test),
             "cpu_seconds_per_epoch": (time.process_time() - t) / args.epochs}
 
@@ -249,7 +267,8 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=4)
     ap.add_argument("--widths", type=int, nargs="+", default=[512, 512])
     ap.add_argument("--arch", default="mlp")
-    ap.add_argument("--dropout", type=float, default=0.3)
+    ap.add_argument("--dropout", type=float, default=None,
+                    help="the model's dropout (default: e4 the members' 0.2, else 0.3)")
     ap.add_argument("--member-dropout", type=float, default=None,
                     help="members: this dropout instead of the recipe's")
     ap.add_argument("--save", default=None,
@@ -267,6 +286,11 @@ def main() -> None:
     ap.add_argument("--views", type=int, default=64, help="e4: V cached views per image")
     ap.add_argument("--student-views", type=int, default=0,
                     help="e3student: V cached views of --view per image (0: the plain images)")
+    ap.add_argument("--init-member", type=int, default=None,
+                    help="e3student: start from member K's weights (same --arch/--widths)")
+    ap.add_argument("--control", action="store_true",
+                    help="e3student: hard labels only (train_baseline), the student's start and "
+                         "budget: what extra training alone does")
     ap.add_argument("--temperature", type=float, default=4.0)
     ap.add_argument("--alpha", type=float, default=0.9)
     ap.add_argument("--run", default="runs/paper_v2", help="e5topn: the reproduction's folder")
@@ -275,6 +299,8 @@ def main() -> None:
     torch.set_num_threads(1)
     splits = load_dataset("fashion-mnist")
     t = time.perf_counter()
+    if args.dropout is None and args.pilot != "e4":
+        args.dropout = 0.3
     if args.epochs is None:
         args.epochs = FULL.e4_epochs if args.pilot == "e4" else 8
     pilots = {"timing": timing, "members": members, "teacher": teacher, "e4": e4,

@@ -319,6 +319,7 @@ def _e4(r: dict) -> list:
         ("p", f"The MLP members' architecture on {int(round(100 * r['fraction']))}% of the "
               "training set "
               f"({size:,} examples), {r['seeds']} different subsets; up to {r['epochs']} epochs "
+              f"on the fixed images, {r.get('view_epochs', r['epochs'])} on views "
               f"(hard labels: early stopping on validation NLL, patience {r['patience']}). "
               f"Teacher: the first MLP member. Views: {r['views']} cached per image. 'Train' = "
               "accuracy on the model's own training data. The baseline of the headline is the "

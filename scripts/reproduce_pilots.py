@@ -7,6 +7,7 @@
     python scripts/reproduce_pilots.py e3student --arch cnn --widths 16 32 --dropout 0.2 \
         --epochs 16 --lr 2e-3 --temperature 2 --alpha 0.5
     python scripts/reproduce_pilots.py e3student ... --init-member 0 [--control]
+    python scripts/reproduce_pilots.py e5topn | e5weight --run runs/paper_v2
     python scripts/reproduce_pilots.py disagreement --members-dir runs/paper_v2/e3/members
     python scripts/reproduce_pilots.py e4 --teacher runs/paper_v2/members/member_0 \
         --view shift=1 mixup=0.2 --temperature 4 --alpha 0.9 --views 64
@@ -215,18 +216,19 @@ def disagreement(args, splits) -> dict:
     return out
 
 
-def e5topn(args, splits) -> dict:
-    """E5's saved generalists and specialists (``--run``: the reproduction's folder) combined with
-    the specialists of the ``n`` most probable classes active, n in 1, 2, 3: the pooled relative
-    error reduction on validation and on test, per n. Inference only."""
+def _e5_errors(splits, run_dir: str, variants: dict[str, tuple[int, int]]) -> dict:
+    """Test and validation errors of E5's saved generalists, alone and combined with their saved
+    specialists as each variant says: name -> (top_n, weight), the specialists of the top_n most
+    probable classes active, each counted ``weight`` times in the combination (an integer weight
+    on its KL term). Pooled over the generalists; inference only."""
     from specialists import combine_predictions, load_specialists, specialist_probs
 
-    run = Path(args.run)
+    run = Path(run_dir)
     folders = sorted((run / "e5").glob("generalist_*"), key=lambda f: int(f.name.split("_")[1]))
     if not folders:
         raise SystemExit(f"{run / 'e5'}: no generalist_g folders there")
     generalists = _saved_members(str(run / "members"))
-    errors: dict[str, dict[int, list[int]]] = {"val": {}, "test": {}}
+    errors: dict[str, dict[str, int]] = {"val": {}, "test": {}}
     for f in folders:
         gen = generalists[int(f.name.split("_")[1])]
         sps = load_specialists(f)
@@ -235,17 +237,32 @@ def e5topn(args, splits) -> dict:
                                                                  splits.y_test)):
             p_g = predict_probs(gen, x)
             p_ms = specialist_probs(sps, x)
-            errors[name].setdefault(0, []).append(int((p_g.argmax(1) != y).sum()))
-            for n in (1, 2, 3):
-                q = combine_predictions(p_g, p_ms, subsets, top_n=n)
-                errors[name].setdefault(n, []).append(int((q.argmax(1) != y).sum()))
-    out = {"pilot": "e5topn", "run": args.run, "generalists": len(folders)}
-    for name, per_n in errors.items():
-        base = sum(per_n[0])
+            err = errors[name]
+            err["generalist"] = err.get("generalist", 0) + int((p_g.argmax(1) != y).sum())
+            for key, (n, w) in variants.items():
+                q = combine_predictions(p_g, list(p_ms) * w, list(subsets) * w, top_n=n)
+                err[key] = err.get(key, 0) + int((q.argmax(1) != y).sum())
+    out = {"run": run_dir, "generalists": len(folders)}
+    for name, err in errors.items():
+        base = err["generalist"]
         out[name] = {"generalist_errors": base, **{
-            f"top_{n}": {"errors": sum(per_n[n]), "relative_error_reduction":
-                         round(1 - sum(per_n[n]) / base, 5)} for n in (1, 2, 3)}}
+            key: {"errors": err[key], "relative_error_reduction": round(1 - err[key] / base, 5)}
+            for key in variants}}
     return out
+
+
+def e5topn(args, splits) -> dict:
+    """E5's saved generalists and specialists (``--run``: the reproduction's folder) combined with
+    the specialists of the ``n`` most probable classes active, n in 1, 2, 3: the pooled relative
+    error reduction on validation and on test, per n. Inference only."""
+    return {"pilot": "e5topn", **_e5_errors(splits, args.run, {f"top_{n}": (n, 1) for n in (1, 2, 3)})}
+
+
+def e5weight(args, splits) -> dict:
+    """As ``e5topn`` with n = 1, each active specialist's KL term weighted 1, 2, 3 or 4 (the
+    paper: 1), i.e. how far the combination should trust the specialists. Inference only."""
+    variants = {f"weight_{w}": (1, w) for w in (1, 2, 3, 4)}
+    return {"pilot": "e5weight", **_e5_errors(splits, args.run, variants)}
 
 
 def timing(args, splits) -> dict:
@@ -262,7 +279,7 @@ def timing(args, splits) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("pilot", choices=["timing", "members", "teacher", "e4", "e3student",
-                                          "disagreement", "e5topn"])
+                                          "disagreement", "e5topn", "e5weight"])
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="dropout")
     ap.add_argument("--members", type=int, default=4)
     ap.add_argument("--widths", type=int, nargs="+", default=[512, 512])
@@ -293,7 +310,7 @@ def main() -> None:
                          "budget: what extra training alone does")
     ap.add_argument("--temperature", type=float, default=4.0)
     ap.add_argument("--alpha", type=float, default=0.9)
-    ap.add_argument("--run", default="runs/paper_v2", help="e5topn: the reproduction's folder")
+    ap.add_argument("--run", default="runs/paper_v2", help="e5topn, e5weight: the reproduction's folder")
     ap.add_argument("--log", default=None, help="append the JSON line to this file")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -304,7 +321,8 @@ def main() -> None:
     if args.epochs is None:
         args.epochs = FULL.e4_epochs if args.pilot == "e4" else 8
     pilots = {"timing": timing, "members": members, "teacher": teacher, "e4": e4,
-              "e3student": e3student, "disagreement": disagreement, "e5topn": e5topn}
+              "e3student": e3student, "disagreement": disagreement, "e5topn": e5topn,
+              "e5weight": e5weight}
     out = pilots[args.pilot](args, splits)
     out["wall_seconds"] = round(time.perf_counter() - t, 1)
     line = json.dumps(out)

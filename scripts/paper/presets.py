@@ -254,7 +254,11 @@ E5_PILOT_NOTE = (
     "scripts/reproduce_pilots.py e5topn`): the specialists of the n most probable classes, pooled "
     "relative error reduction on validation / test: n = 1 1.38% / 1.16% (E5's figure), n = 2 "
     "1.54% / 0.99%, n = 3 1.54% / 1.02%. Within the noise on validation (9 errors of 5,642); E5 "
-    "keeps the paper's n = 1."
+    "keeps the paper's n = 1. Specialists trusted more (2026-12-01, `reproduce_pilots.py "
+    "e5weight`: n = 1, each active specialist's KL term weighted w): validation / test, w = 1 "
+    "1.38% / 1.16%, w = 2 1.51% / 0.99%, w = 3 1.65% / 0.99%, w = 4 1.65% / 1.06%. Validation "
+    "would pick w = 3 by 13 errors of 5,642, and test moves the other way: noise again, so the "
+    "paper's unweighted objective stays."
 )
 
 E3_STUDENT_NOTE = (

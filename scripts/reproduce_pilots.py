@@ -145,6 +145,15 @@ def e4(args, splits) -> dict:
         spec = ModelSpec("mlp", FULL.members_widths, dropout)
         return spec.build(splits.input_shape, splits.n_classes)
 
+    if args.hard:  # the fair baseline: hard labels on the same views and budget, no stopping
+        res = train_baseline(make(), ts, TrainConfig(epochs=args.epochs, batch_size=128,
+                                                     lr=args.lr, seed=0),
+                             views=views, val=(splits.x_val, splits.y_val), progress=False)
+        return {"pilot": "e4", "hard": True, "view": view, "views": args.views,
+                "epochs": args.epochs, "lr": args.lr, "dropout": spec_dropout(args),
+                "val_acc": max(r["val_acc"] for r in res.history),
+                "best_epoch": 1 + max(range(len(res.history)),
+                                      key=lambda i: res.history[i]["val_acc"])}
     with tempfile.TemporaryDirectory(prefix="e4-pilot-") as folder:
         res = distill_sweep(make, [teacher[0]], ts, TrainConfig(epochs=args.epochs, batch_size=128,
                                                                  lr=args.lr, seed=0),
@@ -301,6 +310,9 @@ def main() -> None:
     ap.add_argument("--view", nargs="*", default=["shift=1", "mixup=0.2"],
                     help="e4: ViewConfig settings as name=value")
     ap.add_argument("--views", type=int, default=64, help="e4: V cached views per image")
+    ap.add_argument("--hard", action="store_true",
+                    help="e4: hard labels on the same views and budget, no early stopping "
+                         "(the best epoch's validation accuracy)")
     ap.add_argument("--student-views", type=int, default=0,
                     help="e3student: V cached views of --view per image (0: the plain images)")
     ap.add_argument("--init-member", type=int, default=None,

@@ -292,8 +292,11 @@ def _e4(r: dict) -> list:
     size = r["subset_sizes"][0] if r["subset_sizes"] else 0
     rr = r["rows"]
     f = f"{round(100 * r['fraction']):d}%"
+    views_patience = r.get("views_patience", r["patience"])  # runs before 2026-12-01 stopped
+    whole = ", on the fixed images only; on views the whole budget, like the students"
     labels = {"hard": "3%, hard labels (early stopped)",
-              "hard_views": f"3%, hard labels on views {r['view_recipe']} (early stopped; fair "
+              "hard_views": f"3%, hard labels on views {r['view_recipe']} "
+                            f"({'early stopped' if views_patience else 'whole budget'}; fair "
                             "baseline of the views)",
               "paper": "3%, soft targets, paper's recipe (fixed images)",
               "views": f"3%, soft targets on views {r['view_recipe']}"}
@@ -320,7 +323,8 @@ def _e4(r: dict) -> list:
               "training set "
               f"({size:,} examples), {r['seeds']} different subsets; up to {r['epochs']} epochs "
               f"on the fixed images, {r.get('view_epochs', r['epochs'])} on views "
-              f"(hard labels: early stopping on validation NLL, patience {r['patience']}). "
+              f"(hard labels: early stopping on validation NLL, patience {r['patience']}"
+              f"{'' if views_patience else whole}). "
               f"Teacher: the first MLP member. Views: {r['views']} cached per image. 'Train' = "
               "accuracy on the model's own training data. The baseline of the headline is the "
               "better hard-label row on validation."),

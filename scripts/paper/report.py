@@ -307,8 +307,9 @@ def _e4(r: dict) -> list:
              pm(r["full_data"]["test_acc"]), ""]]
     for key, label in labels.items():
         row = rr[key]
+        stopped = key == "hard" or views_patience
         extra = (f"T={row['temperature']:g}, alpha={row['alpha']:g}" if "temperature" in row
-                 else f"stopped at epochs {row['epochs_run']}")
+                 else f"{'stopped at epochs' if stopped else 'epochs'} {row['epochs_run']}")
         tags = [t for t, on in (("chosen", key == r["recipe"]), ("baseline", key == r["baseline"]))
                 if on]
         pc = paper_cols.get(key)

@@ -128,6 +128,11 @@ def _view_settings(items: list[str]) -> dict:
     return view
 
 
+def spec_dropout(args) -> float:
+    """E4's student dropout: ``--dropout``, else the members' (the full preset's)."""
+    return FULL.members_dropout if args.dropout is None else args.dropout
+
+
 def e4(args, splits) -> dict:
     """E4's 3% student (subset 0, the full preset's MLP members' model) distilled on one view
     recipe from a saved teacher; validation accuracy of the best epoch, as E4's sweep chooses."""
@@ -141,8 +146,7 @@ def e4(args, splits) -> dict:
 
     def make():
         seed_everything(0)
-        dropout = spec_dropout(args)
-        spec = ModelSpec("mlp", FULL.members_widths, dropout)
+        spec = ModelSpec("mlp", FULL.members_widths, spec_dropout(args))
         return spec.build(splits.input_shape, splits.n_classes)
 
     if args.hard:  # the fair baseline: hard labels on the same views and budget, no stopping
@@ -163,11 +167,6 @@ def e4(args, splits) -> dict:
     return {"pilot": "e4", "view": view, "views": args.views, "temperature": args.temperature,
             "alpha": args.alpha, "epochs": args.epochs, "lr": args.lr,
             "dropout": spec_dropout(args), "val_acc": c.val_acc}
-
-
-def spec_dropout(args) -> float:
-    """E4's student dropout: ``--dropout``, else the members' (the full preset's)."""
-    return FULL.members_dropout if args.dropout is None else args.dropout
 
 
 def e3student(args, splits) -> dict:

@@ -100,8 +100,11 @@ def teacher(args, splits) -> dict:
                                                                          splits.n_classes)
     cfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=args.lr, seed=0)
     t = time.process_time()
+    run_dir = None if args.save is None else Path(args.save)  # resumes when it exists
     res = train_baseline(model, make_transfer_set(splits), cfg, views=views,
-                         val=(splits.x_val, splits.y_val), progress=False)
+                         val=(splits.x_val, splits.y_val), run_dir=run_dir, progress=False)
+    if run_dir is not None:
+        Run(run_dir).finish(res.model, {"role": "teacher", "seed": 0})
     return {"pilot": "teacher", "arch": args.arch, "widths": args.widths, "dropout": args.dropout,
             "shift": args.shift, "epochs": args.epochs, "lr": args.lr,
             "val_curve": [round(r["val_acc"], 4) for r in res.history],
@@ -297,7 +300,8 @@ def main() -> None:
     ap.add_argument("--member-dropout", type=float, default=None,
                     help="members: this dropout instead of the recipe's")
     ap.add_argument("--save", default=None,
-                    help="members: keep member k in SAVE/member_k (resumes; e3student reads it)")
+                    help="members: keep member k in SAVE/member_k (resumes; e3student reads it); "
+                         "teacher: keep it in SAVE (resumes)")
     ap.add_argument("--shift", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=None, help="default: 300 for e4 (its budget), "
                     "else 8")

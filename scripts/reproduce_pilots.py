@@ -6,7 +6,7 @@
         --shift 1 --epochs 10
     python scripts/reproduce_pilots.py e3student --arch cnn --widths 16 32 --dropout 0.2 \
         --epochs 16 --lr 2e-3 --temperature 2 --alpha 0.5
-    python scripts/reproduce_pilots.py e3student ... --init-member 0 [--control]
+    python scripts/reproduce_pilots.py e3student ... [--init-member 0] [--control] [--save DIR]
     python scripts/reproduce_pilots.py e5topn | e5weight --run runs/paper_v2
     python scripts/reproduce_pilots.py disagreement --members-dir runs/paper_v2/e3/members
     python scripts/reproduce_pilots.py e4 --teacher runs/paper_v2/members/member_0 \
@@ -188,14 +188,16 @@ def e3student(args, splits) -> dict:
     cfg = DistillConfig(temperature=args.temperature, alpha=args.alpha, views=views)
     train_cfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=args.lr, seed=10)
     t = time.process_time()
-    with tempfile.TemporaryDirectory(prefix="e3-pilot-") as folder:
+    with tempfile.TemporaryDirectory(prefix="e3-pilot-") as tmp:
+        folder = Path(tmp if args.save is None else args.save)  # --save: kept, and resumed
         if args.control:  # the same start and budget on hard labels (and views) alone
             res = train_baseline(student, make_transfer_set(splits), train_cfg, views=views,
-                                 run_dir=Path(folder) / "run", progress=False)
+                                 run_dir=folder / "run", progress=False)
         else:
             res = distill(student, members, make_transfer_set(splits), train_cfg, cfg,
-                          run_dir=Path(folder) / "run", cache_dir=Path(folder) / "cache",
-                          progress=False)
+                          run_dir=folder / "run", cache_dir=folder / "cache", progress=False)
+        if args.save is not None:
+            Run(folder / "run").finish(res.model, {"role": "e3 student", "seed": 10})
     accs = [accuracy(predict_probs(m, splits.x_test), splits.y_test) for m in members]
     ens = accuracy(torch.stack([predict_probs(m, splits.x_test) for m in members]).mean(0),
                    splits.y_test)
@@ -301,7 +303,7 @@ def main() -> None:
                     help="members: this dropout instead of the recipe's")
     ap.add_argument("--save", default=None,
                     help="members: keep member k in SAVE/member_k (resumes; e3student reads it); "
-                         "teacher: keep it in SAVE (resumes)")
+                         "teacher, e3student: keep the model (and cache) in SAVE (resumes)")
     ap.add_argument("--shift", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=None, help="default: 300 for e4 (its budget), "
                     "else 8")

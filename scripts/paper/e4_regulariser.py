@@ -67,16 +67,17 @@ def run(ctx: Context) -> dict:
     subsets = [make_transfer_set(s, fraction=p.e4_fraction, seed=k) for k in range(p.e4_seeds)]
     root = ctx.out / "e4"
     rows: dict[str, dict] = {}
-    # hard labels: the fixed images (early stopped) and the views (the whole budget)
-    for key, views, epochs in (("hard", None, p.e4_epochs),
-                               ("hard_views", view_cfg, p.e4_view_epochs)):
+    # hard labels: the fixed images early stopped (the paper's baseline), the views for the whole
+    # budget, like the students
+    views_patience = 0
+    for key, views, epochs, patience in (("hard", None, p.e4_epochs, p.e4_patience),
+                                         ("hard_views", view_cfg, p.e4_view_epochs,
+                                          views_patience)):
         models, folders = [], []
         for k, ts in enumerate(subsets):
             f = root / f"subset_{k}" / key
             models.append(ctx.hard_model(
-                f, spec(ctx), k, epochs, transfer=ts, views=views,
-                # the paper's baseline stops early; on views the whole budget, like the students
-                early_stopping=p.e4_patience if views is None else 0,
+                f, spec(ctx), k, epochs, transfer=ts, views=views, early_stopping=patience,
                 label=f"model {name} on {len(ts)} examples, hard labels"
                       f"{'' if views is None else ' on views'}, subset {k}"))
             folders.append(f)
@@ -114,7 +115,7 @@ def run(ctx: Context) -> dict:
     out = {
         "fraction": p.e4_fraction, "subset_sizes": [len(t) for t in subsets],
         "epochs": p.e4_epochs, "view_epochs": p.e4_view_epochs, "patience": p.e4_patience,
-        "views_patience": 0,  # the hard-label views row trains for the whole budget
+        "views_patience": views_patience,
         "seeds": p.e4_seeds,
         "view_recipe": p.e4_view_recipe, "views": p.e4_views,
         "full_data": {k: summary([r[k] for r in full]) for k in ("test_acc", "train_acc",

@@ -288,7 +288,7 @@ E4_PILOT_NOTE = (
     "at V 256, 1,000 epochs 88.92%. At V 64 and 300 epochs: student dropout 0 88.03%, 0.35 "
     "87.72%, 0.5 87.03% (the members' 0.2: 88.40%); lr 3e-3 88.38%; lr 3e-4 over 600 epochs "
     "87.90%; T 2 88.27%. The views students were bound by their budget, so the views rows (and "
-    "their hard-label baseline, early stopped) now get 1,000 epochs of V 512 views "
+    "their hard-label baseline) now get 1,000 epochs of V 512 views "
     "(``e4_view_epochs``, ``e4_views``). Their fair baseline, hard labels on the same views "
     "(`e4 --hard --views 512 --epochs 1000`, no early stopping): best validation accuracy 85.22% "
     "at epoch 830, against 84.20% for the same model early stopped on validation NLL (at epoch "

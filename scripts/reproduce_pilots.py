@@ -182,6 +182,9 @@ def e3student(args, splits) -> dict:
     student = ModelSpec(args.arch, tuple(args.widths), args.dropout).build(splits.input_shape,
                                                                            splits.n_classes)
     if args.init_member is not None:  # warm start (Stanton et al. 2021: fidelity from init)
+        if not 0 <= args.init_member < len(members):
+            raise SystemExit(f"--init-member {args.init_member}: {args.members_dir} has members "
+                             f"0-{len(members) - 1}")
         student.load_state_dict(members[args.init_member].state_dict())
     views = (ViewConfig(**_view_settings(args.view), views=args.student_views, seed=0)
              if args.student_views else None)

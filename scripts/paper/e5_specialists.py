@@ -69,7 +69,7 @@ def run(ctx: Context) -> dict:
         sps = train_specialists(
             gen, subsets, s,
             ctx.train_config(p.e5_epochs, g, lr=p.e5_lr, early_stopping=p.e5_early_stopping),
-            SpecialistConfig(alpha=p.e5_alpha),
+            SpecialistConfig(alpha=p.e5_alpha, jitter=p.e5_shift),
             folder, device=ctx.device,
         )
         for m in range(len(subsets)):
@@ -91,7 +91,7 @@ def run(ctx: Context) -> dict:
     scored = [r for r in runs if "relative_gain" in r]
     out = {"runs": runs, "epochs": p.e5_epochs, "lr": p.e5_lr, "overlap": p.e5_overlap,
            "max_subset_size": p.e5_max_subset_size, "alpha": p.e5_alpha,
-           "early_stopping": p.e5_early_stopping, "top_n": 1}
+           "early_stopping": p.e5_early_stopping, "shift": p.e5_shift, "top_n": 1}
     for key in ("generalist_acc", "combined_acc", "relative_gain", "relative_error_reduction",
                 "generalist_conditional_acc", "combined_conditional_acc"):
         out[key] = summary([r[key] for r in scored if r[key] is not None])

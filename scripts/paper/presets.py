@@ -170,6 +170,7 @@ class Preset:
     e5_lr: float = 1e-3  # from the generalist's weights, at the generalist's own learning rate
     e5_alpha: float = 0.0  # weight of the generalist's folded soft targets (0: hard labels)
     e5_early_stopping: int = 0  # patience on the validation NLL; 0 = the whole budget
+    e5_shift: int = 0  # random input shifts (px) of the specialists' training batches
 
     # E6: E5's generalists + specialists distilled back into one model of the generalist's
     # architecture (specialists.distill_specialists), from the generalist's weights; the control

@@ -347,7 +347,8 @@ def _e5(r: dict) -> list:
                  "generalist's validation confusion (specialists.subsets_for_generalist), "
                  f"{r['overlap']} most-confused outside class added to each; specialists start "
                  f"from the generalist, {r['epochs']} epoch(s) (one epoch = one pass over the "
-                 f"subset's examples, half of each batch from the subset), lr {r['lr']:g}; "
+                 f"subset's examples, half of each batch from the subset), lr {r['lr']:g}"
+                 + (f", inputs shifted by up to {r['shift']} px" if r.get("shift") else "") + "; "
                  "combination by the exact KL minimiser, top-n = 1.")]
     sub_rows = []
     for run in r["runs"]:

@@ -10,6 +10,8 @@
     python scripts/reproduce_pilots.py e5topn | e5weight --run runs/paper_v2
     python scripts/reproduce_pilots.py e5recipe --run runs/paper_v2 --epochs 15 --lr 1e-3 \\
         --shift 1 --alpha 0 --save runs/pilots/e5_shift1
+    python scripts/reproduce_pilots.py e6views --run runs/paper_v2 --members 3 --view shift=1 \\
+        mixup=0.2 --views 10 --epochs 10 --lr 3e-4 --temperature 2 --alpha 0.9
     python scripts/reproduce_pilots.py disagreement --members-dir runs/paper_v2/e3/members
     python scripts/reproduce_pilots.py e4 --teacher runs/paper_v2/members/member_0 \
         --view shift=1 mixup=0.2 --temperature 4 --alpha 0.9 --views 64
@@ -22,6 +24,7 @@ the members of ``members --save DIR`` (for ``e3student --members-dir DIR``).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import tempfile
 import time
@@ -318,6 +321,60 @@ def e5recipe(args, splits) -> dict:
             "cpu_seconds": round(time.process_time() - t, 1), **out}
 
 
+def e6views(args, splits) -> dict:
+    """E6 with q computed on augmented views: for the first ``--members`` of E5's generalists
+    (``--run``), generalist + specialists (top-n = 1, as E6) are run on ``--views`` cached views
+    (``--view``) of the training set, and a copy of the generalist is distilled on that q (T
+    ``--temperature``, alpha ``--alpha``, ``--epochs`` at ``--lr``, seed g); the control is the
+    generalist trained on hard labels on the very same views and budget (``train_baseline``).
+    Pooled validation and test accuracy of generalist, control, combined and merged, and the
+    share of the specialists' gain over the control that the merged model keeps. ``--save DIR``
+    keeps the models and view caches (resumes)."""
+    from specialists import CombinedModel, load_specialists
+
+    run = Path(args.run)
+    generalists = _saved_members(str(run / "members"))
+    folders = sorted((run / "e5").glob("generalist_*"), key=lambda f: int(f.name.split("_")[1]))
+    folders = folders[:args.members]
+    if not folders:
+        raise SystemExit(f"{run / 'e5'}: no generalist_g folders there")
+    views = ViewConfig(**_view_settings(args.view), views=args.views, seed=0)
+    cfg = DistillConfig(temperature=args.temperature, alpha=args.alpha, views=views)
+    ts = make_transfer_set(splits)
+    correct: dict[str, dict[str, int]] = {"val": {}, "test": {}}
+    t = time.process_time()
+    with tempfile.TemporaryDirectory(prefix="e6-pilot-") as tmp:
+        root = Path(args.save or tmp)
+        for f in folders:
+            g = int(f.name.split("_")[1])
+            gen = generalists[g]
+            sps = load_specialists(f)
+            combined = CombinedModel(gen, [sp.model for sp in sps], [sp.subset for sp in sps],
+                                     top_n=1).eval()
+            tc = TrainConfig(epochs=args.epochs, batch_size=FULL.batch_size, lr=args.lr, seed=g)
+            merged = distill(copy.deepcopy(gen), [combined], ts, tc, cfg, run_dir=root / f.name / "model",
+                             cache_dir=root / f.name / "q_views", progress=False).model
+            control = train_baseline(copy.deepcopy(gen), ts, tc, views=views,
+                                     run_dir=root / f.name / "control", progress=False).model
+            systems = {"generalist": gen, "control": control, "combined": combined,
+                       "merged": merged}
+            for name, x, y in (("val", splits.x_val, splits.y_val),
+                               ("test", splits.x_test, splits.y_test)):
+                for key, model in systems.items():
+                    model.eval()
+                    with torch.no_grad():
+                        ok = int((model(x).argmax(1) == y).sum())
+                    correct[name][key] = correct[name].get(key, 0) + ok
+    out = {"pilot": "e6views", "view": args.view, "views": args.views, "epochs": args.epochs,
+           "lr": args.lr, "temperature": args.temperature, "alpha": args.alpha,
+           "generalists": len(folders), "cpu_seconds": round(time.process_time() - t, 1)}
+    for name, c in correct.items():
+        gain = c["combined"] - c["control"]
+        out[name] = {**c, "gain_kept": round((c["merged"] - c["control"]) / gain, 4)
+                     if gain else None}
+    return out
+
+
 def timing(args, splits) -> dict:
     out = {"pilot": "timing", "unit": "CPU seconds per epoch, 54,000 images, batch 128"}
     for name, widths in (("mlp512", [512]), ("mlp2x512", [512, 512]), ("mlp2x800", [800, 800]),
@@ -332,7 +389,7 @@ def timing(args, splits) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("pilot", choices=["timing", "members", "teacher", "e4", "e3student",
-                                          "disagreement", "e5topn", "e5weight", "e5recipe"])
+                                          "disagreement", "e5topn", "e5weight", "e5recipe", "e6views"])
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="dropout")
     ap.add_argument("--members", type=int, default=4)
     ap.add_argument("--widths", type=int, nargs="+", default=[512, 512])
@@ -382,7 +439,7 @@ def main() -> None:
         args.epochs = FULL.e4_epochs if args.pilot == "e4" else 8
     pilots = {"timing": timing, "members": members, "teacher": teacher, "e4": e4,
               "e3student": e3student, "disagreement": disagreement, "e5topn": e5topn,
-              "e5weight": e5weight, "e5recipe": e5recipe}
+              "e5weight": e5weight, "e5recipe": e5recipe, "e6views": e6views}
     out = pilots[args.pilot](args, splits)
     out["wall_seconds"] = round(time.perf_counter() - t, 1)
     line = json.dumps(out)

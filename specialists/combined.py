@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ensemble_kd.cache import cache_fingerprint, inputs_fingerprint, teachers_fingerprint
+from ensemble_kd.views import ViewConfig
 
 from .combine import combine_predictions
 from .subsets import validate_subsets
@@ -73,7 +74,10 @@ class CombinedModel(nn.Module):
         return p_g.clamp_min(torch.finfo(torch.float32).tiny).log()
 
 
-def q_fingerprint(combined: CombinedModel, x: torch.Tensor, dtype: str = "float32") -> str:
-    """The fingerprint of the q-cache of ``combined`` over inputs ``x`` (N, ...) stored as ``dtype``:
-    the one :func:`ensemble_kd.cache.ensure_cache` computes for it as a teacher."""
-    return cache_fingerprint(teachers_fingerprint([combined]), inputs_fingerprint(x), dtype, 0)
+def q_fingerprint(combined: CombinedModel, x: torch.Tensor, dtype: str = "float32",
+                  views: ViewConfig | None = None) -> str:
+    """The fingerprint of the q-cache of ``combined`` over inputs ``x`` (N, ...) (or their
+    ``views``) stored as ``dtype``: the one :func:`ensemble_kd.cache.ensure_cache` computes for it
+    as a teacher."""
+    return cache_fingerprint(teachers_fingerprint([combined]), inputs_fingerprint(x), dtype, 0,
+                             views)

@@ -11,6 +11,12 @@ distilled on it by :func:`ensemble_kd.distill.distill`:
 (the hard term where the transfer set has labels). The merged model runs at the generalist's
 inference cost.
 
+With ``MergeConfig.views`` (augmented views of the transfer set, :class:`ensemble_kd.ViewConfig`)
+q is computed on V cached views of every example, and the merged model and its control both train
+on those very views (the control's labels mixed alike where views mix examples): on the training
+images the generalist and its specialists may have learnt the labels by heart, so that q there
+says little beyond them, while on views they have not seen it carries what they know.
+
 The control: another copy of the generalist, trained for the same budget (epochs, steps, learning
 rate, batches: same seed, same transfer set) on the generalist's *own* objective without
 specialists, so that extra training alone is not counted as the specialists' gain:
@@ -23,7 +29,7 @@ specialists, so that extra training alone is not counted as the specialists' gai
 
 Folder layout (every file atomic; every step resumes, a finished one is loaded)::
 
-    out_dir/q_cache/   meta.json + logits.npy: log q over the transfer set (N, 1, C)
+    out_dir/q_cache/   meta.json + logits.npy: log q over the transfer set (N, 1, C), or its views
     out_dir/model/     the merged model: model.pt, checkpoint.pt, metrics.jsonl
     out_dir/control/   the control: model.pt, checkpoint.pt, metrics.jsonl (+ cache/)
 
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -51,6 +58,7 @@ from ensemble_kd.distill import DistillConfig, distill, train_baseline
 from ensemble_kd.io import FormatError
 from ensemble_kd.run import Run
 from ensemble_kd.train import TrainConfig
+from ensemble_kd.views import ViewConfig
 
 from .combined import CombinedModel, q_fingerprint
 from .subsets import validate_subsets
@@ -72,6 +80,9 @@ class MergeConfig:
     top_n: int | None = 1  # specialists whose subset holds one of the generalist's top n are active
     control: str = "self"  # the control's objective: "teachers", "self" or "labels" (module doc)
     cache_dtype: str = "float32"  # storage of log q in the q-cache: "float32" or "float16"
+    # augmented views of the transfer set on which q is computed (V cached views per example) and
+    # the merged model and its control train; None = the transfer set as it is (module doc)
+    views: ViewConfig | None = None
 
     def validate(self) -> MergeConfig:
         if not (math.isfinite(self.temperature) and self.temperature > 0):
@@ -84,7 +95,21 @@ class MergeConfig:
             raise ValueError(f"control must be one of {', '.join(CONTROLS)}, got {self.control!r}")
         if self.cache_dtype not in ("float32", "float16"):
             raise ValueError(f"cache_dtype must be float32 or float16, got {self.cache_dtype!r}")
+        if self.views is not None:
+            if not isinstance(self.views, ViewConfig):
+                raise ValueError(f"merge views must be a ViewConfig or None, got "
+                                 f"{type(self.views).__name__}")
+            self.views.validate()
+            if self.views.views is None:
+                raise ValueError("the merge caches q on its views: give the number of views V "
+                                 "(views=None, a fresh view every epoch, cannot be cached)")
         return self
+
+    def views_for(self, input_shape: tuple[int, ...]) -> ViewConfig | None:
+        """The views checked against the inputs' shape; None for none or plain views."""
+        if self.views is None:
+            return None
+        return None if self.views.validate(tuple(input_shape)).plain else self.views
 
 
 class MergeResult(NamedTuple):
@@ -119,6 +144,7 @@ def check_merge_inputs(generalist: nn.Module, specialists: Sequence[Specialist],
         raise ValueError("control 'teachers' needs the teachers the generalist was distilled from")
     if cfg.control == "labels" and transfer.y is None:
         raise ValueError("control 'labels' needs a labelled transfer set; use control 'self'")
+    cfg.views_for(tuple(transfer.x.shape[1:]))  # views that do not fit the inputs: one line
     with torch.no_grad():
         generalist.eval()
         dev = next(generalist.parameters()).device
@@ -226,25 +252,32 @@ def distill_specialists(
     say = say or (lambda _msg: None)
     folders = merge_folders(out_dir)
     combined = check_merge_inputs(generalist, specialists, transfer, cfg, control_teachers)
-    dcfg = DistillConfig(temperature=cfg.temperature, alpha=cfg.alpha, cache_dtype=cfg.cache_dtype)
+    views = cfg.views_for(tuple(transfer.x.shape[1:]))
+    dcfg = DistillConfig(temperature=cfg.temperature, alpha=cfg.alpha, cache_dtype=cfg.cache_dtype,
+                         views=views)
     ccfg = _control_objective(cfg, control_config) if cfg.control != "labels" else None
-    fp = q_fingerprint(combined, transfer.x, cfg.cache_dtype)
+    if ccfg is not None:
+        ccfg = dataclasses.replace(ccfg, views=views)  # the merged model's inputs
+    fp = q_fingerprint(combined, transfer.x, cfg.cache_dtype, views)
     model_run, control_run = Run(folders["model"]), Run(folders["control"])
     control_teachers = list(control_teachers) if cfg.control == "teachers" else [generalist]
     control_fp = teachers_fingerprint([generalist, *control_teachers]) + cfg.control
+    if views is not None:  # plain inputs keep the fingerprint of controls from before views
+        control_fp += json.dumps(views.as_dict(), sort_keys=True)
     merged = _check_finished(model_run, "q_fingerprint", fp, device)
     control = _check_finished(control_run, "control_fingerprint", control_fp, device)
     trained = model_run.finished() or model_run.checkpoint_path.exists()
     have_q = _q_cache_state(folders["q_cache"], fp, trained)
     common = {**(meta or {}), "top_n": cfg.top_n, "subsets": combined.subsets,
-              "train_config": dataclasses.asdict(train_config)}
+              "train_config": dataclasses.asdict(train_config),
+              "views": None if views is None else views.as_dict()}
 
     if merged is None:
         if not have_q:
             say(f"computing q, generalist + {len(specialists)} specialists combined, over "
                 f"{len(transfer)} transfer examples")
             write_cache([combined], transfer.x, folders["q_cache"], dtype=cfg.cache_dtype,
-                        device=device, fingerprint=fp).close()
+                        device=device, fingerprint=fp, views=views).close()
         say(f"distilling q into the generalist's architecture (T={cfg.temperature:g}, "
             f"alpha={cfg.alpha:g}, {train_config.epochs} epochs)")
         result = distill(copy.deepcopy(generalist), [combined], transfer, train_config, dcfg,
@@ -257,9 +290,9 @@ def distill_specialists(
         say(f"training the control: the generalist for the same budget on its own objective "
             f"({cfg.control}), without specialists")
         if cfg.control == "labels":
-            result = train_baseline(copy.deepcopy(generalist), transfer, train_config, val=val,
-                                    run_dir=folders["control"], device=device, progress=progress,
-                                    extra_state={"control": control_fp})
+            result = train_baseline(copy.deepcopy(generalist), transfer, train_config, views=views,
+                                    val=val, run_dir=folders["control"], device=device,
+                                    progress=progress, extra_state={"control": control_fp})
         else:
             result = distill(copy.deepcopy(generalist), control_teachers, transfer, train_config,
                              ccfg, val=val, run_dir=folders["control"], device=device,

@@ -16,6 +16,7 @@ from ensemble_kd.metrics import kl_divergence, paired_bootstrap
 from ensemble_kd.models import build_model, count_parameters
 from ensemble_kd.predict import predict_logits
 from ensemble_kd.train import TrainConfig, default_objective
+from ensemble_kd.views import ViewConfig, make_views
 from specialists import (
     CombinedModel,
     MergeConfig,
@@ -241,3 +242,71 @@ def test_a_share_of_a_gain_indistinguishable_from_zero_is_flagged(low, warned):
            "merged_gain": _gain(-0.01, 0.02), "gain_kept": _gain(-5.0, 9.0, est=13.0), "n": 1000,
            "top_n": 1}
     assert ("ratio of noise" in format_merge_report(rep)) is warned
+
+
+NOISY = ViewConfig(noise=0.5, mixup=0.4, views=2, seed=3)  # views of the synthetic vectors
+
+
+def test_on_views_q_is_the_combination_of_each_regenerated_view_and_the_control_sees_them_too(
+        setup, tmp_path, monkeypatch):
+    seen = []
+    real_train = distill_module.train
+
+    def spy(model, batches, config, **kw):
+        objective = kw.get("objective", default_objective)
+        record = []
+        seen.append(record)
+
+        def watched(logits, batch):
+            record.append((batch.x.clone(), batch.idx.clone(), batch.view.clone()))
+            return objective(logits, batch)
+
+        return real_train(model, batches, config, **{**kw, "objective": watched})
+
+    monkeypatch.setattr(distill_module, "train", spy)
+    transfer = setup["transfer"]
+    res = distill_specialists(setup["gen"], setup["specs"], transfer, FAST,
+                              MergeConfig(control="labels", views=NOISY), tmp_path)
+    merged, ctrl = seen
+    assert len(merged) == len(ctrl) > 0
+    for (xm, im, vm), (xc, ic, vc) in zip(merged, ctrl, strict=True):
+        assert torch.equal(xm, xc) and torch.equal(im, ic) and torch.equal(vm, vc)
+        # views, not the transfer rows, and each one regenerated from its key
+        assert not torch.allclose(xm, transfer.x[im])
+        assert torch.equal(xm, make_views(transfer.x, im, vm, NOISY)[0])
+    # the q-cache holds log q of every view: the combination run on the regenerated view
+    idx, view = torch.tensor([0, 7, 7, 123]), torch.tensor([0, 0, 1, 1])
+    with open_cache(tmp_path / "q_cache", res.q_fingerprint) as cache:
+        assert cache.n_views == 2
+        cached = torch.softmax(cache.batch(cache.rows(idx, view))[0], -1)
+    direct = torch.softmax(predict_logits(res.combined, make_views(transfer.x, idx, view, NOISY)[0]),
+                           -1)
+    torch.testing.assert_close(cached, direct, rtol=1e-5, atol=1e-6)
+
+
+def test_a_plain_merge_is_not_taken_for_one_on_views(setup, tmp_path):
+    gen, specs, transfer = setup["gen"], setup["specs"], setup["transfer"]
+    one = TrainConfig(epochs=1, batch_size=64)
+    plain = distill_specialists(gen, specs, transfer, one, MergeConfig(control="labels"), tmp_path)
+    before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    with pytest.raises(ValueError, match="trained from other models or data"):
+        distill_specialists(gen, specs, transfer, one, MergeConfig(control="labels", views=NOISY),
+                            tmp_path)
+    assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
+    # plain views are the plain merge: same q fingerprint, loaded
+    again = distill_specialists(gen, specs, transfer, one,
+                                MergeConfig(control="labels", views=ViewConfig()), tmp_path)
+    assert again.q_fingerprint == plain.q_fingerprint
+
+
+@pytest.mark.parametrize(("views", "match"), [
+    (ViewConfig(shift=1, views=2), "image"),  # shifts need images; the transfer set is vectors
+    (ViewConfig(noise=0.1, views=None), "number of views"),
+    (ViewConfig(mixup=-1.0, views=2), "mixup"),
+])
+def test_views_that_do_not_fit_are_one_line_and_write_nothing(setup, tmp_path, views, match):
+    with pytest.raises(ValueError, match=match) as err:
+        distill_specialists(**_bad(setup, config=MergeConfig(views=views)),
+                            out_dir=tmp_path / "out")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()

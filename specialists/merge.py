@@ -274,8 +274,9 @@ def distill_specialists(
 
     if merged is None:
         if not have_q:
+            on = "" if views is None else f"{views.views} views of each of "
             say(f"computing q, generalist + {len(specialists)} specialists combined, over "
-                f"{len(transfer)} transfer examples")
+                f"{on}{len(transfer)} transfer examples")
             write_cache([combined], transfer.x, folders["q_cache"], dtype=cfg.cache_dtype,
                         device=device, fingerprint=fp, views=views).close()
         say(f"distilling q into the generalist's architecture (T={cfg.temperature:g}, "

@@ -460,3 +460,30 @@ def test_summary_says_why_e1_has_no_headline_and_gives_the_other_rows():
     assert rows[0][3] == ("n/a: no mlp teacher clearly beat the student (margin -0.22 points); "
                           "cnn row 17.3% [-2%, 34%]")
     assert rows[0][-1] == "n/a"
+
+
+def test_e6_on_views_caches_q_per_view_and_records_the_recipe(tiny_run, tmp_path, monkeypatch):
+    """E6 with a view recipe (in a copy of the tiny run without its E6): q is cached for V views
+    of every transfer image, the result and the report say which inputs both models saw."""
+    import shutil
+
+    from paper import runner
+
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_run[0], out)
+    shutil.rmtree(out / "e6")
+    views = dataclasses.replace(TINY, e6_view_recipe="shift1", e6_views=2)
+    monkeypatch.setitem(runner.PRESETS, "tiny", views)
+    data = main(["--preset", "tiny", "--out", str(out), "--device", "cpu", "--only", "E6"],
+                log=io.StringIO())
+    e6 = data["experiments"]["E6"]
+    assert (e6["view_recipe"], e6["views"]) == ("shift1", 2)
+    merged = [g for g in e6["generalists"] if "q_fingerprint" in g]
+    assert merged
+    for g in merged:
+        meta = json.loads((out / "e6" / f"generalist_{g['generalist']}" / "q_cache" /
+                           "meta.json").read_text())
+        assert meta["views"]["shift"] == 1 and meta["views"]["views"] == 2
+    assert g["q_fingerprint"] != tiny_run[1]["experiments"]["E6"]["generalists"][
+        g["generalist"]]["q_fingerprint"]
+    assert "2 cached views shift1 per image" in (out / "report" / "report.md").read_text()

@@ -3,10 +3,11 @@
 Paper: none; Hinton, Vinyals & Dean leave open how to put what the specialists know back into one
 model. Here, for each E5 generalist that has specialists (E5's generalists are the MLP members,
 trained on hard labels): the exact combined distribution q of the generalist and its specialists
-over the transfer set (the training set) is cached and distilled into one model of the generalist's
-architecture, starting from the generalist's weights (``specialists.distill_specialists``, T and
-alpha from the preset, the hard labels weighted 1 - alpha). The control is the generalist trained
-on for the same budget (epochs, lr, seed, batches) on hard labels alone, its own objective
+over the transfer set (the training set), or over V views of it (``e6_view_recipe``), is cached
+and distilled into one model of the generalist's architecture, starting from the generalist's
+weights (``specialists.distill_specialists``, T and alpha from the preset, the hard labels
+weighted 1 - alpha). The control is the generalist trained
+on for the same budget (epochs, lr, seed, batches, views) on hard labels alone, its own objective
 (``MergeConfig(control="labels")``), so that extra training is not counted as the specialists' gain.
 
 Headline: the share of the specialists' gain over the control that the merged model keeps,
@@ -33,6 +34,7 @@ from specialists.merge_report import SYSTEMS, merge_probs
 
 from .common import Context, curve, late_change, share_of_gap
 from .members import PREFIX, mlp_members
+from .presets import views
 
 EXP = "E6"
 
@@ -70,7 +72,7 @@ def run(ctx: Context) -> dict:
     teachers = mlp_members(ctx)
     transfer = make_transfer_set(s)
     config = MergeConfig(temperature=p.e6_temperature, alpha=p.e6_alpha, top_n=1,
-                         control="labels")
+                         control="labels", views=views(p.e6_view_recipe, p.e6_views, seed=0))
     entries, correct = [], []  # correct: per merged generalist, (4, N) bools in SYSTEMS order
     for e5_run in runs:
         g = e5_run["generalist"]
@@ -136,6 +138,8 @@ def _result(ctx: Context, entries: list[dict], correct: list[np.ndarray]) -> dic
     out = {"epochs": p.e6_epochs, "lr": p.e6_lr, "temperature": p.e6_temperature,
            "alpha": p.e6_alpha, "control": "labels", "top_n": 1, "generalists": entries,
            "generalist_views": p.members_views,  # the generalists' training inputs
+           "view_recipe": p.e6_view_recipe,  # q's inputs, and the merged model's and control's
+           "views": None if p.e6_view_recipe == "plain" else p.e6_views,
            "headline_gain_kept": None, "gain_kept_ci": None, "pooled": None, "note": None}
     if not correct:
         why = "; ".join(f"generalist {e['generalist']}: {e['note']}" for e in entries)

@@ -410,10 +410,14 @@ def _e6(r: dict) -> list:
                      pct(r["headline_gain_kept"], 0)])
     control = E6_CONTROLS.get(r.get("control", "self"), E6_CONTROLS["self"])
     lr = f", lr {r['lr']:g}" if "lr" in r else ""
+    recipe = r.get("view_recipe", "plain")
+    inputs = ("transfer set" if recipe == "plain" else
+              f"transfer set's views ({r['views']} cached views {recipe} per image, the very "
+              "views the control trains on)")
     out = [
         ("h2", "E6. Specialists distilled back into one model"),
         ("p", f"The exact combined distribution of each generalist and its specialists over the "
-              f"transfer set, distilled into one model of the generalist's architecture, from "
+              f"{inputs}, distilled into one model of the generalist's architecture, from "
               f"the generalist's weights ({r['epochs']} epochs{lr}, T = {r['temperature']:g}, "
               f"alpha = {r['alpha']:g}). Control: the generalist trained on for the same budget "
               f"{control}, without specialists. Gain kept = (merged - control) / (generalist + "

@@ -123,3 +123,34 @@ def test_bad_merge_options_are_refused(spec_run, capsys):
         _refused(capsys, ["distill-specialists", "--run", str(spec_run["run"]), "--generalist",
                           str(spec_run["generalist"]), *MERGE, flag, value], match)
     assert _snapshot(spec_run["run"]) == before
+
+
+def test_merge_views_are_opt_in_and_recorded(spec_run, capsys, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(spec_run["run"], run)
+    assert main(["distill-specialists", "--run", str(run), "--generalist",
+                 str(spec_run["generalist"]), *MERGE, "--view-noise", "0.3",
+                 "--merge-views", "2"]) == 0
+    summary = json.loads((run / "merged" / "summary.json").read_text())
+    assert summary["settings"]["views"]["views"] == 2
+    assert summary["settings"]["views"]["noise"] == pytest.approx(0.3)
+    meta = json.loads((run / "merged" / "q_cache" / "meta.json").read_text())
+    assert meta["views"] == summary["settings"]["views"]  # q cached for each of the 2 views
+    assert "2 cached views of every transfer example (noise 0.3)" in (
+        run / "merged" / "summary.md").read_text()
+    # the default: the transfer set as it is, whatever views were given
+    plain = tmp_path / "plain"
+    shutil.copytree(spec_run["run"], plain)
+    assert main(["distill-specialists", "--run", str(plain), "--generalist",
+                 str(spec_run["generalist"]), *MERGE, "--view-noise", "0.3"]) == 0
+    assert json.loads((plain / "merged" / "summary.json").read_text())["settings"]["views"] is None
+
+
+def test_merge_views_without_augmentation_are_refused(spec_run, capsys):
+    before = _snapshot(spec_run["run"])
+    for extra, match in ((["--merge-views", "3"], "needs augmented views"),
+                         (["--merge-views", "0"], "merge_views must be >= 1"),
+                         (["--merge-views", "2", "--view-shift", "1"], "image")):
+        _refused(capsys, ["distill-specialists", "--run", str(spec_run["run"]), "--generalist",
+                          str(spec_run["generalist"]), *MERGE, *extra], match)
+    assert _snapshot(spec_run["run"]) == before

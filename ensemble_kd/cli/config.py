@@ -146,18 +146,18 @@ class RunConfig:
     cache_dtype: str = _f("float32", "teacher cache storage: float32 or float16", "distill")
     cache_topk: int = _f(0, "keep only each example's k largest teacher logits (0 = dense)", "distill")
     # ---- views: augmented inputs seen alike by teachers, the student and the fair baseline ----
-    view_shift: int = _f(0, "views: random shifts up to this many pixels (images)", "distill")
+    view_shift: int = _f(0, "views: random shifts up to this many pixels (images)", "views")
     view_crop_padding: int = _f(0, "views: random crops of the image padded by this many pixels",
-                                "distill")
+                                "views")
     view_flip: bool = _f(False, "views: random horizontal flips (opt-in; wrong for digits and text)",
-                         "distill")
-    view_mixup: float = _f(0.0, "views: mixup with weights from Beta(a, a); 0 = off", "distill")
+                         "views")
+    view_mixup: float = _f(0.0, "views: mixup with weights from Beta(a, a); 0 = off", "views")
     view_cutmix: float = _f(0.0, "views: cutmix with kept areas from Beta(a, a); 0 = off (images)",
-                            "distill")
+                            "views")
     view_noise: float = _f(0.0, "views: Gaussian input noise of this standard deviation; 0 = off",
-                           "distill")
+                           "views")
     views: int = _f(1, "views per example in the teacher cache (each epoch draws one per example); "
-                    "0 = a fresh view every epoch (needs --online)", "distill")
+                    "0 = a fresh view every epoch (needs --online)", "views")
     # ---- specialists ----
     specialists: bool = _f(True, "train specialists on the generalist's confusable classes (run)",
                            "specialists")
@@ -201,6 +201,10 @@ class RunConfig:
         "self (the generalist's own frozen outputs at the merge's T and alpha, plus labels); "
         "default: teachers for a distilled student with its teachers in the run, labels for a "
         "teacher, else self", "merge")
+    merge_views: int = _f(
+        1, "V > 1: q is computed on V cached views of every transfer example, drawn with the view "
+        "settings (--view-shift, --view-mixup, ...: the run's, or given here), and the merged "
+        "model and its control both train on those views; 1: the transfer set as it is", "merge")
     # ---- runtime ----
     device: str = _f("auto", "auto, cpu or cuda", "runtime")
     quiet: bool = _f(False, "no progress bars or stage messages", "runtime")
@@ -335,7 +339,7 @@ CNN_RECIPE = {"teacher_epochs": 15, "teacher_batch_size": 128, "teacher_optimize
               "teacher_lr": 2e-3, "teacher_weight_decay": 0.0, "teacher_jitter": 2,
               "teacher_dropout": 0.3}
 
-GROUPS = ("data", "transfer", "teachers", "arch", "student", "train", "distill", "specialists",
+GROUPS = ("data", "transfer", "teachers", "arch", "student", "train", "distill", "views", "specialists",
           "runtime")
 # Fields holding names of architectures or data sets: several words (--teacher-arch a:f b:g) are
 # stored joined by spaces, so a record of one name keeps its old form.

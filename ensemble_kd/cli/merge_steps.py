@@ -25,6 +25,7 @@ from ..distill import DistillConfig
 from ..ensemble import data_meta, find_teachers, load_teachers
 from ..io import atomic_write_json, atomic_write_text, read_json
 from ..train import TrainConfig
+from ..views import ViewConfig
 from .config import RunConfig
 from .context import Ctx, load_data, transfer_of
 from .inputs import check_model_data
@@ -105,6 +106,31 @@ def _control(ctx: Ctx, splits, run: Path, gen_meta: dict, labelled: bool):
     return kind, [], None
 
 
+def _merge_views(cfg: RunConfig) -> ViewConfig | None:
+    """The merge's views: ``--merge-views`` V of the view settings, or None (the plain inputs)."""
+    if cfg.merge_views < 1:
+        raise ValueError(f"merge_views must be >= 1, got {cfg.merge_views}")
+    if cfg.merge_views == 1:
+        return None
+    v = dataclasses.replace(cfg.view_config() or ViewConfig(), views=cfg.merge_views,
+                            seed=cfg.seed)
+    if not v.augments:
+        raise ValueError(f"--merge-views {cfg.merge_views} needs augmented views, and neither the "
+                         "run nor this command sets any: add --view-shift, --view-mixup, "
+                         "--view-noise, ...")
+    return v
+
+
+def _views_text(views: ViewConfig | None) -> str:
+    if views is None:
+        return " of the transfer set as it is"
+    on = ", ".join(f"{k} {v:g}" if not isinstance(v, bool) else k
+                   for k, v in views.as_dict().items()
+                   if k not in ("views", "seed") and v)
+    return (f", on {views.views} cached views of every transfer example ({on}), q computed on "
+            "each")
+
+
 def _settings(cfg: RunConfig, gen_meta: dict) -> tuple[TrainConfig, float, float]:
     """The merge's budget (the control's too), temperature and alpha, unset options decided."""
     own = gen_meta.get("role") == "student" and gen_meta.get("temperature") is not None
@@ -139,7 +165,9 @@ def cmd_distill_specialists(ctx: Ctx, run: Path, args: argparse.Namespace) -> in
     transfer = transfer_of(cfg, splits)
     tcfg, t, a = _settings(cfg, gen_meta)
     kind, teachers, control_cfg = _control(ctx, splits, run, gen_meta, transfer.y is not None)
-    mcfg = MergeConfig(temperature=t, alpha=a, top_n=cfg.top_n, control=kind).validate()
+    views = _merge_views(cfg)
+    mcfg = MergeConfig(temperature=t, alpha=a, top_n=cfg.top_n, control=kind,
+                       views=views).validate()
     check_merge_inputs(generalist, specs, transfer, mcfg, teachers)
     # everything checked: only now is the output folder touched
     prepare_out(ctx.out, cfg, "distill-specialists", resume=args.resume, overwrite=args.overwrite)
@@ -157,6 +185,7 @@ def cmd_distill_specialists(ctx: Ctx, run: Path, args: argparse.Namespace) -> in
                     "temperature": control_cfg.temperature, "alpha": control_cfg.alpha},
                 "train_config": dataclasses.asdict(tcfg), "top_n": cfg.top_n,
                 "transfer_examples": len(transfer), "labelled_transfer": transfer.y is not None,
+                "views": None if views is None else views.as_dict(),
                 "q_fingerprint": result.q_fingerprint}
     table = format_merge_report(report)
     atomic_write_json(ctx.out / "summary.json", {
@@ -165,7 +194,8 @@ def cmd_distill_specialists(ctx: Ctx, run: Path, args: argparse.Namespace) -> in
     atomic_write_text(ctx.out / "summary.md", f"# Specialists distilled into one model: {run} "
                       f"({splits.name}, test set)\n\n{table}\nControl: {kind}; merged: T = {t:g}, "
                       f"alpha = {a:g}; both {tcfg.epochs} epochs at lr {tcfg.lr:g}, batch "
-                      f"{tcfg.batch_size}, from the generalist's weights, on the same batches.\n")
+                      f"{tcfg.batch_size}, from the generalist's weights, on the same batches"
+                      f"{_views_text(views)}.\n")
     print(table)
     ctx.say(f"done: {ctx.out / 'summary.md'}")
     return 0

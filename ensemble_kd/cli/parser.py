@@ -31,7 +31,7 @@ COMMANDS = {
     ),
     "distill": (
         "distil saved teachers into a student (and train a hard-label baseline)",
-        ("data", "transfer", "arch", "student", "train", "distill", "runtime"),
+        ("data", "transfer", "arch", "student", "train", "distill", "views", "runtime"),
     ),
     "evaluate": ("compare the models of a run on the test set", ("data", "specialists", "runtime")),
     "confusion-report": (
@@ -49,7 +49,7 @@ COMMANDS = {
     "distill-specialists": (
         "distil a run's generalist + specialists back into one model, against a control trained "
         "for the same budget without specialists",
-        ("merge", "runtime"),
+        ("merge", "views", "runtime"),
     ),
     "predict": (
         "write a model's or an ensemble's predictions on a split as an .npz",

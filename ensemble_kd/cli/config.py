@@ -201,10 +201,11 @@ class RunConfig:
         "self (the generalist's own frozen outputs at the merge's T and alpha, plus labels); "
         "default: teachers for a distilled student with its teachers in the run, labels for a "
         "teacher, else self", "merge")
-    merge_views: int = _f(
-        1, "V > 1: q is computed on V cached views of every transfer example, drawn with the view "
+    merge_views: int | None = _f(
+        None, "V > 1: q is computed on V cached views of every transfer example, drawn with the view "
         "settings (--view-shift, --view-mixup, ...: the run's, or given here), and the merged "
-        "model and its control both train on those views; 1: the transfer set as it is", "merge")
+        "model and its control both train on those views; 1 (default): the transfer set as it is",
+        "merge")
     # ---- runtime ----
     device: str = _f("auto", "auto, cpu or cuda", "runtime")
     quiet: bool = _f(False, "no progress bars or stage messages", "runtime")

@@ -108,14 +108,14 @@ def _control(ctx: Ctx, splits, run: Path, gen_meta: dict, labelled: bool):
 
 def _merge_views(cfg: RunConfig) -> ViewConfig | None:
     """The merge's views: ``--merge-views`` V of the view settings, or None (the plain inputs)."""
-    if cfg.merge_views < 1:
-        raise ValueError(f"merge_views must be >= 1, got {cfg.merge_views}")
-    if cfg.merge_views == 1:
+    n = 1 if cfg.merge_views is None else cfg.merge_views
+    if n < 1:
+        raise ValueError(f"merge_views must be >= 1, got {n}")
+    if n == 1:
         return None
-    v = dataclasses.replace(cfg.view_config() or ViewConfig(), views=cfg.merge_views,
-                            seed=cfg.seed)
+    v = dataclasses.replace(cfg.view_config() or ViewConfig(), views=n, seed=cfg.seed)
     if not v.augments:
-        raise ValueError(f"--merge-views {cfg.merge_views} needs augmented views, and neither the "
+        raise ValueError(f"--merge-views {n} needs augmented views, and neither the "
                          "run nor this command sets any: add --view-shift, --view-mixup, "
                          "--view-noise, ...")
     return v

@@ -37,7 +37,8 @@ ADDED_OPTIONS = {"image_size": None, "transfer_data": None, "view_shift": 0, "vi
 OMITTED_WHEN_UNSET = frozenset({"teacher_kwargs", "student_kwargs", "teacher_batch_size",
                                 "teacher_optimizer", "teacher_lr", "teacher_weight_decay",
                                 "merge_epochs", "merge_lr", "merge_batch_size",
-                                "merge_temperature", "merge_alpha", "merge_control"})
+                                "merge_temperature", "merge_alpha", "merge_control",
+                                "merge_views"})
 
 
 def run_record(command: str, cfg: RunConfig) -> dict:

@@ -277,6 +277,22 @@ E5_PILOT_NOTE = (
     "and 5,564 at 10 epochs, of 5,642 for the generalists alone)."
 )
 
+E6_PILOT_NOTE = (
+    "E6 pilots (2026-12-01): q computed on views of the training images instead of the images "
+    "themselves (which the generalists and specialists were trained on, so that q there may say "
+    "little beyond the labels), the merged model and a hard-label control trained on the same "
+    "10 cached views per image, E6's budget (10 epochs, lr 3e-4, T 2; `python "
+    "scripts/reproduce_pilots.py e6views --members G --view V --views 10 --epochs 10 --lr 3e-4 "
+    "--temperature 2 --alpha A`), share of the specialists' gain over the control kept, "
+    "validation / test: generalist 0 alone, 1-px shifts and mixup 0.2, alpha 0.9: 12% / 63%; "
+    "alpha 1: -6% / 41%; 1-px shifts, alpha 0.9: 27% / 26%; generalists 0-2 pooled, 1-px "
+    "shifts, alpha 0.9: 0% / 24% (validation: generalist 16,338 correct of 18,000, control "
+    "16,280, with specialists 16,372, merged 16,280; test 27,090, 27,035, 27,154 and 27,063 of "
+    "30,000). Pooled, both the control and the merged model on views end below the generalist "
+    "on validation and test; nothing chosen on validation keeps a share worth the "
+    "change, so E6 stays on the plain images (`e6_view_recipe`)."
+)
+
 E3_STUDENT_NOTE = (
     "E3 students' dropout, pilot (2026-11-30, the first design's 10 MLP members, seed 11, T = 2, alpha "
     "0.5, 30 epochs, through ensemble_kd.distill): without dropout the student reached 90.90% "
@@ -308,7 +324,7 @@ E4_PILOT_NOTE = (
 )
 
 FULL = Preset(name="full", notes=(PILOT_NOTE, E3_PILOT_NOTE, E3_STUDENT_NOTE, E4_PILOT_NOTE,
-                                  E5_PILOT_NOTE))
+                                  E5_PILOT_NOTE, E6_PILOT_NOTE))
 
 QUICK = Preset(
     name="quick",

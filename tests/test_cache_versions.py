@@ -80,7 +80,9 @@ def test_a_0_1_0_cache_is_read_as_it_is(old_run):
     fp = cache_fingerprint(teachers_fingerprint(teachers), inputs_fingerprint(x), "float32", 0)
     with open_cache(CACHE, fp) as cache:  # fingerprints are stable across versions too
         assert cache.shape == tuple(logits.shape)
-        assert torch.equal(cache.all(), logits)
+        # the teachers run again here agree with what 0.1.0 stored up to float rounding (another
+        # CPU's kernels may round differently; the stored values are read, not recomputed)
+        torch.testing.assert_close(cache.all(), logits, rtol=1e-5, atol=1e-5)
 
 
 def test_ensure_cache_reuses_a_0_1_0_cache(old_run, tmp_path, caplog):
@@ -91,7 +93,9 @@ def test_ensure_cache_reuses_a_0_1_0_cache(old_run, tmp_path, caplog):
         cache = ensure_cache(teachers, x, folder)
     assert caplog.text == ""  # not rebuilt
     assert (folder / "logits.npy").read_bytes() == before
-    assert torch.equal(cache.all(), logits)
+    stored = torch.from_numpy(np.load(CACHE / "logits.npy")).permute(1, 0, 2)  # (K, N, C)
+    assert torch.equal(cache.all(), stored)  # 0.1.0's own values, example-major on disk
+    torch.testing.assert_close(cache.all(), logits, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(

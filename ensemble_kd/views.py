@@ -65,6 +65,11 @@ class ViewConfig:
         """Whether views mix two examples (mixup or cutmix), so labels are mixed too."""
         return self.mixup > 0 or self.cutmix > 0
 
+    def settings_text(self) -> str:
+        """The settings that are on, e.g. ``"shift=1, mixup=0.2, views=8"`` (seed left out)."""
+        return ", ".join(f"{k}={v}" for k, v in self.as_dict().items()
+                         if v not in (0, 0.0, False, None) and k != "seed")
+
     @property
     def plain(self) -> bool:
         """One view without augmentation: the transfer set itself (today's cache and batches)."""

@@ -136,7 +136,7 @@ def test_merge_views_are_opt_in_and_recorded(spec_run, capsys, tmp_path):
     assert summary["settings"]["views"]["noise"] == pytest.approx(0.3)
     meta = json.loads((run / "merged" / "q_cache" / "meta.json").read_text())
     assert meta["views"] == summary["settings"]["views"]  # q cached for each of the 2 views
-    assert "2 cached views of every transfer example (noise 0.3)" in (
+    assert "cached views of every transfer example (noise=0.3, views=2)" in (
         run / "merged" / "summary.md").read_text()
     # the default: the transfer set as it is, whatever views were given
     plain = tmp_path / "plain"

@@ -124,11 +124,7 @@ def _merge_views(cfg: RunConfig) -> ViewConfig | None:
 def _views_text(views: ViewConfig | None) -> str:
     if views is None:
         return " of the transfer set as it is"
-    on = ", ".join(f"{k} {v:g}" if not isinstance(v, bool) else k
-                   for k, v in views.as_dict().items()
-                   if k not in ("views", "seed") and v)
-    return (f", on {views.views} cached views of every transfer example ({on}), q computed on "
-            "each")
+    return f", on cached views of every transfer example ({views.settings_text()}), q on each"
 
 
 def _settings(cfg: RunConfig, gen_meta: dict) -> tuple[TrainConfig, float, float]:

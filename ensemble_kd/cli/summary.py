@@ -64,9 +64,7 @@ def comparison(ctx: Ctx, splits: Splits, teachers, baseline, student,
                 extra["kl_to_ensemble"] = kl_divergence(ens_probs, probs)
     if baseline is not None and student is not None:
         v = ctx.cfg.view_config()
-        seen = "the transfer set as it is" if v is None else "views " + ", ".join(
-            f"{k}={val}" for k, val in v.as_dict().items() if val not in (0, 0.0, False, None)
-            and k != "seed")
+        seen = "the transfer set as it is" if v is None else "views " + v.settings_text()
         if ctx.cfg.student_jitter:
             seen += f", shifted up to {ctx.cfg.student_jitter} px"
         extra["inputs_seen"] = (f"baseline and distilled student: same initial weights, "

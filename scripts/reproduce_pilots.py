@@ -24,7 +24,6 @@ the members of ``members --save DIR`` (for ``e3student --members-dir DIR``).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import tempfile
 import time
@@ -326,11 +325,12 @@ def e6views(args, splits) -> dict:
     (``--run``), generalist + specialists (top-n = 1, as E6) are run on ``--views`` cached views
     (``--view``) of the training set, and a copy of the generalist is distilled on that q (T
     ``--temperature``, alpha ``--alpha``, ``--epochs`` at ``--lr``, seed g); the control is the
-    generalist trained on hard labels on the very same views and budget (``train_baseline``).
+    generalist trained on hard labels on the very same views and budget
+    (``specialists.distill_specialists`` with ``MergeConfig(views=..., control="labels")``).
     Pooled validation and test accuracy of generalist, control, combined and merged, and the
     share of the specialists' gain over the control that the merged model keeps. ``--save DIR``
     keeps the models and view caches (resumes)."""
-    from specialists import CombinedModel, load_specialists
+    from specialists import MergeConfig, distill_specialists, load_specialists
 
     run = Path(args.run)
     generalists = _saved_members(str(run / "members"))
@@ -339,7 +339,8 @@ def e6views(args, splits) -> dict:
     if not folders:
         raise SystemExit(f"{run / 'e5'}: no generalist_g folders there")
     views = ViewConfig(**_view_settings(args.view), views=args.views, seed=0)
-    cfg = DistillConfig(temperature=args.temperature, alpha=args.alpha, views=views)
+    cfg = MergeConfig(temperature=args.temperature, alpha=args.alpha, top_n=1, control="labels",
+                      views=views)
     ts = make_transfer_set(splits)
     correct: dict[str, dict[str, int]] = {"val": {}, "test": {}}
     t = time.process_time()
@@ -348,14 +349,9 @@ def e6views(args, splits) -> dict:
         for f in folders:
             g = int(f.name.split("_")[1])
             gen = generalists[g]
-            sps = load_specialists(f)
-            combined = CombinedModel(gen, [sp.model for sp in sps], [sp.subset for sp in sps],
-                                     top_n=1).eval()
             tc = TrainConfig(epochs=args.epochs, batch_size=FULL.batch_size, lr=args.lr, seed=g)
-            merged = distill(copy.deepcopy(gen), [combined], ts, tc, cfg, run_dir=root / f.name / "model",
-                             cache_dir=root / f.name / "q_views", progress=False).model
-            control = train_baseline(copy.deepcopy(gen), ts, tc, views=views,
-                                     run_dir=root / f.name / "control", progress=False).model
+            merged, control, combined, _ = distill_specialists(gen, load_specialists(f), ts, tc,
+                                                               cfg, root / f.name)
             systems = {"generalist": gen, "control": control, "combined": combined,
                        "merged": merged}
             for name, x, y in (("val", splits.x_val, splits.y_val),

@@ -7,7 +7,7 @@
     python scripts/reproduce_pilots.py e3student --arch cnn --widths 16 32 --dropout 0.2 \
         --epochs 16 --lr 2e-3 --temperature 2 --alpha 0.5
     python scripts/reproduce_pilots.py e3student ... [--init-member 0] [--control] [--save DIR]
-    python scripts/reproduce_pilots.py e5topn | e5weight --run runs/paper_v2
+    python scripts/reproduce_pilots.py e5topn | e5weight | e5coverage --run runs/paper_v2
     python scripts/reproduce_pilots.py e5recipe --run runs/paper_v2 --epochs 15 --lr 1e-3 \\
         --shift 1 --alpha 0 --save runs/pilots/e5_shift1
     python scripts/reproduce_pilots.py e6views --run runs/paper_v2 --members 3 --view shift=1 \\
@@ -371,6 +371,101 @@ def e6views(args, splits) -> dict:
     return out
 
 
+def _fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """The temperature T > 0 minimising the NLL of ``targets`` under softmax(logits / T):
+    a convex problem in 1/T, solved by Brent's method on log T in [-3, 3]."""
+    from scipy.optimize import minimize_scalar
+
+    z, t = logits.double(), targets.long()
+
+    def nll(log_t: float) -> float:
+        return float(torch.nn.functional.cross_entropy(z / float(torch.tensor(log_t).exp()), t))
+
+    return float(torch.tensor(minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded",
+                                              options={"xatol": 1e-6}).x).exp())
+
+
+def e5coverage(args, splits) -> dict:
+    """Where E5's gain goes, for ``--run``'s saved generalists and specialists (top-n = 1):
+    per number of specialists covering the true class and per class, the generalist's and the
+    combined correct counts on validation and test, and precision and recall per class. Two
+    variants: the specialists as trained ("paper"), and each specialist's (corrected) logits
+    divided by a temperature fitted on the validation split's NLL ("calibrated": a
+    specialist sure of itself counts for less). Pooled over the generalists; inference only."""
+    from ensemble_kd.predict import predict_logits
+    from specialists import (
+        active_specialists,
+        combine_predictions,
+        fit_vector_scaling,
+        load_specialists,
+        specialist_targets,
+    )
+
+    def scaled(z: torch.Tensor, fit: tuple) -> torch.Tensor:
+        return z * fit[0] + torch.as_tensor(fit[1], dtype=z.dtype)
+
+    run = Path(args.run)
+    folders = sorted((run / "e5").glob("generalist_*"), key=lambda f: int(f.name.split("_")[1]))
+    if not folders:
+        raise SystemExit(f"{run / 'e5'}: no generalist_g folders there")
+    generalists = _saved_members(str(run / "members"))
+    c = splits.n_classes
+    stats: dict = {}
+    temps = []
+    for f in folders:
+        gen = generalists[int(f.name.split("_")[1])]
+        sps = load_specialists(f)
+        subsets = [sp.subset for sp in sps]
+        logits = {name: [predict_logits(sp.model, x) for sp in sps]
+                  for name, x in (("val", splits.x_val), ("test", splits.x_test))}
+        t_m = [_fit_temperature(z, specialist_targets(splits.y_val, sp.subset))
+               for z, sp in zip(logits["val"], sps, strict=True)]
+        temps.append([round(t, 3) for t in t_m])
+        # vector scaling, cross-fitted on validation (each half scored with the other half's
+        # fit), the test set with the fit on all of validation
+        n_val = len(splits.y_val)
+        halves = torch.arange(n_val) % 2 == 0
+        vs = {"test": [], "val": []}
+        for z_val, z_test, sp in zip(logits["val"], logits["test"], sps, strict=True):
+            tg = specialist_targets(splits.y_val, sp.subset)
+            vs["test"].append(scaled(z_test, fit_vector_scaling(z_val, tg)))
+            out = torch.empty_like(z_val)
+            for h in (halves, ~halves):
+                out[h] = scaled(z_val[h], fit_vector_scaling(z_val[~h], tg[~h]))
+            vs["val"].append(out)
+        for name, x, y in (("val", splits.x_val, splits.y_val), ("test", splits.x_test,
+                                                                 splits.y_test)):
+            p_g = predict_probs(gen, x)
+            active = active_specialists(p_g, subsets, 1)  # (N, M)
+            cover = torch.zeros(len(y), dtype=torch.long)
+            for s in subsets:
+                cover += torch.isin(y, torch.tensor(s)).long()
+            variants = {"generalist": p_g}
+            for key, scale in (("paper", [1.0] * len(sps)), ("calibrated", t_m)):
+                p_ms = [torch.softmax(z / t, -1) for z, t in zip(logits[name], scale,
+                                                                     strict=True)]
+                variants[key] = combine_predictions(p_g, p_ms, subsets, top_n=1)
+            variants["vector_scaled"] = combine_predictions(
+                p_g, [torch.softmax(z, -1) for z in vs[name]], subsets, top_n=1)
+            st = stats.setdefault(name, {})
+            for key, q in variants.items():
+                pred = q.argmax(1)
+                ok = pred == y
+                row = st.setdefault(key, {"correct": 0, "by_coverage": {}, "recall": [0] * c,
+                                          "predicted": [0] * c})
+                row["correct"] += int(ok.sum())
+                for k in cover.unique().tolist():
+                    row["by_coverage"][str(k)] = row["by_coverage"].get(str(k), 0) + int(
+                        ok[cover == k].sum())
+                for k in range(c):
+                    row["recall"][k] += int(ok[y == k].sum())
+                    row["predicted"][k] += int((pred == k).sum())
+            st["active_per_example"] = st.get("active_per_example", 0) + float(
+                active.sum(1).float().mean())
+    return {"pilot": "e5coverage", "run": args.run, "generalists": len(folders),
+            "temperatures": temps, **stats}
+
+
 def timing(args, splits) -> dict:
     out = {"pilot": "timing", "unit": "CPU seconds per epoch, 54,000 images, batch 128"}
     for name, widths in (("mlp512", [512]), ("mlp2x512", [512, 512]), ("mlp2x800", [800, 800]),
@@ -385,7 +480,8 @@ def timing(args, splits) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("pilot", choices=["timing", "members", "teacher", "e4", "e3student",
-                                          "disagreement", "e5topn", "e5weight", "e5recipe", "e6views"])
+                                          "disagreement", "e5topn", "e5weight", "e5recipe", "e6views",
+                                          "e5coverage"])
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="dropout")
     ap.add_argument("--members", type=int, default=4)
     ap.add_argument("--widths", type=int, nargs="+", default=[512, 512])
@@ -435,7 +531,8 @@ def main() -> None:
         args.epochs = FULL.e4_epochs if args.pilot == "e4" else 8
     pilots = {"timing": timing, "members": members, "teacher": teacher, "e4": e4,
               "e3student": e3student, "disagreement": disagreement, "e5topn": e5topn,
-              "e5weight": e5weight, "e5recipe": e5recipe, "e6views": e6views}
+              "e5weight": e5weight, "e5recipe": e5recipe, "e6views": e6views,
+              "e5coverage": e5coverage}
     out = pilots[args.pilot](args, splits)
     out["wall_seconds"] = round(time.perf_counter() - t, 1)
     line = json.dumps(out)

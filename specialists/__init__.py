@@ -18,7 +18,7 @@ Builds on :mod:`ensemble_kd` (never the other way round). Modules, one job each:
 """
 
 from .affinity import class_affinity, confusion_affinity, covariance_affinity, prediction_covariance
-from .calibration import dustbin_log_correction, fit_dustbin_correction
+from .calibration import dustbin_log_correction, fit_dustbin_correction, fit_vector_scaling
 from .clustering import ClassClusterer, cluster_classes, select_subsets
 from .combine import active_specialists, combination_objective, combine_predictions
 from .combined import CombinedModel, q_fingerprint
@@ -44,18 +44,26 @@ from .specialist import (
     train_specialists,
 )
 from .subsets import fold_logits, fold_probs, specialist_targets, validate_subsets
-from .training import Specialist, SpecialistConfig, build_specialist, train_specialist
+from .training import (
+    Specialist,
+    SpecialistConfig,
+    build_specialist,
+    calibrate_specialist,
+    train_specialist,
+)
 
 __all__ = [
     "ClassClusterer", "CombinedModel", "ConfusionAnalysis", "MergeConfig", "MergeResult",
     "PlantedConfusion", "SignalCheck", "Specialist", "SpecialistConfig", "distill_specialists",
     "evaluate_merge", "format_merge_report", "q_fingerprint",
-    "active_specialists", "analyse", "analyse_counts", "build_specialist", "check_signal",
+    "active_specialists", "analyse", "analyse_counts", "build_specialist", "calibrate_specialist",
+    "check_signal",
     "choose_subsets",
     "expected_confusion", "subsets_for_generalist",
     "class_affinity", "cluster_classes", "combination_objective",
     "combine_predictions", "confusion_affinity", "confusion_matrix", "covariance_affinity",
-    "dustbin_log_correction", "evaluate_specialists", "fit_dustbin_correction", "fold_logits",
+    "dustbin_log_correction", "evaluate_specialists", "fit_dustbin_correction", "fit_vector_scaling",
+    "fold_logits",
     "fold_probs", "format_coverage_table", "load_specialist", "load_specialists",
     "planted_confusion",
     "prediction_covariance", "save_specialist", "select_subsets", "specialist_probs",

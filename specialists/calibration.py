@@ -12,6 +12,13 @@ single number added to the dustbin logit:
   the natural posterior whatever the input mix, so the learned prior is a blend of the two and
   has no closed form; the bias is fitted instead on held-out data in its natural proportions by
   minimising the specialist's negative log-likelihood over that one number (a convex problem).
+
+And one that goes further, for any alpha: :func:`fit_vector_scaling` fits a temperature and one
+bias per output on the natural held-out data (Guo et al. 2017's vector scaling with one shared
+scale). It corrects the prior of every output, not just the dustbin's, and a specialist's
+overconfidence after training on hard labels; with both, the combination of overlapping
+specialists no longer counts one specialist's bias twice (E5_PILOT_NOTE in
+``scripts/paper/presets.py``).
 """
 
 from __future__ import annotations
@@ -108,3 +115,53 @@ def fit_dustbin_correction(logits: torch.Tensor | np.ndarray,
     if hi - lo < 1e-12:  # every example has the same margin: the root is exact
         return float(lo)
     return float(brentq(slope, lo, hi, xtol=1e-12, rtol=4 * np.finfo(float).eps))
+
+
+def fit_vector_scaling(logits: torch.Tensor | np.ndarray,
+                       targets: torch.Tensor | np.ndarray) -> tuple[float, np.ndarray]:
+    """A scale a > 0 and biases b (K,) that minimise the NLL of ``targets`` under
+    ``softmax(a * logits + b)``: the temperature T = 1 / a and a bias per output.
+
+    The NLL is convex in (a, b) (a multinomial logistic regression on the fixed logits), so
+    L-BFGS in float64 from a = 1, b = 0 finds the minimiser; at it, the mean predicted
+    probability of every output equals its share of ``targets`` (the bias's stationarity
+    condition), so the fitted outputs are calibrated in the large on the calibration data. b is
+    returned with the subset's biases (all but the last) averaging 0, so ``b[-1]`` is the
+    dustbin's shift against them.
+
+    Args:
+        logits: (N, K) a specialist's logits on data in natural proportions, dustbin last.
+        targets: (N,) labels in the specialist's space (dustbin = K - 1).
+
+    Returns:
+        (a, b): the scale (1 / temperature) and the (K,) biases, as float64.
+
+    Raises:
+        ValueError: bad shapes, targets that are all dustbin or all inside the subset, or logits
+            that carry no signal on this data (the best scale is not positive).
+    """
+    _dustbin_margin(logits, targets)  # the same checks as the dustbin-only fit
+    z = torch.as_tensor(np.asarray(logits.detach().cpu() if isinstance(logits, torch.Tensor)
+                                   else logits, dtype=np.float64))
+    t = torch.as_tensor(np.asarray(targets.detach().cpu() if isinstance(targets, torch.Tensor)
+                                   else targets)).long()
+    z = z - z.mean(1, keepdim=True)  # a softmax ignores a shift per row; better conditioned
+    a = torch.ones((), dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([a, b], lr=1.0, max_iter=500, tolerance_grad=1e-12,
+                            tolerance_change=1e-15, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(a * z + b, t)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    scale = float(a.detach())
+    if not scale > 0.0:
+        raise ValueError("the specialist's logits carry no signal on the calibration data "
+                         f"(best scale {scale:.3g} <= 0): nothing to calibrate with")
+    bias = b.detach().numpy().copy()
+    bias -= bias[:-1].mean()
+    return scale, bias

@@ -33,9 +33,11 @@ from ensemble_kd.train import TrainConfig
 
 from .subsets import validate_subsets
 from .training import (
+    VECTOR,
     Specialist,
     SpecialistConfig,
     build_specialist,
+    calibrate_specialist,
     train_specialist,
 )
 
@@ -44,6 +46,7 @@ __all__ = [
     "Specialist",
     "SpecialistConfig",
     "build_specialist",
+    "calibrate_specialist",
     "load_specialist",
     "load_specialists",
     "save_specialist",
@@ -73,6 +76,7 @@ def save_specialist(
         "subset": [int(c) for c in specialist.subset],
         "dustbin_correction": float(specialist.dustbin_correction),
         "dustbin_calibration": specialist.calibration,
+        "calibration_temperature": float(specialist.temperature),
         "history": specialist.history,
     }
     save_model(path, specialist.model, full)
@@ -114,7 +118,11 @@ def load_specialist(
         )
     # Files written before the calibration was recorded used a (wrong) closed form.
     how = str(meta.get("dustbin_calibration", "unrecorded"))
-    return Specialist(model, list(subset), float(c), list(meta.get("history", [])), meta, how)
+    t = meta.get("calibration_temperature", 1.0)  # absent before vector scaling existed
+    if isinstance(t, bool) or not isinstance(t, numbers.Real) or not (math.isfinite(t) and t > 0):
+        raise FormatError(f"{path}: not a specialist (calibration_temperature is {t!r})")
+    return Specialist(model, list(subset), float(c), list(meta.get("history", [])), meta, how,
+                      float(t))
 
 
 def specialist_dir(out_dir: str | os.PathLike, m: int) -> Path:
@@ -136,7 +144,9 @@ def train_specialists(
     """Train one specialist per subset, each independently in ``out_dir/specialist_<m>/``.
 
     Resumable: a specialist whose ``model.pt`` exists is loaded (after checking that it belongs to
-    this subset, data and generalist), an interrupted one continues from its checkpoint.
+    this subset, data and generalist), an interrupted one continues from its checkpoint. A loaded
+    one saved under another calibration than ``spec_config.calibration = "vector"`` asks for is
+    calibrated now and saved again (the same weights below the head).
 
     Args:
         generalist: the trained generalist.
@@ -190,6 +200,12 @@ def train_specialists(
         if run.finished():
             sp = load_specialist(path, device)
             _check_resumed(path, sp, subset, base["data_fingerprint"], gen_fp)
+            if cfg.calibration == "vector" and sp.calibration != VECTOR:
+                # trained under another calibration: vector scaling refits every bias, so what
+                # the head held before does not matter; the file is replaced atomically
+                sp = calibrate_specialist(sp, splits.x_val, splits.y_val, device=device)
+                sp.meta = {**sp.meta, "specialist_config": dataclasses.asdict(cfg)}
+                save_specialist(path, sp)
             result.append(sp)
             continue
         sp = train_specialist(

@@ -7,8 +7,9 @@ given, then one *dustbin* class for every other class. It is trained by the shar
 the generalist's soft targets folded into ``S`` + dustbin guarding it against overfitting. Because
 the mix shifts the class prior, a correction is added to the dustbin bias after training
 (:mod:`specialists.calibration`): the closed-form prior shift for hard labels (``alpha = 0``), a
-bias fitted on the natural validation split otherwise. The returned model's logits are calibrated
-for data in its natural proportions.
+bias fitted on the natural validation split otherwise; or, with ``calibration="vector"``, a
+temperature and a bias per output fitted on that split (:func:`calibrate_specialist`). The
+returned model's logits are calibrated for data in its natural proportions.
 
 Saving, loading and the folder of several specialists are :mod:`specialists.specialist`'s job.
 """
@@ -33,15 +34,17 @@ from ensemble_kd.models import replace_head
 from ensemble_kd.predict import predict_logits, resolve_device
 from ensemble_kd.train import Objective, TrainConfig, train
 
-from .calibration import dustbin_log_correction, fit_dustbin_correction
+from .calibration import dustbin_log_correction, fit_dustbin_correction, fit_vector_scaling
 from .subsets import fold_logits, specialist_targets, validate_subsets
 
 __all__ = [
     "FITTED",
     "PRIOR_SHIFT",
+    "VECTOR",
     "Specialist",
     "SpecialistConfig",
     "build_specialist",
+    "calibrate_specialist",
     "mean_head_input",
     "specialist_objective",
     "train_specialist",
@@ -49,6 +52,8 @@ __all__ = [
 
 PRIOR_SHIFT = "prior_shift"  # closed-form dustbin correction (alpha = 0)
 FITTED = "fitted_on_validation"  # dustbin bias fitted on the natural validation split
+VECTOR = "vector_scaling_on_validation"  # temperature + a bias per output, fitted there
+CALIBRATIONS = ("auto", "vector")  # SpecialistConfig.calibration
 
 
 @dataclass
@@ -67,6 +72,10 @@ class SpecialistConfig:
     anchor_dustbin: bool = (
         True  # start the dustbin logit as the tangent at the mean training feature
     )
+    # after training: "auto" = the dustbin bias alone, by the closed-form prior shift (alpha = 0)
+    # or fitted on the validation split (alpha > 0); "vector" = a temperature and a bias per
+    # output fitted on the validation split (needs examples of the subset and of the rest there)
+    calibration: str = "auto"
 
     def validate(self) -> SpecialistConfig:
         if not 0.0 < self.share < 1.0:
@@ -77,6 +86,9 @@ class SpecialistConfig:
             raise ValueError(f"temperature must be finite and > 0, got {self.temperature}")
         if self.jitter < 0:
             raise ValueError(f"jitter must be >= 0 pixels, got {self.jitter}")
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration is {self.calibration!r}, expected one of "
+                             f"{', '.join(CALIBRATIONS)}")
         return self
 
 
@@ -92,8 +104,11 @@ class Specialist:
             for hard labels, or the bias fitted on the validation split (``calibration``).
         history: the shared loop's per-epoch metrics (validation in the specialist's label space).
         meta: what was saved beside the weights (data fingerprint, class names, ...).
-        calibration: how ``dustbin_correction`` was found: ``"prior_shift"`` or
-            ``"fitted_on_validation"``.
+        calibration: how ``dustbin_correction`` was found: ``"prior_shift"``,
+            ``"fitted_on_validation"`` or ``"vector_scaling_on_validation"`` (then the logits
+            were also divided by ``temperature``).
+        temperature: the temperature the head's weights and biases were divided by (1.0 unless
+            ``calibration`` is vector scaling).
     """
 
     model: nn.Module
@@ -102,6 +117,7 @@ class Specialist:
     history: list[dict] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
     calibration: str = PRIOR_SHIFT
+    temperature: float = 1.0
 
 
 def _check_subset(subset: Sequence[int], n_classes: int) -> list[int]:
@@ -314,8 +330,8 @@ def train_specialist(
     if not mask.any():
         raise ValueError(f"subset {subset} has no examples in the training data")
     val_targets = specialist_targets(splits.y_val, subset) if len(splits.y_val) else None
-    if cfg.alpha > 0:
-        _check_calibration_split(val_targets, subset)
+    if cfg.alpha > 0 or cfg.calibration == "vector":
+        _check_calibration_split(val_targets, subset, cfg)
     batches = MixedBatches(
         splits.x_train,
         y,
@@ -377,18 +393,65 @@ def train_specialist(
         how = FITTED
     with torch.no_grad():
         model.head.bias[-1] += correction
-    return Specialist(model.eval(), subset, correction, result.history, calibration=how)
+    sp = Specialist(model.eval(), subset, correction, result.history, calibration=how)
+    if cfg.calibration == "vector":
+        sp = calibrate_specialist(sp, splits.x_val, splits.y_val, device=dev)
+    return sp
 
 
-def _check_calibration_split(val_targets: torch.Tensor | None, subset: list[int]) -> None:
-    """With alpha > 0 the dustbin bias is fitted on the validation split: it needs both kinds."""
+def calibrate_specialist(specialist: Specialist, x_val: torch.Tensor, y_val: torch.Tensor, *,
+                         device: str | torch.device = "cpu") -> Specialist:
+    """The specialist with a temperature and a bias per output fitted on natural held-out data
+    (:func:`specialists.calibration.fit_vector_scaling`) and folded into its head.
+
+    The fit is invariant to what the head's biases held before (a prior shift, an earlier
+    calibration), so calibrating twice gives the same outputs as once (up to the optimiser's
+    tolerance).
+
+    Args:
+        specialist: a trained specialist (its model is not changed; a calibrated copy is made).
+        x_val: (N, *input_shape) held-out inputs in their natural class proportions.
+        y_val: (N,) their labels in the full problem.
+        device: where to run the model.
+
+    Returns:
+        A new :class:`Specialist`: ``calibration`` ``"vector_scaling_on_validation"``,
+        ``temperature`` the fitted T, ``dustbin_correction`` the dustbin's fitted bias against
+        the subset's (nats, after the division by T).
+
+    Raises:
+        ValueError: no held-out example of the subset or none outside it, or logits without
+            signal there.
+    """
+    subset = list(specialist.subset)
+    targets = specialist_targets(y_val, subset)
+    _check_calibration_split(targets, subset, SpecialistConfig(calibration="vector"))
+    logits = predict_logits(specialist.model, x_val, device=resolve_device(device))
+    scale, bias = fit_vector_scaling(logits, targets)
+    model = copy.deepcopy(specialist.model).eval()
+    head = _head(model)
+    with torch.no_grad():
+        head.weight.mul_(scale)
+        head.bias.mul_(scale).add_(torch.as_tensor(bias, dtype=head.bias.dtype,
+                                                   device=head.bias.device))
+    return dataclasses.replace(specialist, model=model, dustbin_correction=float(bias[-1]),
+                               calibration=VECTOR, temperature=1.0 / scale)
+
+
+def _check_calibration_split(val_targets: torch.Tensor | None, subset: list[int],
+                             cfg: SpecialistConfig) -> None:
+    """A calibration fitted on the validation split (alpha > 0, or vector scaling) needs both
+    kinds of example there."""
+    what = ("the calibration (vector scaling) is" if cfg.calibration == "vector"
+            else "the dustbin correction (alpha > 0) is")
+    fix = ("calibration 'auto'" if cfg.calibration == "vector" else "alpha = 0")
     if val_targets is None or not (val_targets < len(subset)).any():
         raise ValueError(
-            f"the validation split has no example of subset {subset}: the dustbin correction "
-            "(alpha > 0) is fitted on it; use a larger validation split or alpha = 0"
+            f"the validation split has no example of subset {subset}: {what} "
+            f"fitted on it; use a larger validation split or {fix}"
         )
     if not (val_targets == len(subset)).any():
         raise ValueError(
-            f"the validation split has no example outside subset {subset}: the dustbin "
-            "correction (alpha > 0) is fitted on it; use a larger validation split or alpha = 0"
+            f"the validation split has no example outside subset {subset}: {what} "
+            f"fitted on it; use a larger validation split or {fix}"
         )

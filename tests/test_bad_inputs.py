@@ -226,6 +226,9 @@ CLI_CASES = {
                          r"no trained teachers"),
     "generalist-other-data": (lambda w: _specialists(w, "--data-seed", "2"),
                               r"model was trained on other data"),
+    "specialist-calibration-unknown": (
+        lambda w: _specialists(w, "--specialist-calibration", "vectors"),
+        r"specialist_calibration must be one of auto, vector, got 'vectors'"),
     # distillation settings
     "temperature-zero": (lambda w: _distill(w, "--temperature", "0"),
                          r"temperature must be finite and > 0, got 0"),

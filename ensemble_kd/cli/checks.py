@@ -67,8 +67,13 @@ def _check_specialist_options(cfg: RunConfig, splits: Splits) -> None:
     """The options of the specialist steps (confusion clustering, subsets, training)."""
     from specialists.clustering import METHODS
 
+    from specialists.training import CALIBRATIONS
+
     c = splits.n_classes
     cfg.train_config(cfg.specialist_epochs)
+    if cfg.specialist_calibration not in (None, *CALIBRATIONS):
+        raise ValueError(f"specialist_calibration must be one of {', '.join(CALIBRATIONS)}, "
+                         f"got {cfg.specialist_calibration!r}")
     specialist_config(cfg).validate()
     if c < 3:
         raise ValueError(f"specialists need at least 3 classes, {splits.name!r} has {c}")

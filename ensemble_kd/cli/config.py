@@ -179,6 +179,11 @@ class RunConfig:
                                  "back towards it)", "specialists")
     specialist_temperature: float = _f(2.0, "temperature of the specialists' soft targets",
                                        "specialists")
+    specialist_calibration: str | None = _f(
+        None, "after training: auto (default; the dustbin's bias alone: the closed-form prior "
+        "shift, or fitted on the validation split when --specialist-alpha > 0) or vector (a "
+        "temperature and a bias per output fitted on the validation split; helps overlapping "
+        "specialists)", "specialists")
     top_n: int = _f(1, "a specialist is active when its subset holds one of the generalist's top n",
                     "specialists")
     # ---- merge: specialists distilled back into one model (distill-specialists) ----

@@ -38,7 +38,7 @@ OMITTED_WHEN_UNSET = frozenset({"teacher_kwargs", "student_kwargs", "teacher_bat
                                 "teacher_optimizer", "teacher_lr", "teacher_weight_decay",
                                 "merge_epochs", "merge_lr", "merge_batch_size",
                                 "merge_temperature", "merge_alpha", "merge_control",
-                                "merge_views"})
+                                "merge_views", "specialist_calibration"})
 
 
 def run_record(command: str, cfg: RunConfig) -> dict:

@@ -71,7 +71,8 @@ def specialist_config(cfg: RunConfig):
     from specialists.specialist import SpecialistConfig
 
     return SpecialistConfig(share=cfg.specialist_share, alpha=cfg.specialist_alpha,
-                            temperature=cfg.specialist_temperature)
+                            temperature=cfg.specialist_temperature,
+                            calibration=cfg.specialist_calibration or "auto")
 
 
 def step_specialists(ctx: Ctx, splits: Splits, generalist, subsets, folder: Path):

@@ -15,6 +15,7 @@ interval over test examples.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ensemble_kd import predict_probs
 from ensemble_kd.metrics import paired_bootstrap_ci
@@ -69,7 +70,7 @@ def run(ctx: Context) -> dict:
         sps = train_specialists(
             gen, subsets, s,
             ctx.train_config(p.e5_epochs, g, lr=p.e5_lr, early_stopping=p.e5_early_stopping),
-            SpecialistConfig(alpha=p.e5_alpha, jitter=p.e5_shift),
+            SpecialistConfig(alpha=p.e5_alpha, jitter=p.e5_shift, calibration=p.e5_calibration),
             folder, device=ctx.device,
         )
         for m in range(len(subsets)):
@@ -82,8 +83,11 @@ def run(ctx: Context) -> dict:
         res = evaluate_specialists(p_g, p_ms, subsets, s.y_test, top_n=1,
                                    combine=lambda *_, done=combined, **__: done)
         entry.update(res)
+        entry["by_class"] = _by_class(p_g.argmax(1), combined.argmax(1), s.y_test,
+                                      s.class_names)
+        cover = sum(np.isin(s.y_test.numpy(), sub) for sub in subsets)  # (N,) covering the truth
         correct.append(((p_g.argmax(1) == s.y_test).numpy(),
-                        (combined.argmax(1) == s.y_test).numpy()))
+                        (combined.argmax(1) == s.y_test).numpy(), cover))
         runs.append(entry)
         ctx.say(f"{EXP} generalist {g + 1}: test accuracy {100 * res['generalist_acc']:.2f}% -> "
                 f"{100 * res['combined_acc']:.2f}% with the specialists")
@@ -91,22 +95,34 @@ def run(ctx: Context) -> dict:
     scored = [r for r in runs if "relative_gain" in r]
     out = {"runs": runs, "epochs": p.e5_epochs, "lr": p.e5_lr, "overlap": p.e5_overlap,
            "max_subset_size": p.e5_max_subset_size, "alpha": p.e5_alpha,
-           "early_stopping": p.e5_early_stopping, "shift": p.e5_shift, "top_n": 1}
+           "early_stopping": p.e5_early_stopping, "shift": p.e5_shift,
+           "calibration": p.e5_calibration, "top_n": 1}
     for key in ("generalist_acc", "combined_acc", "relative_gain", "relative_error_reduction",
                 "generalist_conditional_acc", "combined_conditional_acc"):
         out[key] = summary([r[key] for r in scored if r[key] is not None])
     out["by_coverage"] = _pooled_coverage(scored)
+    out["by_class"] = _pooled_by_class(scored)
     out["headline_relative_gain"] = out["relative_gain"]["mean"]
     out["gain_by_coverage"] = {str(r["covering"]): r["relative_change"]
                                for r in out["by_coverage"] if r["covering"] in (1, 2)}
     out["pooled_relative_error_reduction"] = None
     out["relative_error_reduction_ci"] = None
+    out["gain_by_coverage_ci"] = None
     if correct:
-        g_ok = np.stack([g for g, _ in correct])  # (G, N)
-        c_ok = np.stack([c for _, c in correct])
+        g_ok = np.stack([g for g, _, _ in correct])  # (G, N)
+        c_ok = np.stack([c for _, c, _ in correct])
+        cov = np.stack([k for _, _, k in correct])  # (G, N) specialists covering the true class
         ci = paired_bootstrap_ci(_error_reduction, [g_ok, c_ok], n_boot=p.n_boot)
         out["pooled_relative_error_reduction"] = ci.estimate
         out["relative_error_reduction_ci"] = ci.as_list()
+        # does the gain shrink from one covering specialist to two? intervals over test examples
+        by = {}
+        for key, fn in (("1", lambda g, c, k: _coverage_change(g, c, k, 1)),
+                        ("2", lambda g, c, k: _coverage_change(g, c, k, 2)),
+                        ("2_minus_1", _coverage_difference)):
+            b = paired_bootstrap_ci(fn, [g_ok, c_ok, cov], n_boot=p.n_boot)
+            by[key] = {"estimate": b.estimate, "ci": b.as_list()}
+        out["gain_by_coverage_ci"] = by
     out["headline_relative_error_reduction"] = out["pooled_relative_error_reduction"]
     rg, re_ = out["relative_gain"], out["relative_error_reduction"]
     ctx.say(f"{EXP}: done; relative gain in test accuracy {_pct(rg['mean'])}, relative error "
@@ -120,8 +136,53 @@ def _error_reduction(gen_ok: np.ndarray, comb_ok: np.ndarray) -> float | None:
     return None if errors == 0 else float(1 - (~comb_ok).sum() / errors)
 
 
+def _coverage_change(gen_ok: np.ndarray, comb_ok: np.ndarray, cover: np.ndarray,
+                     k: int) -> float | None:
+    """Relative change in correct answers on the examples whose true class k specialists cover,
+    all generalists pooled: (combined correct - generalist correct) / generalist correct."""
+    sel = cover == k
+    base = gen_ok[sel].sum()
+    return None if base == 0 else float((comb_ok[sel].sum() - base) / base)
+
+
+def _coverage_difference(gen_ok: np.ndarray, comb_ok: np.ndarray,
+                         cover: np.ndarray) -> float | None:
+    """The relative change at coverage 2 minus that at coverage 1 (< 0: the gain shrinks)."""
+    one, two = (_coverage_change(gen_ok, comb_ok, cover, k) for k in (1, 2))
+    return None if one is None or two is None else two - one
+
+
 def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def _by_class(gen_pred: torch.Tensor, comb_pred: torch.Tensor, y: torch.Tensor,
+              names) -> list[dict]:
+    """Per class: test examples, correct (recall's numerator) and predicted counts of the
+    generalist and of the combination; a class can gain recall and lose predictions at once."""
+    rows = []
+    for c, name in enumerate(names):
+        is_c = y == c
+        rows.append({"class": c, "name": name, "n": int(is_c.sum()),
+                     "generalist_correct": int((gen_pred[is_c] == c).sum()),
+                     "combined_correct": int((comb_pred[is_c] == c).sum()),
+                     "generalist_predicted": int((gen_pred == c).sum()),
+                     "combined_predicted": int((comb_pred == c).sum())})
+    return rows
+
+
+def _pooled_by_class(runs: list[dict]) -> list[dict]:
+    """The per-class rows of every generalist, summed class by class."""
+    keys = ("n", "generalist_correct", "combined_correct", "generalist_predicted",
+            "combined_predicted")
+    pooled: dict[int, dict] = {}
+    for r in runs:
+        for row in r["by_class"]:
+            acc = pooled.setdefault(row["class"], {"class": row["class"], "name": row["name"],
+                                                   **{k: 0 for k in keys}})
+            for k in keys:
+                acc[k] += row[k]
+    return [pooled[c] for c in sorted(pooled)]
 
 
 def _pooled_coverage(runs: list[dict]) -> list[dict]:

@@ -171,6 +171,9 @@ class Preset:
     e5_alpha: float = 0.0  # weight of the generalist's folded soft targets (0: hard labels)
     e5_early_stopping: int = 0  # patience on the validation NLL; 0 = the whole budget
     e5_shift: int = 1  # random input shifts (px) of the specialists' training batches
+    # after training, a temperature and a bias per output fitted on the validation split
+    # ("vector"; "auto": the closed-form dustbin shift alone; E5_PILOT_NOTE, e5coverage)
+    e5_calibration: str = "vector"
 
     # E6: E5's generalists + specialists distilled back into one model of the generalist's
     # architecture (specialists.distill_specialists), from the generalist's weights; the control
@@ -274,7 +277,20 @@ E5_PILOT_NOTE = (
     "1.38% / 1.16% (E5 until then), 20 epochs 2.68% / 2.14%, 20 epochs with 1-px shifts 2.78% / "
     "2.86%. The specialists' validation accuracy was still rising at epoch 10; E5 now trains them "
     "20 epochs with 1-px shifts (chosen on validation: 5,485 errors against 5,491 without shifts "
-    "and 5,564 at 10 epochs, of 5,642 for the generalists alone)."
+    "and 5,564 at 10 epochs, of 5,642 for the generalists alone). Why the doubly covered classes "
+    "lose (2026-12-01, E5's ten generalists with those specialists, `python "
+    "scripts/reproduce_pilots.py e5coverage`; changes in correct counts against the generalists, "
+    "validation / test): the loss is Shirt's alone, the class in both tops subsets. The "
+    "combination predicts Shirt 165 / 194 times less often, which lifts its precision but costs "
+    "it 86 / 40 correct answers (recall), while Coat, Pullover and T-shirt gain; doubly covered "
+    "examples -78 / -79, once covered +177 / +273, all +127 / +238. Each specialist's own bias "
+    "enters the combination once per specialist that covers the class. Calibrated on the "
+    "validation split with a temperature alone (T 1.15 to 1.27: the specialists are "
+    "overconfident), all +124 / +253, doubly covered -72 / -55; with a temperature and a bias per "
+    "output (vector scaling; the validation figures cross-fitted on its two halves), all +128 / "
+    "+260, doubly covered -54 / -8, Shirt's recall -44 / +26. Chosen on validation (the same "
+    "total, a smaller loss on the doubly covered classes; the test figures came from the same "
+    "command): E5's specialists are calibrated by vector scaling (`e5_calibration`)."
 )
 
 E6_PILOT_NOTE = (

@@ -348,7 +348,10 @@ def _e5(r: dict) -> list:
                  f"{r['overlap']} most-confused outside class added to each; specialists start "
                  f"from the generalist, {r['epochs']} epoch(s) (one epoch = one pass over the "
                  f"subset's examples, half of each batch from the subset), lr {r['lr']:g}"
-                 + (f", inputs shifted by up to {r['shift']} px" if r.get("shift") else "") + "; "
+                 + (f", inputs shifted by up to {r['shift']} px" if r.get("shift") else "")
+                 + ("; calibrated afterwards by a temperature and a bias per output fitted on "
+                    "the validation split (vector scaling)" if r.get("calibration") == "vector"
+                    else "") + "; "
                  "combination by the exact KL minimiser, top-n = 1.")]
     sub_rows = []
     for run in r["runs"]:
@@ -383,6 +386,30 @@ def _e5(r: dict) -> list:
     out.append(("table", ["# covering", "ours: test cases", "ours: change in correct",
                           "ours: relative", "paper: test cases", "paper: change",
                           "paper: relative"], cov))
+    by_ci = r.get("gain_by_coverage_ci")
+    if by_ci:
+        d = by_ci["2_minus_1"]
+        out.append(("p", "95% intervals (paired bootstrap over test examples): relative change "
+                         f"with one covering specialist {pct(by_ci['1']['estimate'])} "
+                         f"{ci_text(by_ci['1']['ci'], 2)}, with two "
+                         f"{pct(by_ci['2']['estimate'])} {ci_text(by_ci['2']['ci'], 2)}; two "
+                         f"minus one {pct(d['estimate'])} {ci_text(d['ci'], 2)} (below 0: the "
+                         "gain shrinks with coverage)."))
+    if r.get("by_class"):  # which classes the coverage rows hold, and where their change goes
+        cls = [[row["name"], f"{row['n']:,}",
+                f"{row['combined_correct'] - row['generalist_correct']:+,}",
+                f"{row['combined_predicted'] - row['generalist_predicted']:+,}",
+                pct(row["generalist_correct"] / row["generalist_predicted"]
+                    if row["generalist_predicted"] else None),
+                pct(row["combined_correct"] / row["combined_predicted"]
+                    if row["combined_predicted"] else None)]
+               for row in r["by_class"]]
+        out.append(("p", "By true class (all generalists pooled): the change in correct answers "
+                         "(recall), in how often the class is predicted, and its precision "
+                         "before and after:"))
+        out.append(("table", ["class", "test cases", "change in correct",
+                              "change in predictions", "precision: generalist",
+                              "precision: + specialists"], cls))
     return out
 
 

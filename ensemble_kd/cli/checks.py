@@ -66,7 +66,6 @@ def check_options(cfg: RunConfig, splits: Splits, command: str, n_teachers: int 
 def _check_specialist_options(cfg: RunConfig, splits: Splits) -> None:
     """The options of the specialist steps (confusion clustering, subsets, training)."""
     from specialists.clustering import METHODS
-
     from specialists.training import CALIBRATIONS
 
     c = splits.n_classes

@@ -388,10 +388,13 @@ def _fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
 def e5coverage(args, splits) -> dict:
     """Where E5's gain goes, for ``--run``'s saved generalists and specialists (top-n = 1):
     per number of specialists covering the true class and per class, the generalist's and the
-    combined correct counts on validation and test, and precision and recall per class. Two
-    variants: the specialists as trained ("paper"), and each specialist's (corrected) logits
+    combined correct counts on validation and test, and precision and recall per class. Three
+    variants: the specialists as trained ("paper"); each specialist's (corrected) logits
     divided by a temperature fitted on the validation split's NLL ("calibrated": a
-    specialist sure of itself counts for less). Pooled over the generalists; inference only."""
+    specialist sure of itself counts for less); a temperature and a bias per output fitted
+    there ("vector_scaled", ``specialists.fit_vector_scaling``; validation scored cross-fitted
+    on its two halves). Pooled over the generalists (``active_per_example``: their mean);
+    inference only."""
     from ensemble_kd.predict import predict_logits
     from specialists import (
         active_specialists,
@@ -461,7 +464,7 @@ def e5coverage(args, splits) -> dict:
                     row["recall"][k] += int(ok[y == k].sum())
                     row["predicted"][k] += int((pred == k).sum())
             st["active_per_example"] = st.get("active_per_example", 0) + float(
-                active.sum(1).float().mean())
+                active.sum(1).float().mean()) / len(folders)
     return {"pilot": "e5coverage", "run": args.run, "generalists": len(folders),
             "temperatures": temps, **stats}
 

@@ -59,8 +59,8 @@ def dustbin_log_correction(natural_dustbin_share: float, training_dustbin_share:
     return math.log(nat_out / train_out) + math.log((1.0 - train_out) / (1.0 - nat_out))
 
 
-def _dustbin_margin(logits: object, targets: object) -> tuple[np.ndarray, np.ndarray]:
-    """Check inputs; return u = dustbin logit - logsumexp(other logits) (N,) and is-dustbin (N,)."""
+def _checked(logits: object, targets: object) -> tuple[np.ndarray, np.ndarray]:
+    """Check a calibration set; return its logits (N, K) as float64 and its targets (N,)."""
     if isinstance(logits, torch.Tensor):
         logits = logits.detach().cpu().double().numpy()
     if isinstance(targets, torch.Tensor):
@@ -81,7 +81,13 @@ def _dustbin_margin(logits: object, targets: object) -> tuple[np.ndarray, np.nda
         raise ValueError("the calibration data hold no example outside the subset (dustbin)")
     if dust.all():
         raise ValueError("the calibration data hold no example of the subset's classes")
-    return z[:, -1] - logsumexp(z[:, :-1], axis=1), dust
+    return z, t
+
+
+def _dustbin_margin(logits: object, targets: object) -> tuple[np.ndarray, np.ndarray]:
+    """Check inputs; return u = dustbin logit - logsumexp(other logits) (N,) and is-dustbin (N,)."""
+    z, t = _checked(logits, targets)
+    return z[:, -1] - logsumexp(z[:, :-1], axis=1), t == z.shape[1] - 1
 
 
 def fit_dustbin_correction(logits: torch.Tensor | np.ndarray,
@@ -140,11 +146,8 @@ def fit_vector_scaling(logits: torch.Tensor | np.ndarray,
         ValueError: bad shapes, targets that are all dustbin or all inside the subset, or logits
             that carry no signal on this data (the best scale is not positive).
     """
-    _dustbin_margin(logits, targets)  # the same checks as the dustbin-only fit
-    z = torch.as_tensor(np.asarray(logits.detach().cpu() if isinstance(logits, torch.Tensor)
-                                   else logits, dtype=np.float64))
-    t = torch.as_tensor(np.asarray(targets.detach().cpu() if isinstance(targets, torch.Tensor)
-                                   else targets)).long()
+    z_np, t_np = _checked(logits, targets)  # the same checks as the dustbin-only fit
+    z, t = torch.from_numpy(z_np), torch.from_numpy(t_np).long()
     z = z - z.mean(1, keepdim=True)  # a softmax ignores a shift per row; better conditioned
     a = torch.ones((), dtype=torch.float64, requires_grad=True)
     b = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)

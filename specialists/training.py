@@ -331,7 +331,7 @@ def train_specialist(
         raise ValueError(f"subset {subset} has no examples in the training data")
     val_targets = specialist_targets(splits.y_val, subset) if len(splits.y_val) else None
     if cfg.alpha > 0 or cfg.calibration == "vector":
-        _check_calibration_split(val_targets, subset, cfg)
+        _check_calibration_split(val_targets, subset, vector=cfg.calibration == "vector")
     batches = MixedBatches(
         splits.x_train,
         y,
@@ -382,6 +382,9 @@ def train_specialist(
     for p in model.parameters():
         p.requires_grad_(True)
 
+    if cfg.calibration == "vector":  # every bias refitted: no dustbin shift first
+        return calibrate_specialist(Specialist(model.eval(), subset, 0.0, result.history),
+                                    splits.x_val, splits.y_val, device=dev)
     # The mix shows the dustbin less often than nature does: shift its prior back (DESIGN.md 3).
     if cfg.alpha == 0:
         natural = float((~mask).double().mean())
@@ -393,10 +396,7 @@ def train_specialist(
         how = FITTED
     with torch.no_grad():
         model.head.bias[-1] += correction
-    sp = Specialist(model.eval(), subset, correction, result.history, calibration=how)
-    if cfg.calibration == "vector":
-        sp = calibrate_specialist(sp, splits.x_val, splits.y_val, device=dev)
-    return sp
+    return Specialist(model.eval(), subset, correction, result.history, calibration=how)
 
 
 def calibrate_specialist(specialist: Specialist, x_val: torch.Tensor, y_val: torch.Tensor, *,
@@ -425,7 +425,7 @@ def calibrate_specialist(specialist: Specialist, x_val: torch.Tensor, y_val: tor
     """
     subset = list(specialist.subset)
     targets = specialist_targets(y_val, subset)
-    _check_calibration_split(targets, subset, SpecialistConfig(calibration="vector"))
+    _check_calibration_split(targets, subset, vector=True)
     logits = predict_logits(specialist.model, x_val, device=resolve_device(device))
     scale, bias = fit_vector_scaling(logits, targets)
     model = copy.deepcopy(specialist.model).eval()
@@ -438,13 +438,13 @@ def calibrate_specialist(specialist: Specialist, x_val: torch.Tensor, y_val: tor
                                calibration=VECTOR, temperature=1.0 / scale)
 
 
-def _check_calibration_split(val_targets: torch.Tensor | None, subset: list[int],
-                             cfg: SpecialistConfig) -> None:
-    """A calibration fitted on the validation split (alpha > 0, or vector scaling) needs both
-    kinds of example there."""
-    what = ("the calibration (vector scaling) is" if cfg.calibration == "vector"
+def _check_calibration_split(val_targets: torch.Tensor | None, subset: list[int], *,
+                             vector: bool) -> None:
+    """A calibration fitted on the validation split (alpha > 0, or vector scaling when
+    ``vector``) needs both kinds of example there."""
+    what = ("the calibration (vector scaling) is" if vector
             else "the dustbin correction (alpha > 0) is")
-    fix = ("calibration 'auto'" if cfg.calibration == "vector" else "alpha = 0")
+    fix = "calibration 'auto'" if vector else "alpha = 0"
     if val_targets is None or not (val_targets < len(subset)).any():
         raise ValueError(
             f"the validation split has no example of subset {subset}: {what} "

@@ -147,7 +147,8 @@ def test_rerun_loads_everything_and_an_interrupted_unit_resumes(tiny_run):
     # Lose E1's result and one student, as if killed while training it: only that one retrains,
     # and (seeded, CPU) it comes out the same, so E1's numbers do not move.
     (out / "e1" / "result.json").unlink()
-    (out / "e1" / "mlp" / "paper" / "seed_1" / "model.pt").unlink()
+    (student,) = (out / "e1" / "mlp").glob("from_*/paper/seed_1/model.pt")  # keyed by teacher
+    student.unlink()
     log = io.StringIO()
     third = main(["--preset", "tiny", "--out", str(out), "--device", "cpu", "--only", "E1"],
                  log=log)

@@ -91,8 +91,15 @@ def _configs(ts, alphas, views=None) -> list[DistillConfig]:
             for t in ts for a in alphas]
 
 
-def recipe_folder(ctx: Context, row: E1Row, recipe: str) -> Path:
-    return ctx.out / "e1" / row.name / recipe
+def recipe_folder(ctx: Context, row: E1Row, recipe: str, teacher: str) -> Path:
+    """Where the students of ``recipe`` distilled from the teacher named ``teacher`` live: keyed by
+    the teacher, so that a new teacher candidate never reuses another teacher's students."""
+    return ctx.out / "e1" / row.name / f"from_{teacher}" / recipe
+
+
+def baseline_folder(ctx: Context, row: E1Row, recipe: str) -> Path:
+    """The fair baseline of a view recipe (hard labels on its views): no teacher involved."""
+    return ctx.out / "e1" / row.name / recipe / "baseline"
 
 
 def planned(ctx: Context) -> int:
@@ -149,13 +156,14 @@ def _row(ctx: Context, row: E1Row, hard: dict, hard_ok: np.ndarray) -> dict:
 
     # selection on seed 0: the paper's recipe and every view recipe, each with its T sweep
     sweeps = {}
-    res = ctx.sweep(recipe_folder(ctx, row, PAPER) / "sweep", spec, 0, p.e1_student_epochs,
+    tname = t_info["name"]
+    res = ctx.sweep(recipe_folder(ctx, row, PAPER, tname) / "sweep", spec, 0, p.e1_student_epochs,
                     [teacher], transfer, _configs(p.e1_temperatures, p.e1_alphas),
                     label=f"{row.name}: student {name}, paper's recipe")
     sweeps[PAPER] = res
     for r in p.e1_view_recipes:
         v = presets.views(r, p.e1_views)
-        sweeps[r] = ctx.sweep(recipe_folder(ctx, row, r) / "sweep", spec, 0, p.e1_view_epochs,
+        sweeps[r] = ctx.sweep(recipe_folder(ctx, row, r, tname) / "sweep", spec, 0, p.e1_view_epochs,
                               [teacher], transfer,
                               _configs(p.e1_view_temperatures, p.e1_alphas, v),
                               label=f"{row.name}: student {name}, views {r}")
@@ -193,7 +201,7 @@ def _measure(ctx: Context, row: E1Row, recipe: str, sw, teacher, transfer, hard:
     views = None if recipe == PAPER else presets.views(recipe, p.e1_views)
     epochs = p.e1_student_epochs if recipe == PAPER else p.e1_view_epochs
     cfg = DistillConfig(temperature=kept.temperature, alpha=kept.alpha, views=views)
-    folder = recipe_folder(ctx, row, recipe)
+    folder = recipe_folder(ctx, row, recipe, t_info["name"])
     spec, name = student_spec(ctx), widths_name(p.e1_student_widths)
     models, folders = [sw.model], [Path(kept.folder)]
     for seed in range(1, p.e1_seeds):
@@ -213,14 +221,15 @@ def _measure(ctx: Context, row: E1Row, recipe: str, sw, teacher, transfer, hard:
                                      out["test_acc"]["mean"])
     out["gap_closed_ci"] = gap_share_ci(ctx, hard_ok, teacher_ok, ok)
     if views is not None:  # the fair baseline: hard labels on the very same views
-        base = [ctx.hard_model(folder / "baseline" / f"seed_{seed}", spec, seed, epochs,
+        bfolder = baseline_folder(ctx, row, recipe)
+        base = [ctx.hard_model(bfolder / f"seed_{seed}", spec, seed, epochs,
                                transfer=transfer, views=views,
                                label=f"{row.name}: student {name}, hard labels on views "
                                      f"{recipe}, seed {seed}")
                 for seed in range(p.e1_seeds)]
         bres = [scores(m, ctx) for m in base]
         out["fair_baseline"] = {**_agg(bres),
-                                "curves": [curve(folder / "baseline" / f"seed_{s}")
+                                "curves": [curve(bfolder / f"seed_{s}")
                                            for s in range(p.e1_seeds)]}
         out["gain_over_fair_baseline"] = summary(
             [a["test_acc"] - b["test_acc"] for a, b in zip(res, bres, strict=True)])

@@ -113,6 +113,18 @@ def flush_denormals():
             torch.set_flush_denormal(False)
 
 
+def flush_denormals_process_wide() -> bool:
+    """Flush subnormal floats in this thread and in every CPU worker thread torch starts later.
+
+    :func:`flush_denormals` (which :func:`train` enters) sets the mode of the calling thread only;
+    torch's intra-op worker threads keep the mode they were created with, which a new thread
+    inherits from the thread that starts it. Call this first thing in a program that trains on
+    more than one CPU thread (the ``ensemble-kd`` command and the scripts do), before the first
+    torch operation starts the worker pool. Returns whether the CPU supports flushing.
+    """
+    return bool(torch.set_flush_denormal(True))
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch's global generators (initial weights of models built afterwards)."""
     torch.manual_seed(seed)

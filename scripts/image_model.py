@@ -32,7 +32,13 @@ from ensemble_kd.io import atomic_write_json  # noqa: E402
 from ensemble_kd.machine import describe_machine  # noqa: E402
 from ensemble_kd.models import build_model, count_parameters  # noqa: E402
 from ensemble_kd.predict import predict_logits  # noqa: E402
-from ensemble_kd.train import TrainConfig, evaluate_logits, seed_everything, train  # noqa: E402
+from ensemble_kd.train import (  # noqa: E402
+    TrainConfig,
+    evaluate_logits,
+    flush_denormals_process_wide,
+    seed_everything,
+    train,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -139,6 +145,7 @@ def run_seed(args, seed: int, splits, run_dir: Path) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    flush_denormals_process_wide()  # before the worker threads start (they inherit the mode)
     torch.set_num_threads(args.threads)
     results_path = Path(args.results)
     results = load_results(results_path)

@@ -29,7 +29,7 @@ from paper.e2_omitted import choose_bias, class_counts  # noqa: E402
 from paper.e5_specialists import _pooled_coverage  # noqa: E402
 from paper.e6_merged import _result as e6_result  # noqa: E402
 from paper.presets import TINY  # noqa: E402
-from paper.runner import main, parse_args  # noqa: E402
+from paper.runner import main, parse_args, restore  # noqa: E402
 
 HEADLINE_KEYS = ("e1_gap_closed", "e3_ensemble_gain_kept", "e4_gap_recovered",
                  "e5_relative_gain", "e2_omitted_class_recall_after_bias")
@@ -156,6 +156,30 @@ def test_rerun_loads_everything_and_an_interrupted_unit_resumes(tiny_run):
                "training on" in ln]
     assert len(trained) == 1 and "mlp: student 32, paper, seed 1" in trained[0]
     assert third["experiments"]["E1"] == data["experiments"]["E1"]
+
+
+def test_a_lost_run_folder_is_restored_from_its_report(tiny_run, digits, tmp_path):
+    out, data, _ = tiny_run
+    saved = out / "report" / "results.json"
+    ctx = Context(tmp_path / "again", TINY, digits, device="cpu", log=io.StringIO())
+    put = restore(ctx, saved, skip={"E1"})  # E1 is to be run again
+    assert sorted(put) == ["E2", "E3", "E4", "E5", "E6"]
+    assert ctx.load_result("E1") is None
+    assert ctx.load_result("E3") == data["experiments"]["E3"]  # as the runner saved it
+    commands = [i["command"] for i in ctx.run["invocations"] if "restored_from" in i]
+    assert commands == data["meta"]["commands"]
+    assert ctx.wall_seconds() >= data["meta"]["wall_seconds"]
+    # a second restore finds everything there and records nothing twice
+    assert restore(ctx, saved, skip={"E1"}) == []
+    assert len([i for i in ctx.run["invocations"] if "restored_from" in i]) == len(commands)
+
+    with pytest.raises(SystemExit, match="not a report's results.json"):
+        restore(ctx, out / "run.json", skip=set())
+    quick = Context(tmp_path / "quick", dataclasses.replace(TINY, name="quick"), digits,
+                    device="cpu", log=io.StringIO())
+    with pytest.raises(SystemExit, match="preset 'tiny', this run: 'quick'"):
+        restore(quick, saved, skip=set())
+    assert not (tmp_path / "quick" / "e3").exists()
 
 
 def test_e6_resumes_from_its_folder(tiny_run):

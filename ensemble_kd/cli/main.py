@@ -6,6 +6,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import distributed
+from ..train import flush_denormals_process_wide
 from .commands import dispatch
 from .parser import COMMANDS, UsageError, build_parser, resolve_config
 
@@ -21,6 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Bad input ends with one line on stderr naming the problem and exit code 2, never a traceback;
     an interrupt (Ctrl-C) says how to resume and returns 130.
     """
+    flush_denormals_process_wide()  # before torch's CPU worker threads start, so they inherit it
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

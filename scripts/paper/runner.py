@@ -14,10 +14,12 @@ from pathlib import Path
 import torch
 
 from ensemble_kd import load_dataset
+from ensemble_kd.io import atomic_write_json, read_json
 from ensemble_kd.machine import describe_machine
+from ensemble_kd.train import flush_denormals_process_wide
 
 from . import e1_temperature, e2_omitted, e3_ensemble, e4_regulariser, e5_specialists
-from .common import Context
+from .common import RUN_FILE, Context
 from .presets import PRESETS
 from .report import HEADLINES, write_report
 
@@ -60,6 +62,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="comma-separated experiments to run, e.g. E3,E4 (default: all)")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--data-dir", default=None, help="folder of the Fashion-MNIST IDX files")
+    ap.add_argument("--restore", default=None, metavar="RESULTS_JSON",
+                    help="first put back into OUT the results of a finished run's results.json "
+                         "(e.g. docs/reproduction/results.json) for every experiment not in "
+                         "--only and not in OUT yet, with its commands and wall time, so that "
+                         "a run folder lost with its machine need not be trained again")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads (default 1: on a shared 2-core machine, two "
                          "threads per process ran 3-8x slower than one under load)")
@@ -86,6 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None, *, log=None) -> dict:
     """Run the reproduction; returns the results.json dict."""
     args = parse_args(argv)
+    flush_denormals_process_wide()  # before the worker threads start (they inherit the mode)
     torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
     kw = {"data_dir": args.data_dir} if preset.dataset == "fashion-mnist" else {}
@@ -97,6 +105,9 @@ def main(argv: list[str] | None = None, *, log=None) -> dict:
             f"{torch.get_num_threads()} thread(s); run folder {ctx.out}")
     order, modules = experiments()
     todo = [e for e in order if args.only is None or e in args.only]
+    if args.restore:
+        put = restore(ctx, Path(args.restore), skip=set(todo))
+        ctx.say(f"restored from {args.restore}: {', '.join(put) or 'nothing (all present)'}")
     results = {e: r for e in order if (r := ctx.load_result(e)) is not None}
     data = _report(ctx, results, None, order)
     for exp in todo:
@@ -118,6 +129,38 @@ def main(argv: list[str] | None = None, *, log=None) -> dict:
     shown = ", ".join(f"{k} = {_fmt(v, k[:2].upper() in results)}" for k, v in heads.items())
     ctx.say(f"finished ({'complete' if data['complete'] else 'partial'}): {shown}")
     return data
+
+
+def restore(ctx: Context, path: Path, skip: set[str]) -> list[str]:
+    """Write the per-experiment results kept in a report's ``results.json`` (its ``experiments``)
+    into ``ctx.out``, except ``skip`` and those already there; record the earlier run's commands
+    as invocations (its wall time on the first), once. Returns the experiments written."""
+    try:
+        data = read_json(path)
+        kept, meta = data["experiments"], data["meta"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"reproduce_paper.py: error: --restore {path}: not a report's "
+                         f"results.json ({type(e).__name__}: {e})") from None
+    if meta.get("preset") != ctx.preset.name:
+        raise SystemExit(f"reproduce_paper.py: error: --restore {path}: preset "
+                         f"{meta.get('preset')!r}, this run: {ctx.preset.name!r}")
+    put = []
+    for exp, result in kept.items():
+        if exp not in skip and ctx.load_result(exp) is None:
+            atomic_write_json(ctx.result_path(exp), result)  # as saved, counts included
+            put.append(exp)
+    run = read_json(ctx.out / RUN_FILE)
+    if put and not any(str(i.get("id", "")).startswith("restored-") for i in run["invocations"]):
+        start = datetime.fromisoformat(meta["started"])
+        for k, command in enumerate(meta.get("commands") or [meta.get("command", "")]):
+            run["invocations"].append({
+                "id": f"restored-{k}", "started": meta["started"],
+                "started_unix": start.timestamp(),
+                "seconds": float(meta["wall_seconds"]) if k == 0 else 0.0,
+                "command": command, "machine": meta.get("machine", ""), "restored_from": str(path)})
+        atomic_write_json(ctx.out / RUN_FILE, run)
+        ctx.run = run
+    return put
 
 
 def _fmt(value: float | None, done: bool) -> str:

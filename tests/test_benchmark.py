@@ -59,6 +59,17 @@ def test_views(bench):
     assert bench.TARGETS["views_cached_over_plain"] == ("<=", 1.5)
 
 
+def test_denormals(bench):
+    from ensemble_kd.train import flushing_denormals
+
+    before = flushing_denormals()
+    d = bench.bench_denormals(steps=1, repeats=1)
+    assert _is_pos(d["denormal_flush_speedup"])
+    assert set(d["denormal_steps_s"]) == {"off", "on"}
+    assert 0.1 < d["denormal_subnormal_share"] < 0.9  # the frame and the dead units' moments
+    assert flushing_denormals() == before  # the "on" variant restored the mode
+
+
 def test_combine(bench):
     c = bench.bench_combine(n_ours=40, n_paper=3, repeats=1, gd_steps=10, n_classes=12,
                             n_specialists=3, size=3)

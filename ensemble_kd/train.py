@@ -103,6 +103,10 @@ def flush_denormals():
     on Fashion-MNIST was subnormal after 250 epochs and an epoch took 2.6 times as long as at the
     start (``scripts/benchmark.py``, key ``denormal_flush_speedup``). Values that small change
     nothing a float32 model computes. The previous mode is restored on exit; CUDA is unaffected.
+
+    The mode belongs to a thread, and a new thread inherits its creator's: torch's CPU worker
+    threads started inside keep flushing. So a program wraps its whole ``main`` in this (the
+    ``ensemble-kd`` command and the scripts do) before the first torch operation starts the pool.
     """
     before = flushing_denormals()
     supported = torch.set_flush_denormal(True)
@@ -111,18 +115,6 @@ def flush_denormals():
     finally:
         if supported and not before:
             torch.set_flush_denormal(False)
-
-
-def flush_denormals_process_wide() -> bool:
-    """Flush subnormal floats in this thread and in every CPU worker thread torch starts later.
-
-    :func:`flush_denormals` (which :func:`train` enters) sets the mode of the calling thread only;
-    torch's intra-op worker threads keep the mode they were created with, which a new thread
-    inherits from the thread that starts it. Call this first thing in a program that trains on
-    more than one CPU thread (the ``ensemble-kd`` command and the scripts do), before the first
-    torch operation starts the worker pool. Returns whether the CPU supports flushing.
-    """
-    return bool(torch.set_flush_denormal(True))
 
 
 def seed_everything(seed: int) -> None:

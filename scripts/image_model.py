@@ -35,7 +35,7 @@ from ensemble_kd.predict import predict_logits  # noqa: E402
 from ensemble_kd.train import (  # noqa: E402
     TrainConfig,
     evaluate_logits,
-    flush_denormals_process_wide,
+    flush_denormals,
     seed_everything,
     train,
 )
@@ -144,8 +144,12 @@ def run_seed(args, seed: int, splits, run_dir: Path) -> dict:
 
 
 def main(argv=None) -> int:
+    with flush_denormals():  # the worker threads started inside inherit the mode
+        return _main(argv)
+
+
+def _main(argv) -> int:
     args = parse_args(argv)
-    flush_denormals_process_wide()  # before the worker threads start (they inherit the mode)
     torch.set_num_threads(args.threads)
     results_path = Path(args.results)
     results = load_results(results_path)

@@ -47,7 +47,7 @@ from ensemble_kd.io import atomic_write_text
 from ensemble_kd.metrics import accuracy
 from ensemble_kd.run import Run
 from ensemble_kd.sweep import distill_sweep
-from ensemble_kd.train import flush_denormals_process_wide, seed_everything
+from ensemble_kd.train import flush_denormals, seed_everything
 
 # E3 member recipes tried by ``members``: (dropout, view settings); each member k gets view seed k
 RECIPES = {
@@ -525,7 +525,6 @@ def main() -> None:
                     help="e5topn, e5weight, e5recipe: the reproduction's folder")
     ap.add_argument("--log", default=None, help="append the JSON line to this file")
     args = ap.parse_args()
-    flush_denormals_process_wide()
     torch.set_num_threads(1)
     splits = load_dataset("fashion-mnist")
     t = time.perf_counter()
@@ -547,4 +546,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with flush_denormals():  # the worker threads started inside inherit the mode
+        main()

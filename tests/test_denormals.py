@@ -118,10 +118,24 @@ def test_context_manager_nests_and_restores():
     assert not flushing_denormals()
 
 
-def test_the_command_line_flushes_in_every_thread_it_starts(capsys):
-    # the command sets the mode first thing, so that torch's worker threads, started later,
-    # inherit it; --help exits before any work is done
-    with pytest.raises(SystemExit):
-        cli_main(["--help"])
-    capsys.readouterr()
-    assert flushing_denormals()
+def test_the_command_line_flushes_in_every_thread_it_starts_and_restores(monkeypatch, tmp_path):
+    # the command flushes around its whole run, so that threads it starts (torch's worker pool)
+    # inherit the mode; an in-process caller (this test process, Hypothesis's subnormal floats)
+    # gets its own mode back
+    import threading
+
+    cli = sys.modules["ensemble_kd.cli.main"]  # the module (the package exports the function)
+    seen = {}
+
+    def dispatch(args, cfg):
+        seen["main"] = flushing_denormals()
+        worker = threading.Thread(target=lambda: seen.__setitem__("worker", flushing_denormals()))
+        worker.start()
+        worker.join()
+        return 0
+
+    monkeypatch.setattr(cli, "dispatch", dispatch)
+    assert not flushing_denormals()
+    assert cli_main(["run", "--dataset", "digits", "--out", str(tmp_path / "run")]) == 0
+    assert seen == {"main": True, "worker": True}
+    assert not flushing_denormals()

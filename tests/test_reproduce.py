@@ -159,16 +159,17 @@ def test_rerun_loads_everything_and_an_interrupted_unit_resumes(tiny_run):
 
 
 def test_a_lost_run_folder_is_restored_from_its_report(tiny_run, digits, tmp_path):
-    out, data, _ = tiny_run
+    out = tiny_run[0]
     saved = out / "report" / "results.json"
+    data = json.loads(saved.read_text())  # as it is now (other tests rerun parts of the run)
     ctx = Context(tmp_path / "again", TINY, digits, device="cpu", log=io.StringIO())
     put = restore(ctx, saved, skip={"E1"})  # E1 is to be run again
     assert sorted(put) == ["E2", "E3", "E4", "E5", "E6"]
     assert ctx.load_result("E1") is None
     assert ctx.load_result("E3") == data["experiments"]["E3"]  # as the runner saved it
     commands = [i["command"] for i in ctx.run["invocations"] if "restored_from" in i]
-    assert commands == data["meta"]["commands"]
-    assert ctx.wall_seconds() >= data["meta"]["wall_seconds"]
+    assert commands == data["meta"]["commands"] and commands
+    assert ctx.wall_seconds() >= data["meta"]["wall_seconds"] > 0
     # a second restore finds everything there and records nothing twice
     assert restore(ctx, saved, skip={"E1"}) == []
     assert len([i for i in ctx.run["invocations"] if "restored_from" in i]) == len(commands)
@@ -293,6 +294,14 @@ def test_a_folder_in_use_by_another_process_is_refused(tmp_path, digits):
         (tmp_path / "e1" / "owner.pid").write_text(f"{other.pid}\n")
         with pytest.raises(ValueError, match="in use by another running process"):
             ctx.claim("e1", ("e1_",))
+        # a reader of finished models there (E2 loading E1's teacher) is let in, settings
+        # checked, and leaves the owner's lock alone
+        ctx.claim("e1", ("e1_",), lock=False)
+        assert (tmp_path / "e1" / "owner.pid").read_text().strip() == str(other.pid)
+        other_settings = dataclasses.replace(TINY, e1_student_epochs=TINY.e1_student_epochs + 1)
+        reader = Context(tmp_path, other_settings, digits, device="cpu", log=io.StringIO())
+        with pytest.raises(ValueError, match="made with other settings"):
+            reader.claim("e1", ("e1_",), lock=False)
     finally:
         other.kill()
         other.wait()

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import distributed
-from ..train import flush_denormals_process_wide
+from ..train import flush_denormals
 from .commands import dispatch
 from .parser import COMMANDS, UsageError, build_parser, resolve_config
 
@@ -20,9 +20,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``ensemble-kd`` with ``argv`` (default: the process's arguments); returns the exit code.
 
     Bad input ends with one line on stderr naming the problem and exit code 2, never a traceback;
-    an interrupt (Ctrl-C) says how to resume and returns 130.
+    an interrupt (Ctrl-C) says how to resume and returns 130. Subnormal floats are flushed
+    throughout, in torch's worker threads too (they start inside and inherit the mode); the
+    caller's mode is restored on return.
     """
-    flush_denormals_process_wide()  # before torch's CPU worker threads start, so they inherit it
+    with flush_denormals():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

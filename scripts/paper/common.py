@@ -109,7 +109,7 @@ class Context:
         self.run = run
         self.save_run()
 
-    def claim(self, folder: str, prefixes: tuple[str, ...]) -> None:
+    def claim(self, folder: str, prefixes: tuple[str, ...], *, lock: bool = True) -> None:
         """Tie ``out/folder`` to the preset's settings that start with ``prefixes`` (plus the
         shared ones), and to this process while it runs.
 
@@ -119,8 +119,11 @@ class Context:
         invocations (e.g. to redo E1 only, delete ``out/e1``). A folder in use by another live
         process (two invocations may run different experiments side by side, e.g. ``--only
         E3,E4,E5`` and ``--only E1,E2``) is refused too, so no model is trained twice at once.
+        ``lock=False`` checks the settings only: for a reader of models already finished there
+        (E2 loading E1's teacher while E1 trains its students).
         """
-        self._lock(self.out / folder)
+        if lock:
+            self._lock(self.out / folder)
         want = {k: v for k, v in self.preset.as_dict().items()
                 if k in SHARED_SETTINGS or k.startswith(prefixes)}
         want = json.loads(json.dumps(want))  # tuples -> lists, as read back from JSON

@@ -26,6 +26,7 @@ import numpy as np
 from torch import nn
 
 from ensemble_kd import DistillConfig, ModelSpec, ViewConfig, make_transfer_set
+from ensemble_kd.run import Run
 
 from . import presets
 from .common import (
@@ -68,8 +69,11 @@ def teacher_folder(ctx: Context, row: E1Row, recipe: TeacherRecipe) -> Path:
 
 def row_teacher(ctx: Context, row: E1Row) -> tuple[nn.Module, list[dict], int]:
     """Every teacher candidate of ``row`` (trained or loaded) and the index of the best on
-    validation; the models themselves are kept only for the best."""
-    ctx.claim("e1", ("e1_",))
+    validation; the models themselves are kept only for the best. When every candidate is
+    finished they are only read, so another invocation may train E1's students meanwhile."""
+    finished = all(Run(teacher_folder(ctx, row, r), writer=False).finished()
+                   for r in row.teachers)
+    ctx.claim("e1", ("e1_",), lock=not finished)
     infos, best, best_model = [], -1, None
     for recipe in row.teachers:
         folder = teacher_folder(ctx, row, recipe)
@@ -97,9 +101,10 @@ def recipe_folder(ctx: Context, row: E1Row, recipe: str, teacher: str) -> Path:
     return ctx.out / "e1" / row.name / f"from_{teacher}" / recipe
 
 
-def baseline_folder(ctx: Context, row: E1Row, recipe: str) -> Path:
-    """The fair baseline of a view recipe (hard labels on its views): no teacher involved."""
-    return ctx.out / "e1" / row.name / recipe / "baseline"
+def baseline_folder(ctx: Context, recipe: str) -> Path:
+    """The fair baseline of a view recipe (hard labels on its views): no teacher involved, so
+    every row's students of that recipe are compared with the same models."""
+    return ctx.out / "e1" / f"student_hard_{recipe}"
 
 
 def planned(ctx: Context) -> int:
@@ -221,7 +226,7 @@ def _measure(ctx: Context, row: E1Row, recipe: str, sw, teacher, transfer, hard:
                                      out["test_acc"]["mean"])
     out["gap_closed_ci"] = gap_share_ci(ctx, hard_ok, teacher_ok, ok)
     if views is not None:  # the fair baseline: hard labels on the very same views
-        bfolder = baseline_folder(ctx, row, recipe)
+        bfolder = baseline_folder(ctx, recipe)
         base = [ctx.hard_model(bfolder / f"seed_{seed}", spec, seed, epochs,
                                transfer=transfer, views=views,
                                label=f"{row.name}: student {name}, hard labels on views "

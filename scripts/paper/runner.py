@@ -16,7 +16,7 @@ import torch
 from ensemble_kd import load_dataset
 from ensemble_kd.io import atomic_write_json, read_json
 from ensemble_kd.machine import describe_machine
-from ensemble_kd.train import flush_denormals_process_wide
+from ensemble_kd.train import flush_denormals
 
 from . import e1_temperature, e2_omitted, e3_ensemble, e4_regulariser, e5_specialists
 from .common import RUN_FILE, Context
@@ -91,9 +91,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None, *, log=None) -> dict:
-    """Run the reproduction; returns the results.json dict."""
+    """Run the reproduction; returns the results.json dict. Subnormal floats are flushed
+    throughout, in the worker threads started inside too (they inherit the mode)."""
+    with flush_denormals():
+        return _main(argv, log)
+
+
+def _main(argv: list[str] | None, log) -> dict:
     args = parse_args(argv)
-    flush_denormals_process_wide()  # before the worker threads start (they inherit the mode)
     torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
     kw = {"data_dir": args.data_dir} if preset.dataset == "fashion-mnist" else {}

@@ -203,7 +203,12 @@ PILOT_NOTE = (
     "A longer teacher, pilot (2026-12-01, `python scripts/reproduce_pilots.py teacher --arch mlp "
     "--widths 1200 1200 --dropout 0.3 --shift 1 --epochs 150`, 20 CPU s an epoch): 90.77% "
     "validation at the end (still +0.1 points over its last 30 epochs), 91.02% test: +0.27 "
-    "points over the student's 90.50%, short of the +0.50 margin; not yet a candidate of E1."
+    "points over the student's 90.50%, short of the +0.50 margin; not yet a candidate of E1. "
+    "The same for 300 epochs (`--epochs 300 --save DIR`, 2026-12-01; epochs slowed from 20 to 53 "
+    "CPU s until subnormal floats were flushed, docs/performance.md section 7): best validation "
+    "91.43% at epoch 241. So E1's mlp row has that one teacher; the candidates of the previous "
+    "run were dropped, both short of the student: 2x1200, dropout 0.3, 1-px shifts, 60 epochs "
+    "(90.28% validation, 90.51% test) and dropout 0.5, 2-px shifts, 80 epochs (89.05%, 88.36%)."
 )
 
 E3_PILOT_NOTE = (

@@ -12,8 +12,8 @@ load of 5-9 (so rather high): MLP 2x512 8.3 s plain / 9.8 s on shift-and-mixup v
 cache adds about 10% (docs/performance.md).
 
 ====  ==========================================================================  ========
-E1    3 hard students; per row: teacher(s), 3 + 2 candidates on seed 0, 2 more      5.6 h
-      seeds of the two kept recipes, 3 fair baselines (mlp row 3.1 h, cnn 2.2 h)
+E1    3 hard students; per row: a teacher, 3 + 1 candidates on seed 0, 2 more      4.5 h
+      seeds of the two kept recipes; 3 fair baselines shared by the rows
 E2    6 students of 30 epochs (E1's teacher)                                        0.8 h
 E3    10 cnn members + 6 candidates + 2 seeds, 8 epochs each, plain images         1.3 h
 M     the 10 MLP members of E4-E6, 30 epochs each                                   0.7 h
@@ -21,6 +21,10 @@ E4    14 runs on 1,620 images (validation of 6,000 images dominates)            
 E5    10 generalists x 3 specialists of 10 epochs (passes over the subset)        0.8 h
 E6    10 generalists x (merged model + control) of 10 epochs on the plain images    0.6 h
 ====  ==========================================================================  ========
+
+E1's wall time on 2 threads with subnormals flushed (2026-12-02, Intel Xeon): hard students 11
+min, the 300-epoch MLP teacher 48 min (8.2 s an epoch), the mlp row's students 39 min with E2
+beside them, the fair baselines 8 min, the cnn teacher 8 min; E2 beside it on one thread 29 min.
 
 Two invocations side by side (``--only E1,E2`` and ``--only E3,E4,E5``) take about 6.5 h of wall
 time (about 9 h of CPU in all; E5 and E6 over 10 generalists took 80 min of wall time on a

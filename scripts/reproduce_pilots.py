@@ -4,6 +4,8 @@
     python scripts/reproduce_pilots.py members --recipe dropout --members 4 --epochs 8
     python scripts/reproduce_pilots.py teacher --arch mlp --widths 1200 1200 --dropout 0.3 \
         --shift 1 --epochs 10
+    python scripts/reproduce_pilots.py e1student --teacher runs/pilots/e1_teacher --widths 800 800 \
+        --epochs 30 --temperature 5 --alpha 0.9 --views 0 [--hard]
     python scripts/reproduce_pilots.py e3student --arch cnn --widths 16 32 --dropout 0.2 \
         --epochs 16 --lr 2e-3 --temperature 2 --alpha 0.5
     python scripts/reproduce_pilots.py e3student ... [--init-member 0] [--control] [--save DIR]
@@ -102,7 +104,8 @@ def teacher(args, splits) -> dict:
     torch.manual_seed(0)
     model = ModelSpec(args.arch, tuple(args.widths), args.dropout).build(splits.input_shape,
                                                                          splits.n_classes)
-    cfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=args.lr, seed=0)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=args.lr, seed=0,
+                      early_stopping=args.early_stopping)
     t = time.process_time()
     run_dir = None if args.save is None else Path(args.save)  # resumes when it exists
     res = train_baseline(model, make_transfer_set(splits), cfg, views=views,
@@ -111,7 +114,10 @@ def teacher(args, splits) -> dict:
         Run(run_dir).finish(res.model, {"role": "teacher", "seed": 0})
     return {"pilot": "teacher", "arch": args.arch, "widths": args.widths, "dropout": args.dropout,
             "shift": args.shift, "epochs": args.epochs, "lr": args.lr,
+            "early_stopping": args.early_stopping, "best_epoch": res.best_epoch,
+            "val_acc": res.history[res.best_epoch - 1]["val_acc"],
             "val_curve": [round(r["val_acc"], 4) for r in res.history],
+            "val_nll_curve": [round(r["val_nll"], 4) for r in res.history],
             "test_acc": accuracy(predict_probs(res.model, splits.x_test), splits.y_test),
             "cpu_seconds_per_epoch": (time.process_time() - t) / args.epochs}
 
@@ -174,6 +180,46 @@ def e4(args, splits) -> dict:
     return {"pilot": "e4", "view": view, "views": args.views, "temperature": args.temperature,
             "alpha": args.alpha, "epochs": args.epochs, "lr": args.lr,
             "dropout": spec_dropout(args), "val_acc": c.val_acc}
+
+
+def e1student(args, splits) -> dict:
+    """E1's unregularised student (MLP ``--widths``, dropout ``--dropout``, seed ``--seed``) on
+    the whole training set, distilled from the saved teacher ``--teacher`` at ``--temperature``,
+    ``--alpha`` for ``--epochs`` (``--views`` V cached views of ``--view`` per image; 0: the plain
+    images), or with ``--hard`` its fair baseline: hard labels on the same inputs and budget.
+    Validation accuracy at the end and at the best epoch, test accuracy at the end."""
+    teacher = Run(Path(args.teacher)).load_finished("cpu")
+    if teacher is None:
+        raise SystemExit(f"{args.teacher}: no finished model there")
+    view = _view_settings(args.view) if args.views else {}
+    views = ViewConfig(**view, views=args.views, seed=0) if args.views else None
+    seed_everything(args.seed)
+    student = ModelSpec("mlp", tuple(args.widths), args.dropout).build(splits.input_shape,
+                                                                       splits.n_classes)
+    train_cfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=args.lr, seed=args.seed)
+    val = (splits.x_val, splits.y_val)
+    t = time.process_time()
+    with tempfile.TemporaryDirectory(prefix="e1-pilot-") as tmp:
+        folder = Path(tmp if args.save is None else args.save)  # --save: kept, and resumed
+        if args.hard:
+            res = train_baseline(student, make_transfer_set(splits), train_cfg, views=views,
+                                 val=val, run_dir=folder / "run", progress=False)
+        else:
+            cfg = DistillConfig(temperature=args.temperature, alpha=args.alpha, views=views)
+            res = distill(student, [teacher[0]], make_transfer_set(splits), train_cfg, cfg,
+                          val=val, run_dir=folder / "run", cache_dir=folder / "cache",
+                          progress=False)
+    curve = [r["val_acc"] for r in res.history]
+    return {"pilot": "e1student", "hard": args.hard, "teacher": args.teacher,
+            "widths": args.widths, "dropout": args.dropout, "seed": args.seed, "view": view,
+            "views": args.views, "T": None if args.hard else args.temperature,
+            "alpha": None if args.hard else args.alpha, "epochs": args.epochs, "lr": args.lr,
+            "val_acc": curve[-1], "best_val_acc": max(curve),
+            "best_epoch": 1 + curve.index(max(curve)),
+            "val_curve": [round(v, 4) for v in curve],
+            "teacher_test": accuracy(predict_probs(teacher[0], splits.x_test), splits.y_test),
+            "test_acc": accuracy(predict_probs(res.model, splits.x_test), splits.y_test),
+            "cpu_seconds_per_epoch": (time.process_time() - t) / args.epochs}
 
 
 def e3student(args, splits) -> dict:
@@ -482,7 +528,7 @@ def timing(args, splits) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("pilot", choices=["timing", "members", "teacher", "e4", "e3student",
+    ap.add_argument("pilot", choices=["timing", "members", "teacher", "e4", "e1student", "e3student",
                                           "disagreement", "e5topn", "e5weight", "e5recipe", "e6views",
                                           "e5coverage"])
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="dropout")
@@ -503,12 +549,13 @@ def main() -> None:
     ap.add_argument("--members-dir", default="runs/paper_v2/e3/members",
                     help="e3student, disagreement: the folder of the saved members")
     ap.add_argument("--teacher", default="runs/paper_v2/members/member_0",
-                    help="e4: the teacher's run folder")
+                    help="e4, e1student: the teacher's run folder")
     ap.add_argument("--view", nargs="*", default=["shift=1", "mixup=0.2"],
-                    help="e4: ViewConfig settings as name=value")
-    ap.add_argument("--views", type=int, default=64, help="e4: V cached views per image")
+                    help="e4, e1student: ViewConfig settings as name=value")
+    ap.add_argument("--views", type=int, default=64,
+                    help="e4, e1student: V cached views per image (e1student: 0 = plain images)")
     ap.add_argument("--hard", action="store_true",
-                    help="e4: hard labels on the same views and budget, no early stopping "
+                    help="e4, e1student: hard labels on the same views and budget, no early stopping "
                          "(the best epoch's validation accuracy)")
     ap.add_argument("--student-views", type=int, default=0,
                     help="e3student: V cached views of --view per image (0: the plain images)")
@@ -523,17 +570,23 @@ def main() -> None:
                     help="e5recipe: share of each specialist batch from its subset")
     ap.add_argument("--run", default="runs/paper_v2",
                     help="e5topn, e5weight, e5recipe: the reproduction's folder")
+    ap.add_argument("--early-stopping", type=int, default=0,
+                    help="teacher: patience in epochs on the validation NLL (best weights kept)")
+    ap.add_argument("--seed", type=int, default=0, help="e1student: the student's seed")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--log", default=None, help="append the JSON line to this file")
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     splits = load_dataset("fashion-mnist")
     t = time.perf_counter()
-    if args.dropout is None and args.pilot != "e4":
+    if args.dropout is None and args.pilot not in ("e4", "e1student"):
         args.dropout = 0.3
+    if args.dropout is None and args.pilot == "e1student":
+        args.dropout = 0.0  # E1's student is unregularised
     if args.epochs is None:
         args.epochs = FULL.e4_epochs if args.pilot == "e4" else 8
     pilots = {"timing": timing, "members": members, "teacher": teacher, "e4": e4,
-              "e3student": e3student, "disagreement": disagreement, "e5topn": e5topn,
+              "e1student": e1student, "e3student": e3student, "disagreement": disagreement, "e5topn": e5topn,
               "e5weight": e5weight, "e5recipe": e5recipe, "e6views": e6views,
               "e5coverage": e5coverage}
     out = pilots[args.pilot](args, splits)

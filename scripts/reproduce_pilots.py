@@ -108,16 +108,40 @@ def teacher(args, splits) -> dict:
                       early_stopping=args.early_stopping)
     t = time.process_time()
     run_dir = None if args.save is None else Path(args.save)  # resumes when it exists
+    best = {"val_acc": -1.0, "epoch": 0}
+    best_path = None if run_dir is None else run_dir / "best_val_acc.pt"
+    if best_path is not None and best_path.exists():  # resumed: the best epoch so far
+        best = torch.load(best_path, weights_only=True)["info"]
+
+    def keep_best(record: dict) -> None:
+        """``--keep-best-acc``: the weights of the best validation accuracy so far."""
+        if args.keep_best_acc and record["val_acc"] > best["val_acc"]:
+            best.update(val_acc=record["val_acc"], epoch=record["epoch"])
+            if best_path is not None:
+                tmp = best_path.with_suffix(".tmp")
+                torch.save({"info": dict(best), "state": model.state_dict()}, tmp)
+                tmp.replace(best_path)
+
     res = train_baseline(model, make_transfer_set(splits), cfg, views=views,
-                         val=(splits.x_val, splits.y_val), run_dir=run_dir, progress=False)
+                         val=(splits.x_val, splits.y_val), run_dir=run_dir, progress=False,
+                         on_epoch_end=keep_best)
     if run_dir is not None:
         Run(run_dir).finish(res.model, {"role": "teacher", "seed": 0})
+    best_test = None
+    if best_path is not None and best_path.exists():  # its own run folder, for e1student
+        b = torch.load(best_path, weights_only=True)
+        model.load_state_dict(b["state"])
+        model.eval()
+        Run(run_dir.with_name(run_dir.name + "_best_acc")).finish(
+            model, {"role": "teacher", "seed": 0, "best_epoch": b["info"]["epoch"]})
+        best_test = accuracy(predict_probs(model, splits.x_test), splits.y_test)
     return {"pilot": "teacher", "arch": args.arch, "widths": args.widths, "dropout": args.dropout,
             "shift": args.shift, "epochs": args.epochs, "lr": args.lr,
             "early_stopping": args.early_stopping, "best_epoch": res.best_epoch,
             "val_acc": res.history[res.best_epoch - 1]["val_acc"],
             "val_curve": [round(r["val_acc"], 4) for r in res.history],
             "val_nll_curve": [round(r["val_nll"], 4) for r in res.history],
+            "best_acc": best, "best_acc_test": best_test,
             "test_acc": accuracy(predict_probs(res.model, splits.x_test), splits.y_test),
             "cpu_seconds_per_epoch": (time.process_time() - t) / args.epochs}
 
@@ -189,7 +213,7 @@ def e1student(args, splits) -> dict:
     images), or with ``--hard`` its fair baseline: hard labels on the same inputs and budget.
     Validation accuracy at the end and at the best epoch, test accuracy at the end."""
     teacher = Run(Path(args.teacher)).load_finished("cpu")
-    if teacher is None:
+    if teacher is None and not args.hard:  # the fair baseline needs no teacher
         raise SystemExit(f"{args.teacher}: no finished model there")
     view = _view_settings(args.view) if args.views else {}
     views = ViewConfig(**view, views=args.views, seed=0) if args.views else None
@@ -217,7 +241,9 @@ def e1student(args, splits) -> dict:
             "val_acc": curve[-1], "best_val_acc": max(curve),
             "best_epoch": 1 + curve.index(max(curve)),
             "val_curve": [round(v, 4) for v in curve],
-            "teacher_test": accuracy(predict_probs(teacher[0], splits.x_test), splits.y_test),
+            "teacher_test": None if teacher is None else accuracy(predict_probs(teacher[0],
+                                                                                splits.x_test),
+                                                                  splits.y_test),
             "test_acc": accuracy(predict_probs(res.model, splits.x_test), splits.y_test),
             "cpu_seconds_per_epoch": (time.process_time() - t) / args.epochs}
 
@@ -573,6 +599,9 @@ def main() -> None:
     ap.add_argument("--early-stopping", type=int, default=0,
                     help="teacher: patience in epochs on the validation NLL (best weights kept)")
     ap.add_argument("--seed", type=int, default=0, help="e1student: the student's seed")
+    ap.add_argument("--keep-best-acc", action="store_true",
+                    help="teacher: also keep the weights of the best validation accuracy "
+                         "(SAVE/best_val_acc.pt; finished as the run SAVE_best_acc)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--log", default=None, help="append the JSON line to this file")
     args = ap.parse_args()

@@ -127,6 +127,7 @@ def teacher(args, splits) -> dict:
                          on_epoch_end=keep_best)
     if run_dir is not None:
         Run(run_dir).finish(res.model, {"role": "teacher", "seed": 0})
+    test_acc = accuracy(predict_probs(res.model, splits.x_test), splits.y_test)  # the last epoch's
     best_test = None
     if best_path is not None and best_path.exists():  # its own run folder, for e1student
         b = torch.load(best_path, weights_only=True)
@@ -142,7 +143,7 @@ def teacher(args, splits) -> dict:
             "val_curve": [round(r["val_acc"], 4) for r in res.history],
             "val_nll_curve": [round(r["val_nll"], 4) for r in res.history],
             "best_acc": best, "best_acc_test": best_test,
-            "test_acc": accuracy(predict_probs(res.model, splits.x_test), splits.y_test),
+            "test_acc": test_acc,
             "cpu_seconds_per_epoch": (time.process_time() - t) / args.epochs}
 
 

@@ -45,7 +45,7 @@ from ensemble_kd import (
     predict_probs,
     train_baseline,
 )
-from ensemble_kd.io import atomic_write_text
+from ensemble_kd.io import atomic_write_text, load_tensors, save_tensors
 from ensemble_kd.metrics import accuracy
 from ensemble_kd.run import Run
 from ensemble_kd.sweep import distill_sweep
@@ -111,16 +111,14 @@ def teacher(args, splits) -> dict:
     best = {"val_acc": -1.0, "epoch": 0}
     best_path = None if run_dir is None else run_dir / "best_val_acc.pt"
     if best_path is not None and best_path.exists():  # resumed: the best epoch so far
-        best = torch.load(best_path, weights_only=True)["info"]
+        best = load_tensors(best_path)["info"]
 
     def keep_best(record: dict) -> None:
         """``--keep-best-acc``: the weights of the best validation accuracy so far."""
         if args.keep_best_acc and record["val_acc"] > best["val_acc"]:
             best.update(val_acc=record["val_acc"], epoch=record["epoch"])
             if best_path is not None:
-                tmp = best_path.with_suffix(".tmp")
-                torch.save({"info": dict(best), "state": model.state_dict()}, tmp)
-                tmp.replace(best_path)
+                save_tensors(best_path, {"info": dict(best), "state": model.state_dict()})
 
     res = train_baseline(model, make_transfer_set(splits), cfg, views=views,
                          val=(splits.x_val, splits.y_val), run_dir=run_dir, progress=False,
@@ -130,7 +128,7 @@ def teacher(args, splits) -> dict:
     test_acc = accuracy(predict_probs(res.model, splits.x_test), splits.y_test)  # the last epoch's
     best_test = None
     if best_path is not None and best_path.exists():  # its own run folder, for e1student
-        b = torch.load(best_path, weights_only=True)
+        b = load_tensors(best_path)
         model.load_state_dict(b["state"])
         model.eval()
         Run(run_dir.with_name(run_dir.name + "_best_acc")).finish(

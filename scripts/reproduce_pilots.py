@@ -4,7 +4,7 @@
     python scripts/reproduce_pilots.py members --recipe dropout --members 4 --epochs 8
     python scripts/reproduce_pilots.py teacher --arch mlp --widths 1200 1200 --dropout 0.3 \
         --shift 1 --epochs 10
-    python scripts/reproduce_pilots.py e1student --teacher runs/pilots/e1_teacher --widths 800 800 \
+    python scripts/reproduce_pilots.py e1student --teacher runs/pilots/e1_teacher_300 --widths 800 800 \
         --epochs 30 --temperature 5 --alpha 0.9 --views 0 [--hard]
     python scripts/reproduce_pilots.py e3student --arch cnn --widths 16 32 --dropout 0.2 \
         --epochs 16 --lr 2e-3 --temperature 2 --alpha 0.5
@@ -233,6 +233,8 @@ def e1student(args, splits) -> dict:
                           val=val, run_dir=folder / "run", cache_dir=folder / "cache",
                           progress=False)
     curve = [r["val_acc"] for r in res.history]
+    teacher_test = (None if teacher is None
+                    else accuracy(predict_probs(teacher[0], splits.x_test), splits.y_test))
     return {"pilot": "e1student", "hard": args.hard, "teacher": args.teacher,
             "widths": args.widths, "dropout": args.dropout, "seed": args.seed, "view": view,
             "views": args.views, "T": None if args.hard else args.temperature,
@@ -240,9 +242,7 @@ def e1student(args, splits) -> dict:
             "val_acc": curve[-1], "best_val_acc": max(curve),
             "best_epoch": 1 + curve.index(max(curve)),
             "val_curve": [round(v, 4) for v in curve],
-            "teacher_test": None if teacher is None else accuracy(predict_probs(teacher[0],
-                                                                                splits.x_test),
-                                                                  splits.y_test),
+            "teacher_test": teacher_test,
             "test_acc": accuracy(predict_probs(res.model, splits.x_test), splits.y_test),
             "cpu_seconds_per_epoch": (time.process_time() - t) / args.epochs}
 

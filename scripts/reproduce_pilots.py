@@ -205,6 +205,22 @@ def e4(args, splits) -> dict:
             "dropout": spec_dropout(args), "val_acc": c.val_acc}
 
 
+def _train_student(student, teachers, splits, train_cfg: TrainConfig, distill_cfg: DistillConfig,
+                   hard: bool, save: str | None, val=None):
+    """``student`` distilled from ``teachers`` (``distill_cfg``), or with ``hard`` its fair
+    baseline: hard labels alone on the same views (``distill_cfg.views``) and budget. Run folder
+    (and teacher cache) in ``save`` (kept, and resumed) or a temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="pilot-") as tmp:
+        folder = Path(tmp if save is None else save)
+        if hard:
+            return train_baseline(student, make_transfer_set(splits), train_cfg,
+                                  views=distill_cfg.views, val=val, run_dir=folder / "run",
+                                  progress=False)
+        return distill(student, teachers, make_transfer_set(splits), train_cfg, distill_cfg,
+                       val=val, run_dir=folder / "run", cache_dir=folder / "cache",
+                       progress=False)
+
+
 def e1student(args, splits) -> dict:
     """E1's unregularised student (MLP ``--widths``, dropout ``--dropout``, seed ``--seed``) on
     the whole training set, distilled from the saved teacher ``--teacher`` at ``--temperature``,
@@ -220,18 +236,11 @@ def e1student(args, splits) -> dict:
     student = ModelSpec("mlp", tuple(args.widths), args.dropout).build(splits.input_shape,
                                                                        splits.n_classes)
     train_cfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=args.lr, seed=args.seed)
+    cfg = DistillConfig(temperature=args.temperature, alpha=args.alpha, views=views)
     val = (splits.x_val, splits.y_val)
     t = time.process_time()
-    with tempfile.TemporaryDirectory(prefix="e1-pilot-") as tmp:
-        folder = Path(tmp if args.save is None else args.save)  # --save: kept, and resumed
-        if args.hard:
-            res = train_baseline(student, make_transfer_set(splits), train_cfg, views=views,
-                                 val=val, run_dir=folder / "run", progress=False)
-        else:
-            cfg = DistillConfig(temperature=args.temperature, alpha=args.alpha, views=views)
-            res = distill(student, [teacher[0]], make_transfer_set(splits), train_cfg, cfg,
-                          val=val, run_dir=folder / "run", cache_dir=folder / "cache",
-                          progress=False)
+    res = _train_student(student, None if teacher is None else [teacher[0]], splits, train_cfg,
+                         cfg, args.hard, args.save, val)
     curve = [r["val_acc"] for r in res.history]
     teacher_test = (None if teacher is None
                     else accuracy(predict_probs(teacher[0], splits.x_test), splits.y_test))
@@ -266,16 +275,10 @@ def e3student(args, splits) -> dict:
     cfg = DistillConfig(temperature=args.temperature, alpha=args.alpha, views=views)
     train_cfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=args.lr, seed=10)
     t = time.process_time()
-    with tempfile.TemporaryDirectory(prefix="e3-pilot-") as tmp:
-        folder = Path(tmp if args.save is None else args.save)  # --save: kept, and resumed
-        if args.control:  # the same start and budget on hard labels (and views) alone
-            res = train_baseline(student, make_transfer_set(splits), train_cfg, views=views,
-                                 run_dir=folder / "run", progress=False)
-        else:
-            res = distill(student, members, make_transfer_set(splits), train_cfg, cfg,
-                          run_dir=folder / "run", cache_dir=folder / "cache", progress=False)
-        if args.save is not None:
-            Run(folder / "run").finish(res.model, {"role": "e3 student", "seed": 10})
+    # --control: the same start and budget on hard labels (and views) alone
+    res = _train_student(student, members, splits, train_cfg, cfg, args.control, args.save)
+    if args.save is not None:
+        Run(Path(args.save) / "run").finish(res.model, {"role": "e3 student", "seed": 10})
     accs = [accuracy(predict_probs(m, splits.x_test), splits.y_test) for m in members]
     ens = accuracy(torch.stack([predict_probs(m, splits.x_test) for m in members]).mean(0),
                    splits.y_test)
@@ -607,10 +610,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     splits = load_dataset("fashion-mnist")
     t = time.perf_counter()
-    if args.dropout is None and args.pilot not in ("e4", "e1student"):
-        args.dropout = 0.3
-    if args.dropout is None and args.pilot == "e1student":
-        args.dropout = 0.0  # E1's student is unregularised
+    if args.dropout is None and args.pilot != "e4":  # E1's student is unregularised
+        args.dropout = 0.0 if args.pilot == "e1student" else 0.3
     if args.epochs is None:
         args.epochs = FULL.e4_epochs if args.pilot == "e4" else 8
     pilots = {"timing": timing, "members": members, "teacher": teacher, "e4": e4,

@@ -319,6 +319,103 @@ def test_a_folder_in_use_by_another_process_is_refused(tmp_path, digits):
     assert (tmp_path / "e1" / "owner.pid").read_text().strip() == str(os.getpid())
 
 
+def test_a_unit_is_held_by_one_live_process_at_a_time(tmp_path, digits):
+    ctx = Context(tmp_path, TINY, digits, device="cpu", log=io.StringIO())
+    unit = tmp_path / "e1" / "unit"
+    assert ctx._hold_unit(unit) is None  # free: now this process's
+    assert ctx._hold_unit(unit) is None  # its own mark
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    _wait_for_program(other.pid, b"time.sleep(60)")
+    try:
+        (unit / "owner.pid").write_text(f"{other.pid}\n")
+        assert ctx._hold_unit(unit) == other.pid  # a live holder keeps it
+        assert (unit / "owner.pid").read_text().strip() == str(other.pid)
+    finally:
+        other.kill()
+        other.wait()
+    assert ctx._hold_unit(unit) is None  # its holder died: taken over
+    assert (unit / "owner.pid").read_text().strip() == str(os.getpid())
+    assert sorted(p.name for p in unit.iterdir()) == ["owner.pid"]  # no temporary marks left
+
+
+def test_a_unit_trained_by_another_invocation_is_waited_for_and_loaded(tmp_path, digits,
+                                                                      monkeypatch):
+    """The main invocation reaching a model a --helper is training waits, then loads it."""
+    import threading
+
+    from paper import common
+
+    from ensemble_kd import ModelSpec
+    from ensemble_kd.ensemble import data_meta
+    from ensemble_kd.run import Run
+
+    monkeypatch.setattr(common, "UNIT_POLL_S", 0.05)
+
+    def no_training(*a, **k):
+        raise AssertionError("trained a unit another invocation was training")
+
+    monkeypatch.setattr(common, "train_baseline", no_training)
+    log = io.StringIO()
+    ctx = Context(tmp_path, TINY, digits, device="cpu", log=log)
+    unit, spec = tmp_path / "e1" / "unit", ModelSpec("mlp", (8,), 0.0)
+    theirs = spec.build(digits.input_shape, digits.n_classes)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    _wait_for_program(other.pid, b"time.sleep(60)")
+    unit.mkdir(parents=True)
+    (unit / "owner.pid").write_text(f"{other.pid}\n")
+
+    def the_other_finishes():
+        time.sleep(0.5)
+        Run(unit).finish(theirs, {**data_meta(digits), "role": "hard", "seed": 0})
+        other.kill()
+        other.wait()
+
+    finisher = threading.Thread(target=the_other_finishes)
+    finisher.start()
+    try:
+        got = ctx.hard_model(unit, spec, 0, 1, label="unit")
+    finally:
+        finisher.join()
+    assert "being trained by another invocation" in log.getvalue()
+    assert "already trained, loaded" in log.getvalue()
+    for a, b in zip(got.state_dict().values(), theirs.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert not (unit / "owner.pid").exists()  # released
+
+
+def test_a_helper_trains_e1s_other_rows_and_the_main_invocation_loads_them(tiny_run, tmp_path):
+    """``--helper --only E1`` trains the second row (tiny: two view recipes, so no fair
+    baselines ahead of the sweeps); the main invocation then trains only the first row's models
+    and comes out exactly as a run without a helper (seeded, CPU)."""
+    base = ["--preset", "tiny", "--out", str(tmp_path), "--device", "cpu", "--only", "E1"]
+    log = io.StringIO()
+    assert main([*base, "--helper"], log=log) == {}
+    assert "E1: helper done" in log.getvalue()
+    assert not (tmp_path / "e1" / "result.json").exists()  # a helper saves no result
+    assert list(tmp_path.rglob("owner.pid")) == []  # every unit released
+    log = io.StringIO()
+    data = main(base, log=log)
+    trained = [ln for ln in log.getvalue().splitlines()
+               if "distilling" in ln or "training on" in ln]  # a sweep loads its finished ones
+    assert trained and not any("cnn" in ln for ln in trained), trained
+    assert any("cnn" in ln and "already trained, loaded" in ln
+               for ln in log.getvalue().splitlines())
+    def numbers(rows):  # every number, without the folders' paths
+        text = json.dumps(rows, sort_keys=True)
+        return re.sub(r'"folder": "[^"]*"', "", text)
+
+    assert numbers(data["experiments"]["E1"]["rows"]) == numbers(
+        tiny_run[1]["experiments"]["E1"]["rows"])
+
+
+def test_helper_arguments():
+    assert parse_args(["--out", "x", "--only", "E1", "--helper"]).helper
+    for bad in (["--helper"], ["--only", "E1,E3", "--helper"],
+                ["--only", "E1", "--helper", "--restore", "r.json"]):
+        with pytest.raises(SystemExit):
+            parse_args(["--out", "x", *bad])
+
+
 def test_wall_time_counts_overlapping_invocations_once(tmp_path, digits):
     ctx = Context(tmp_path, TINY, digits, device="cpu", log=io.StringIO())
     now = ctx.invocation["started_unix"]

@@ -11,12 +11,13 @@ All training goes through the library: ``train_baseline`` (hard labels, on views
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -52,6 +53,7 @@ from .presets import Preset
 RUN_FILE = "run.json"
 SETTINGS_FILE = "settings.json"
 LOCK_FILE = "owner.pid"
+UNIT_POLL_S = 20.0  # how often a unit another invocation trains is checked for being finished
 SHARED_SETTINGS = ("dataset", "batch_size", "lr")
 # How many seeds or generalists each experiment's result measures. Model k is the same whatever
 # the count, so a changed count keeps a folder's trained models (only adding, or leaving unused,
@@ -71,11 +73,14 @@ class Context:
         device: "auto", "cpu" or "cuda".
         command: the command line, recorded in ``run.json``.
         log: where stage lines go (default stdout).
+        helper: this invocation trains models beside a main one (``--helper``): it never holds
+            an experiment's folder, only the units it trains.
     """
 
     def __init__(self, out: str | os.PathLike, preset: Preset, splits: Splits, *,
-                 device: str = "auto", command: str = "", log=None):
+                 device: str = "auto", command: str = "", log=None, helper: bool = False):
         self.out = Path(out)
+        self.helper = helper
         self.preset = preset
         self.splits = splits
         self.device = resolve_device(device)
@@ -120,9 +125,10 @@ class Context:
         process (two invocations may run different experiments side by side, e.g. ``--only
         E3,E4,E5`` and ``--only E1,E2``) is refused too, so no model is trained twice at once.
         ``lock=False`` checks the settings only: for a reader of models already finished there
-        (E2 loading E1's teacher while E1 trains its students).
+        (E2 loading E1's teacher while E1 trains its students), and for a helper invocation,
+        which holds each unit it trains instead (:meth:`_unit`).
         """
-        if lock:
+        if lock and not self.helper:
             self._lock(self.out / folder)
         want = {k: v for k, v in self.preset.as_dict().items()
                 if k in SHARED_SETTINGS or k.startswith(prefixes)}
@@ -253,6 +259,48 @@ class Context:
         self.say(f"{tag} {label}: already trained, loaded")
         return done[0]
 
+    def _hold_unit(self, folder: Path) -> int | None:
+        """Mark the unit ``folder`` as trained by this process (``owner.pid``, created
+        exclusively: a hard link cannot replace an existing file). Returns None once the mark is
+        this process's, or the pid of another live invocation holding it; a dead one's mark is
+        taken over."""
+        folder.mkdir(parents=True, exist_ok=True)
+        path, mine = folder / LOCK_FILE, folder / f".{LOCK_FILE}.{os.getpid()}"
+        while True:
+            atomic_write_text(mine, f"{os.getpid()}\n")
+            try:
+                os.link(mine, path)
+                return None
+            except FileExistsError:
+                try:
+                    pid = int(path.read_text().split()[0])
+                except (OSError, ValueError, IndexError):
+                    pid = None  # half gone, or not a mark of ours: stale
+                if pid == os.getpid():
+                    return None
+                if pid is not None and _alive(pid):
+                    return pid
+                path.unlink(missing_ok=True)  # stale: take it over
+            finally:
+                mine.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _unit(self, folder: Path, tag: str, label: str) -> Iterator[nn.Module | None]:
+        """Hold the unit ``folder`` while the block trains it. While another invocation (a
+        ``--helper`` beside the main one) trains it, wait; yields the model that one finished,
+        or None: this process trains the unit (resuming what a dead holder left)."""
+        waited = False
+        while (pid := self._hold_unit(folder)) is not None:
+            if not waited:
+                self.say(f"{tag} {label}: being trained by another invocation (pid {pid}); "
+                         f"waiting for it")
+            waited = True
+            time.sleep(UNIT_POLL_S)
+        try:
+            yield self._loaded(folder, tag, label) if waited else None
+        finally:
+            (folder / LOCK_FILE).unlink(missing_ok=True)
+
     def hard_model(self, folder: Path, spec: ModelSpec, seed: int, epochs: int, *,
                    transfer: TransferSet | None = None, views: ViewConfig | None = None,
                    lr: float | None = None, early_stopping: int = 0,
@@ -262,6 +310,12 @@ class Context:
         tag = self._tag()
         if (m := self._loaded(folder, tag, label)) is not None:
             return m
+        with self._unit(folder, tag, label) as m:
+            return m if m is not None else self._train_hard(
+                folder, spec, seed, epochs, transfer, views, lr, early_stopping, tag, label)
+
+    def _train_hard(self, folder, spec, seed, epochs, transfer, views, lr, early_stopping, tag,
+                    label) -> nn.Module:
         s = self.splits
         transfer = make_transfer_set(s) if transfer is None else transfer
         seen = "" if views is None else f", views {_views_text(views)}"
@@ -285,6 +339,12 @@ class Context:
         tag = self._tag()
         if (m := self._loaded(folder, tag, label)) is not None:
             return m
+        with self._unit(folder, tag, label) as m:
+            return m if m is not None else self._train_distilled(
+                folder, spec, seed, epochs, teachers, transfer, dcfg, cache_dir, lr, tag, label)
+
+    def _train_distilled(self, folder, spec, seed, epochs, teachers, transfer, dcfg, cache_dir,
+                         lr, tag, label) -> nn.Module:
         s = self.splits
         self.say(f"{tag} {label}: distilling ({len(transfer)} examples, {epochs} epochs, "
                  f"T={dcfg.temperature:g}, alpha={dcfg.alpha:g}, {len(teachers)} teacher(s))")
@@ -311,8 +371,14 @@ class Context:
         Each candidate is a unit of its own (``folder/candidates/T4-a0.9``; a single config
         trains in ``folder`` itself), so an interrupted sweep resumes where it stopped.
         """
-        s = self.splits
         tag = self._tag(len(configs))
+        with self._unit(folder, tag, label):  # a finished sweep's candidates are loaded below
+            return self._sweep(folder, spec, seed, epochs, teachers, transfer, configs, label,
+                               cache_dir, lr, tag)
+
+    def _sweep(self, folder, spec, seed, epochs, teachers, transfer, configs, label, cache_dir,
+               lr, tag) -> SweepResult:
+        s = self.splits
         if len(configs) == 1 and (done := Run(folder).load_finished(self.device)) is not None:
             c = configs[0]  # distill_sweep retrains a lone candidate: load it here instead
             v = evaluate_logits(predict_logits(done[0], s.x_val, device=self.device), s.y_val)

@@ -120,18 +120,13 @@ def run(ctx: Context) -> dict:
     p = ctx.preset
     ctx.claim("e1", ("e1_",))
     ctx.begin(EXP, planned(ctx))
-    hard = [hard_student(ctx, s) for s in range(p.e1_seeds)]
-    hard_scores = [scores(m, ctx) for m in hard]
-    hard_ok = np.stack([test_correct(m, ctx) for m in hard])  # (S, N)
-    hard_curves = [curve(hard_folder(ctx, s)) for s in range(p.e1_seeds)]
+    hard, hard_ok = _hard_students(ctx)
     out = {
         "student_widths": list(p.e1_student_widths), "student_epochs": p.e1_student_epochs,
         "view_epochs": p.e1_view_epochs, "views": p.e1_views, "seeds": p.e1_seeds,
         "min_margin": p.e1_min_margin, "temperatures": list(p.e1_temperatures),
         "view_temperatures": list(p.e1_view_temperatures), "alphas": list(p.e1_alphas),
-        "hard": {**_agg(hard_scores), "curves": hard_curves,
-                 "late_change": [late_change(c) for c in hard_curves]},
-        "rows": [],
+        "hard": hard, "rows": [],
     }
     for row in p.e1_rows:
         out["rows"].append(_row(ctx, row, out["hard"], hard_ok))
@@ -146,6 +141,48 @@ def run(ctx: Context) -> dict:
             + ("" if first["teacher_clearly_better"] else
                f" (teacher not clearly better: margin {100 * first['margin']:+.2f} points)"))
     return out
+
+
+def prefetch(ctx: Context) -> None:
+    """Train the models of E1 that a second invocation (``--helper``) can train beside the main
+    one, which loads them, or waits for those still in training: the fair baselines (when there
+    is one view recipe; otherwise the kept one is known only after the sweeps), then every row
+    but the first (teacher, candidates, seeds) while the main invocation trains the first row's.
+    Saves no result. The rows need the hard-label students, trained first by the main one."""
+    p = ctx.preset
+    ctx.claim("e1", ("e1_",))  # settings only: a helper holds single units
+    ctx.begin(EXP, planned(ctx))
+    if len(p.e1_view_recipes) == 1:
+        transfer = make_transfer_set(ctx.splits)
+        (recipe,) = p.e1_view_recipes
+        for seed in range(p.e1_seeds):
+            fair_baseline(ctx, recipe, seed, transfer)
+    if len(p.e1_rows) > 1:
+        hard, hard_ok = _hard_students(ctx)
+        for row in p.e1_rows[1:]:
+            _row(ctx, row, hard, hard_ok)
+    ctx.say(f"{EXP}: helper done")
+
+
+def _hard_students(ctx: Context) -> tuple[dict, np.ndarray]:
+    """The hard-label students' scores over seeds and their per-example correctness (S, N)."""
+    seeds = range(ctx.preset.e1_seeds)
+    models = [hard_student(ctx, s) for s in seeds]
+    curves = [curve(hard_folder(ctx, s)) for s in seeds]
+    hard = {**_agg([scores(m, ctx) for m in models]), "curves": curves,
+            "late_change": [late_change(c) for c in curves]}
+    return hard, np.stack([test_correct(m, ctx) for m in models])
+
+
+def fair_baseline(ctx: Context, recipe: str, seed: int, transfer) -> nn.Module:
+    """The fair baseline of a view recipe: the student on hard labels, on the very same views
+    and for as many epochs as its distilled students (shared by every row)."""
+    p = ctx.preset
+    return ctx.hard_model(baseline_folder(ctx, recipe) / f"seed_{seed}", student_spec(ctx), seed,
+                          p.e1_view_epochs, transfer=transfer,
+                          views=presets.views(recipe, p.e1_views),
+                          label=f"student {widths_name(p.e1_student_widths)}, hard labels on "
+                                f"views {recipe}, seed {seed}")
 
 
 def _row(ctx: Context, row: E1Row, hard: dict, hard_ok: np.ndarray) -> dict:
@@ -227,11 +264,7 @@ def _measure(ctx: Context, row: E1Row, recipe: str, sw, teacher, transfer, hard:
     out["gap_closed_ci"] = gap_share_ci(ctx, hard_ok, teacher_ok, ok)
     if views is not None:  # the fair baseline: hard labels on the very same views
         bfolder = baseline_folder(ctx, recipe)
-        base = [ctx.hard_model(bfolder / f"seed_{seed}", spec, seed, epochs,
-                               transfer=transfer, views=views,
-                               label=f"{row.name}: student {name}, hard labels on views "
-                                     f"{recipe}, seed {seed}")
-                for seed in range(p.e1_seeds)]
+        base = [fair_baseline(ctx, recipe, seed, transfer) for seed in range(p.e1_seeds)]
         bres = [scores(m, ctx) for m in base]
         out["fair_baseline"] = {**_agg(bres),
                                 "curves": [curve(bfolder / f"seed_{s}")

@@ -67,6 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "(e.g. docs/reproduction/results.json) for every experiment not in "
                          "--only and not in OUT yet, with its commands and wall time, so that "
                          "a run folder lost with its machine need not be trained again")
+    ap.add_argument("--helper", action="store_true",
+                    help="train, beside a main invocation on the same OUT, the models of the "
+                         "--only experiments that need none of its results (E1: the fair "
+                         "baselines and every row but the first), so that two cores work on one "
+                         "experiment; the main invocation loads them, waiting for any still in "
+                         "training. Writes no results or report")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads (default 1: on a shared 2-core machine, two "
                          "threads per process ran 3-8x slower than one under load)")
@@ -87,6 +93,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.only = wanted
     if args.threads < 1:
         ap.error("--threads must be >= 1")
+    if args.helper:
+        _, modules = experiments()
+        can = [e for e in modules if hasattr(modules[e], "prefetch")]
+        if not args.only or any(e not in can for e in args.only):
+            ap.error(f"--helper needs --only with experiments that have models to train "
+                     f"beside the main invocation: {', '.join(can)}")
+        if args.restore:
+            ap.error("--helper and --restore: restore in the main invocation")
     return args
 
 
@@ -105,11 +119,18 @@ def _main(argv: list[str] | None, log) -> dict:
     splits = load_dataset(preset.dataset, **kw)
     command = "python scripts/reproduce_paper.py " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    ctx = Context(args.out, preset, splits, device=args.device, command=command, log=log)
+    ctx = Context(args.out, preset, splits, device=args.device, command=command, log=log,
+                  helper=args.helper)
     ctx.say(f"preset {preset.name}, {splits.describe()}, device {ctx.device}, "
-            f"{torch.get_num_threads()} thread(s); run folder {ctx.out}")
+            f"{torch.get_num_threads()} thread(s); run folder {ctx.out}"
+            + (" (helper)" if args.helper else ""))
     order, modules = experiments()
     todo = [e for e in order if args.only is None or e in args.only]
+    if args.helper:
+        for exp in todo:
+            modules[exp].prefetch(ctx)
+        ctx.save_run()
+        return {}
     if args.restore:
         put = restore(ctx, Path(args.restore), skip=set(todo))
         ctx.say(f"restored from {args.restore}: {', '.join(put) or 'nothing (all present)'}")

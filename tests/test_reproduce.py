@@ -285,6 +285,33 @@ def _wait_for_program(pid: int, text: bytes, timeout: float = 30.0) -> None:
         time.sleep(0.01)
 
 
+def test_a_new_teacher_candidate_keeps_e1s_models(tmp_path, digits):
+    """Adding a teacher candidate to an E1 row only adds models (folders are named after the
+    teacher): accepted and recorded. Changing or dropping one is refused."""
+    from paper.presets import TeacherRecipe
+
+    Context(tmp_path, TINY, digits, device="cpu", log=io.StringIO()).claim("e1", ("e1_",))
+    saved = json.loads((tmp_path / "e1" / "settings.json").read_text())
+    for t in saved["e1_rows"][0]["teachers"]:  # as written before recipes had a mixup field
+        t.pop("mixup")
+    (tmp_path / "e1" / "settings.json").write_text(json.dumps(saved))
+    first, *rest = TINY.e1_rows
+    extra = TeacherRecipe("mlp", (64, 64), 0.2, 1, 6, 3e-3, mixup=0.2)
+    more = dataclasses.replace(TINY, e1_rows=(
+        dataclasses.replace(first, teachers=(*first.teachers, extra)), *rest))
+    Context(tmp_path, more, digits, device="cpu", log=io.StringIO()).claim("e1", ("e1_",))
+    rows = json.loads((tmp_path / "e1" / "settings.json").read_text())["e1_rows"]
+    assert rows[0]["teachers"][-1]["mixup"] == 0.2  # recorded
+    assert extra.name.endswith("_m0.2_e6") and "_m" not in first.teachers[0].name
+    changed = dataclasses.replace(first.teachers[0], epochs=7)
+    for teachers in ((extra,), (changed, *first.teachers[1:], extra)):
+        other = dataclasses.replace(TINY, e1_rows=(
+            dataclasses.replace(first, teachers=teachers), *rest))
+        with pytest.raises(ValueError, match="other settings"):
+            Context(tmp_path, other, digits, device="cpu", log=io.StringIO()).claim(
+                "e1", ("e1_",))
+
+
 def test_a_folder_in_use_by_another_process_is_refused(tmp_path, digits):
     ctx = Context(tmp_path, TINY, digits, device="cpu", log=io.StringIO())
     (tmp_path / "e1").mkdir()

@@ -12,6 +12,7 @@ All training goes through the library: ``train_baseline`` (hard labels, on views
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -48,7 +49,7 @@ from ensemble_kd.sweep import Candidate, SweepResult, distill_sweep
 from ensemble_kd.train import evaluate_logits
 
 from .paper_numbers import share_of_gap
-from .presets import Preset
+from .presets import Preset, TeacherRecipe
 
 RUN_FILE = "run.json"
 SETTINGS_FILE = "settings.json"
@@ -139,7 +140,8 @@ class Context:
             # a setting the folder has not heard of was added to the presets later: such
             # settings only ever add models (variants), never change the existing ones
             diff = sorted(k for k in set(want) | set(have)
-                          if k in have and k not in COUNT_SETTINGS and want.get(k) != have.get(k))
+                          if k in have and k not in COUNT_SETTINGS and want.get(k) != have.get(k)
+                          and not (k == "e1_rows" and _adds_teachers(have[k], want.get(k))))
             if diff:
                 raise ValueError(
                     f"{path.parent} was made with other settings ({', '.join(diff)}); delete "
@@ -497,6 +499,23 @@ def gap_share_ci(ctx: Context, worse: np.ndarray, better: np.ndarray, ours: np.n
 def metrics_history(folder: Path) -> list[dict]:
     """The shared loop's per-epoch records of a unit (empty when none were written)."""
     return Run(folder).log()
+
+
+def _adds_teachers(have: list[dict], want: list[dict] | None) -> bool:
+    """Whether E1's rows ``want`` only add teacher candidates to ``have`` (as read from JSON):
+    the same rows in the same order, each keeping every teacher it had. Teachers and the students
+    distilled from them live in folders named after the teacher, so a new candidate only adds
+    models; a field added to the recipes later counts as absent while at its default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TeacherRecipe)
+                if f.default is not dataclasses.MISSING}
+
+    def norm(t: dict) -> dict:
+        return {k: v for k, v in t.items() if not (k in defaults and v == defaults[k])}
+
+    if want is None or [r["name"] for r in have] != [r["name"] for r in want]:
+        return False
+    return all(all(norm(t) in [norm(u) for u in new["teachers"]] for t in old["teachers"])
+               for old, new in zip(have, want, strict=True))
 
 
 def _start(invocation: dict) -> float | None:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from ensemble_kd import DistillConfig, ModelSpec, ViewConfig, make_transfer_set
+from ensemble_kd import DistillConfig, ModelSpec, make_transfer_set
 from ensemble_kd.run import Run
 
 from . import presets
@@ -77,9 +77,8 @@ def row_teacher(ctx: Context, row: E1Row) -> tuple[nn.Module, list[dict], int]:
     infos, best, best_model = [], -1, None
     for recipe in row.teachers:
         folder = teacher_folder(ctx, row, recipe)
-        views = ViewConfig(shift=recipe.shift, views=None) if recipe.shift else None
         m = ctx.hard_model(folder, ModelSpec(recipe.arch, recipe.widths, recipe.dropout), 0,
-                           recipe.epochs, views=views, lr=recipe.lr,
+                           recipe.epochs, views=recipe.views(), lr=recipe.lr,
                            label=f"{row.name} teacher {recipe.name}")
         info = {**dataclasses.asdict(recipe), "name": recipe.name, **scores(m, ctx),
                 "curve": curve(folder)}

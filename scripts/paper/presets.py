@@ -412,8 +412,8 @@ E1_TEACHER_NOTE = (
     "teachers and their students live in folders named after the teacher)."
 )
 
-FULL = Preset(name="full", notes=(PILOT_NOTE, E1_VIEWS_NOTE, E1_TEACHER_NOTE, E3_PILOT_NOTE, E3_STUDENT_NOTE, E4_PILOT_NOTE,
-                                  E5_PILOT_NOTE, E6_PILOT_NOTE))
+FULL = Preset(name="full", notes=(PILOT_NOTE, E1_VIEWS_NOTE, E1_TEACHER_NOTE, E3_PILOT_NOTE,
+                                  E3_STUDENT_NOTE, E4_PILOT_NOTE, E5_PILOT_NOTE, E6_PILOT_NOTE))
 
 QUICK = Preset(
     name="quick",

@@ -153,7 +153,7 @@ def _e1(r: dict) -> list:
         out.append(("h3", f"Row {row['name']}: {title}"))
         cand = [[c["name"], pct(c["val_acc"]), pct(c["test_acc"]),
                  "kept" if c["name"] == t["name"] else ""] for c in row["teacher_candidates"]]
-        out.append(("table", ["teacher candidate (arch_widths_dropout_shift_epochs)",
+        out.append(("table", ["teacher candidate (arch_widths_dropout_shift[_mixup]_epochs)",
                               "validation", "test", ""], cand))
         verdict = ("clearly beats" if row["teacher_clearly_better"] else
                    "does NOT clearly beat")

@@ -154,18 +154,11 @@ class Context:
 
     def _lock(self, folder: Path) -> None:
         path = folder / LOCK_FILE
-        if path.exists():
-            try:
-                pid = int(path.read_text().split()[0])
-            except (ValueError, IndexError):
-                pid = None
-            if pid is not None and pid != os.getpid() and _alive(pid):
-                raise ValueError(
-                    f"{folder} is in use by another running process (pid {pid}); run other "
-                    "experiments beside it with --only, or wait for it to finish"
-                )
-            if pid == os.getpid():
-                return
+        if (pid := _other_holder(path)) is not None:
+            raise ValueError(
+                f"{folder} is in use by another running process (pid {pid}); run other "
+                "experiments beside it with --only, or wait for it to finish"
+            )
         atomic_write_text(path, f"{os.getpid()}\n")
 
     def save_run(self) -> None:
@@ -274,23 +267,18 @@ class Context:
                 os.link(mine, path)
                 return None
             except FileExistsError:
-                try:
-                    pid = int(path.read_text().split()[0])
-                except (OSError, ValueError, IndexError):
-                    pid = None  # half gone, or not a mark of ours: stale
-                if pid == os.getpid():
-                    return None
-                if pid is not None and _alive(pid):
+                if (pid := _other_holder(path)) is not None:
                     return pid
-                path.unlink(missing_ok=True)  # stale: take it over
+                path.unlink(missing_ok=True)  # this process's own or a stale mark: (re)take it
             finally:
                 mine.unlink(missing_ok=True)
 
     @contextlib.contextmanager
     def _unit(self, folder: Path, tag: str, label: str) -> Iterator[nn.Module | None]:
-        """Hold the unit ``folder`` while the block trains it. While another invocation (a
-        ``--helper`` beside the main one) trains it, wait; yields the model that one finished,
-        or None: this process trains the unit (resuming what a dead holder left)."""
+        """Hold the unit ``folder`` while the block trains it, waiting while another invocation
+        (a ``--helper`` beside the main one) trains it. Yields the finished model found once the
+        unit is held (e.g. the one that invocation trained), or None: this process trains the
+        unit (resuming what a dead holder left)."""
         waited = False
         while (pid := self._hold_unit(folder)) is not None:
             if not waited:
@@ -298,8 +286,8 @@ class Context:
                          f"waiting for it")
             waited = True
             time.sleep(UNIT_POLL_S)
-        try:
-            yield self._loaded(folder, tag, label) if waited else None
+        try:  # loaded again once held: another invocation may have finished it meanwhile
+            yield self._loaded(folder, tag, label)
         finally:
             (folder / LOCK_FILE).unlink(missing_ok=True)
 
@@ -310,8 +298,6 @@ class Context:
         """A model trained on hard labels (``train_baseline``): all training data unless
         ``transfer`` is given, on its ``views`` (None: the examples as they are)."""
         tag = self._tag()
-        if (m := self._loaded(folder, tag, label)) is not None:
-            return m
         with self._unit(folder, tag, label) as m:
             return m if m is not None else self._train_hard(
                 folder, spec, seed, epochs, transfer, views, lr, early_stopping, tag, label)
@@ -339,8 +325,6 @@ class Context:
         """A model distilled from ``teachers`` on ``transfer`` (same init as the hard model);
         ``lr`` None: the preset's."""
         tag = self._tag()
-        if (m := self._loaded(folder, tag, label)) is not None:
-            return m
         with self._unit(folder, tag, label) as m:
             return m if m is not None else self._train_distilled(
                 folder, spec, seed, epochs, teachers, transfer, dcfg, cache_dir, lr, tag, label)
@@ -516,6 +500,16 @@ def _adds_teachers(have: list[dict], want: list[dict] | None) -> bool:
         return False
     return all(all(norm(t) in [norm(u) for u in new["teachers"]] for t in old["teachers"])
                for old, new in zip(have, want, strict=True))
+
+
+def _other_holder(path: Path) -> int | None:
+    """The pid written in the mark ``path`` when another live invocation holds it; None when the
+    mark is absent, unreadable, this process's own or stale."""
+    try:
+        pid = int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if pid != os.getpid() and _alive(pid) else None
 
 
 def _start(invocation: dict) -> float | None:

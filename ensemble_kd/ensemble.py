@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .batching import TensorBatches
+from .batching import BatchSource, TensorBatches, ViewBatches
 from .checkpoint import load_model
 from .data import Splits
 from .factories import build_any, is_import_path, module_of
@@ -34,6 +34,7 @@ from .predict import ensemble_logits, resolve_device
 from .run import Run
 from .train import TrainConfig, TrainResult, train
 from .vectorized import can_vectorize, train_vectorized
+from .views import ViewConfig
 
 # When the vectorised ensemble is the default (docs/performance.md). On the CPU, with 10 members, it
 # measured 2.2x faster at 5k parameters per member, 1.0x at 51k and 0.75-0.9x from 85k up (batched
@@ -104,6 +105,7 @@ def train_ensemble(
     out_dir: str | os.PathLike,
     *,
     jitter: int = 0,
+    views: ViewConfig | None = None,
     device: str | torch.device = "cpu",
     progress: bool | None = None,
     ranks: tuple[int, int] = (0, 1),
@@ -119,6 +121,11 @@ def train_ensemble(
         config: training hyperparameters; teacher k uses seed ``config.seed + k``.
         out_dir: folder receiving ``teacher_<k>/``.
         jitter: random input shifts (pixels) for the teachers' training batches.
+        views: augmented views for the teachers' training batches instead (a fresh view of each
+            example every epoch; mixup and cutmix mix the labels too), e.g.
+            ``ViewConfig(shift=1, mixup=0.2)``: teachers trained with mixup measured better
+            soft targets in the reproduction's E1 (``docs/reproduction``). Not with ``jitter``;
+            teachers on mixed views train one after another (never vectorised).
         device, progress: as for :func:`ensemble_kd.train.train`.
         ranks: (rank, world size): this process trains teachers k with k % world == rank.
         vectorize: train the teachers still to train that share one architecture together as one
@@ -133,6 +140,16 @@ def train_ensemble(
     """
     if n_teachers < 1:
         raise ValueError(f"n_teachers must be >= 1, got {n_teachers}")
+    if views is not None and not views.validate(splits.input_shape).augments:
+        views = None
+    if views is not None:
+        if jitter:
+            raise ValueError("jitter and views both augment the teachers' inputs: use "
+                             "views.shift instead of jitter")
+        views = ViewConfig(**{**views.as_dict(), "views": None})  # a fresh view every epoch
+        if vectorize and views.mixes:
+            raise ValueError("vectorised teachers cannot train on mixup/cutmix views; "
+                             "use vectorize=False or None")
     specs = [specs] if isinstance(specs, ModelSpec) else list(specs)
     if not specs:
         raise ValueError("no teacher architecture given")
@@ -158,9 +175,15 @@ def train_ensemble(
                                                   allow_imports=allow_imports), cfg)
 
     def extra(model: nn.Module) -> dict:
-        return {"data": meta_base["data_fingerprint"], "jitter": jitter, "spec": model.spec}
+        facts = {"data": meta_base["data_fingerprint"], "jitter": jitter, "spec": model.spec}
+        if views is not None:  # absent without views: earlier teachers' checkpoints still resume
+            facts["views"] = views.as_dict()
+        return facts
 
-    def batches(cfg: TrainConfig) -> TensorBatches:
+    def batches(cfg: TrainConfig) -> BatchSource:
+        if views is not None:
+            return ViewBatches(splits.x_train, splits.y_train, views=views,
+                               batch_size=cfg.batch_size)
         return TensorBatches(
             splits.x_train, splits.y_train, batch_size=cfg.batch_size, jitter=jitter
         )
@@ -170,7 +193,8 @@ def train_ensemble(
         Run(teacher_dir(out_dir, k)).finish(result.model, meta)
         done[k] = result.model
 
-    for group in _vectorizable_groups(pending, out_dir, vectorize, device):
+    stackable = views is None or not views.mixes  # the stacked loss does not mix labels
+    for group in _vectorizable_groups(pending, out_dir, vectorize if stackable else False, device):
         models = [pending[k][0] for k in group]
         results = train_vectorized(
             models, [batches(pending[k][1]) for k in group], [pending[k][1] for k in group],

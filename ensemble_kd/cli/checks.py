@@ -41,6 +41,13 @@ def check_options(cfg: RunConfig, splits: Splits, command: str, n_teachers: int 
             cfg.teacher_train_config()
             teachers = [spec.build(shape, c, allow_imports=allow_imports) for spec in cfg.teacher_specs()]
             jitter_ok("teacher_jitter", cfg.teacher_jitter)
+            if cfg.teacher_mixup is not None and not cfg.teacher_mixup >= 0:  # NaN too
+                raise ValueError(f"teacher_mixup must be >= 0 (0 = off), got {cfg.teacher_mixup}")
+            if (views := cfg.teacher_views()) is not None:
+                views.validate(shape)
+                if cfg.teacher_vectorize == "on":
+                    raise ValueError("teacher_vectorize on: vectorised teachers cannot train on "
+                                     "mixup; use --teacher-vectorize auto or off")
         if command in ("distill", "run"):
             cfg.train_config()
             student = cfg.student_spec().build(shape, c, allow_imports=allow_imports)

@@ -87,6 +87,9 @@ class RunConfig:
     teacher_jitter: int | None = _f(None, "random input shifts (pixels) when training teachers; "
                                     "auto: 2 for cnn teachers, 1 for other images, 0 otherwise",
                                     "teachers", auto=True)
+    teacher_mixup: float | None = _f(None, "mixup of the teachers' training batches, weights "
+                                     "from Beta(a, a) (labels mixed alike; with "
+                                     "--teacher-jitter's shifts); default off", "teachers")
     teacher_vectorize: str = _f("auto", "train same-architecture MLP teachers at once as one vectorised "
                                 "model: auto (where it measured faster), on or off", "teachers")
     teacher_epochs: int | None = _f(None, "teacher epochs; teachers do not follow --epochs; auto: "
@@ -256,6 +259,13 @@ class RunConfig:
             lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
             schedule=self.schedule, early_stopping=self.early_stopping, seed=self.seed,
         ).validate()
+
+    def teacher_views(self) -> ViewConfig | None:
+        """The teachers' training views with --teacher-mixup (their shifts included), else None
+        (the teachers train on --teacher-jitter's shifts alone)."""
+        if not self.teacher_mixup:
+            return None
+        return ViewConfig(shift=self.teacher_jitter or 0, mixup=self.teacher_mixup, views=None)
 
     def teacher_train_config(self) -> TrainConfig:
         """The teachers': their own options where set (after resolve_auto), else the shared ones."""

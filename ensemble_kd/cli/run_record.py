@@ -31,14 +31,14 @@ ADDED_OPTIONS = {"image_size": None, "transfer_data": None, "view_shift": 0, "vi
                  "views": 1,
                  # the teachers' own training options; unset (None): the shared ones, as before
                  "teacher_batch_size": None, "teacher_optimizer": None, "teacher_lr": None,
-                 "teacher_weight_decay": None}
+                 "teacher_weight_decay": None, "teacher_mixup": None}
 # Options added after format version 2 was fixed: left out of the record while unset (None), so
 # the record of a run that does not use them is what older versions wrote.
 OMITTED_WHEN_UNSET = frozenset({"teacher_kwargs", "student_kwargs", "teacher_batch_size",
                                 "teacher_optimizer", "teacher_lr", "teacher_weight_decay",
                                 "merge_epochs", "merge_lr", "merge_batch_size",
                                 "merge_temperature", "merge_alpha", "merge_control",
-                                "merge_views", "specialist_calibration"})
+                                "merge_views", "specialist_calibration", "teacher_mixup"})
 
 
 def run_record(command: str, cfg: RunConfig) -> dict:

@@ -27,7 +27,8 @@ def step_teachers(ctx: Ctx, splits: Splits, out: Path) -> list[torch.nn.Module]:
             f"{splits.describe()}")
     teachers = train_ensemble(
         splits, cfg.teacher_specs(), cfg.teachers, cfg.teacher_train_config(),
-        out / "teachers", jitter=cfg.teacher_jitter, device=ctx.device, progress=ctx.progress,
+        out / "teachers", jitter=0 if cfg.teacher_views() else cfg.teacher_jitter,
+        views=cfg.teacher_views(), device=ctx.device, progress=ctx.progress,
         ranks=(dist.rank(), dist.world()), vectorize=VECTORIZE[cfg.teacher_vectorize],
         allow_imports=ctx.allow_imports,
     )

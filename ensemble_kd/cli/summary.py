@@ -90,7 +90,8 @@ def training_settings(cfg: RunConfig, *, teachers: bool = False, students: bool 
              "started; config.json records them):", ""]
     if teachers:
         lines.append(f"- teachers: {cfg.teachers} x {cfg.teacher_arch} {cfg.teacher_widths}, "
-                     f"dropout {cfg.teacher_dropout:g}, shifts up to {cfg.teacher_jitter} px; "
+                     f"dropout {cfg.teacher_dropout:g}, shifts up to {cfg.teacher_jitter} px"
+                     f"{f', mixup {cfg.teacher_mixup:g}' if cfg.teacher_mixup else ''}; "
                      f"{recipe(cfg.teacher_train_config())}")
     if students:
         lines.append(f"- baseline and distilled student: {cfg.student_arch} {cfg.student_widths}, "

@@ -15,7 +15,7 @@ cache adds about 10% (docs/performance.md).
 E1    3 hard students; per row: teachers, 3 + 1 candidates on seed 0, 2 more        7.5 h
       seeds of the two kept recipes; 3 fair baselines shared by the rows
       (150-epoch view students since E1_VIEWS_NOTE, 2 mlp teachers since
-      E1_TEACHER_NOTE: estimated, not yet measured)
+      E1_TEACHER_NOTE; measured below)
 E2    6 students of 30 epochs (E1's teacher)                                        0.8 h
 E3    10 cnn members + 6 candidates + 2 seeds, 8 epochs each, plain images         1.3 h
 M     the 10 MLP members of E4-E6, 30 epochs each                                   0.7 h
@@ -27,6 +27,10 @@ E6    10 generalists x (merged model + control) of 10 epochs on the plain images
 E1's wall time on 2 threads with subnormals flushed (2026-12-02, Intel Xeon): hard students 11
 min, the 300-epoch MLP teacher 48 min (8.2 s an epoch), the mlp row's students 39 min with E2
 beside them, the fair baselines 8 min, the cnn teacher 8 min; E2 beside it on one thread 29 min.
+With this preset (2026-12-02, AMD EPYC): E1 took 4.4 h of wall time, the main invocation and
+``--helper`` on one thread each for 3 h (two restarts), then the main one alone on 2 threads for
+1.4 h (the mixup teacher's last 47 epochs, 11.6 s each, and the mlp row's view students, 5-16 s
+an epoch, slower while E2 ran beside it for 29 min on one thread).
 
 Two invocations side by side (``--only E1,E2`` and ``--only E3,E4,E5``) took about 6.5 h of wall
 time with the earlier 40-epoch view students of E1 (about 9 h of CPU in all; E1's longer view

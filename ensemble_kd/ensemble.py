@@ -123,8 +123,8 @@ def train_ensemble(
         jitter: random input shifts (pixels) for the teachers' training batches.
         views: augmented views for the teachers' training batches instead (a fresh view of each
             example every epoch; mixup and cutmix mix the labels too), e.g.
-            ``ViewConfig(shift=1, mixup=0.2)``: teachers trained with mixup measured better
-            soft targets in the reproduction's E1 (``docs/reproduction``). Not with ``jitter``;
+            ``ViewConfig(shift=1, mixup=0.2)`` (the reproduction's E1 teacher, whose students
+            beat those of the same teacher without mixup; ``docs/reproduction``). Not with ``jitter``;
             teachers on mixed views train one after another (never vectorised).
         device, progress: as for :func:`ensemble_kd.train.train`.
         ranks: (rank, world size): this process trains teachers k with k % world == rank.

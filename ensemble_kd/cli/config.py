@@ -90,8 +90,8 @@ class RunConfig:
     teacher_mixup: float | None = _f(None, "mixup of the teachers' training batches, weights "
                                      "from Beta(a, a) (labels mixed alike; with "
                                      "--teacher-jitter's shifts); default off. For long teacher "
-                                     "schedules: with 12-epoch teachers on Fashion-MNIST it made "
-                                     "the student worse (docs/reproduction)", "teachers")
+                                     "schedules: with 12-epoch teachers on Fashion-MNIST it gave "
+                                     "the student no gain (docs/reproduction)", "teachers")
     teacher_vectorize: str = _f("auto", "train same-architecture MLP teachers at once as one vectorised "
                                 "model: auto (where it measured faster), on or off", "teachers")
     teacher_epochs: int | None = _f(None, "teacher epochs; teachers do not follow --epochs; auto: "

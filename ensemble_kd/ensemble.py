@@ -147,9 +147,11 @@ def train_ensemble(
             raise ValueError("jitter and views both augment the teachers' inputs: use "
                              "views.shift instead of jitter")
         views = ViewConfig(**{**views.as_dict(), "views": None})  # a fresh view every epoch
-        if vectorize and views.mixes:
-            raise ValueError("vectorised teachers cannot train on mixup/cutmix views; "
-                             "use vectorize=False or None")
+        if views.mixes:  # the stacked (vectorised) loss does not mix labels
+            if vectorize:
+                raise ValueError("vectorised teachers cannot train on mixup/cutmix views; "
+                                 "use vectorize=False or None")
+            vectorize = False
     specs = [specs] if isinstance(specs, ModelSpec) else list(specs)
     if not specs:
         raise ValueError("no teacher architecture given")
@@ -193,8 +195,7 @@ def train_ensemble(
         Run(teacher_dir(out_dir, k)).finish(result.model, meta)
         done[k] = result.model
 
-    stackable = views is None or not views.mixes  # the stacked loss does not mix labels
-    for group in _vectorizable_groups(pending, out_dir, vectorize if stackable else False, device):
+    for group in _vectorizable_groups(pending, out_dir, vectorize, device):
         models = [pending[k][0] for k in group]
         results = train_vectorized(
             models, [batches(pending[k][1]) for k in group], [pending[k][1] for k in group],

@@ -25,10 +25,11 @@ def step_teachers(ctx: Ctx, splits: Splits, out: Path) -> list[torch.nn.Module]:
     cfg = ctx.cfg
     ctx.say(f"training {cfg.teachers} teacher(s) ({cfg.teacher_arch} {cfg.teacher_widths}) on "
             f"{splits.describe()}")
+    views = cfg.teacher_views()  # with --teacher-mixup the shifts are part of the views
     teachers = train_ensemble(
         splits, cfg.teacher_specs(), cfg.teachers, cfg.teacher_train_config(),
-        out / "teachers", jitter=0 if cfg.teacher_views() else cfg.teacher_jitter,
-        views=cfg.teacher_views(), device=ctx.device, progress=ctx.progress,
+        out / "teachers", jitter=0 if views is not None else cfg.teacher_jitter,
+        views=views, device=ctx.device, progress=ctx.progress,
         ranks=(dist.rank(), dist.world()), vectorize=VECTORIZE[cfg.teacher_vectorize],
         allow_imports=ctx.allow_imports,
     )

@@ -22,7 +22,7 @@ from typing import NamedTuple, Protocol
 
 import torch
 
-from .views import UNBOUNDED, Mix, ViewConfig, apply_views, draw_views, pad_images
+from .views import UNBOUNDED, EpochViews, Mix, ViewConfig, draw_views, pad_images
 
 
 class Batch(NamedTuple):
@@ -275,13 +275,18 @@ class ViewBatches(TensorBatches):
         view = view[order]  # (N,) view of the epoch's i-th example
         hw = tuple(self.x.shape[-2:]) if self.x.dim() == 4 else None
         draws = draw_views(order, view, n, cfg, hw)
+        views = EpochViews(self.x, order, view, draws, cfg, self.padded)
+        # the labels of the epoch's examples and partners, in batch order (each batch a slice)
+        ys = None if self.y is None else self.y.index_select(0, order.to(self.y.device))
+        partner_ys = (None if self.y is None or draws.partner is None
+                      else self.y.index_select(0, draws.partner.to(self.y.device)))
         for i in range(len(self)):
             sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
             idx, v = order[sl], view[sl]
-            x, mix = apply_views(self.x, idx, v, draws.take(sl), cfg, self.padded)
-            y = None if self.y is None else self.y.index_select(0, idx.to(self.y.device))
-            if mix is not None and self.y is not None:
-                mix = mix._replace(partner_y=self.y.index_select(0, mix.partner.to(self.y.device)))
+            x, mix = views.batch(sl)
+            y = None if ys is None else ys[sl]
+            if mix is not None and partner_ys is not None:
+                mix = mix._replace(partner_y=partner_ys[sl])
             yield Batch(x, y, idx, v, mix)
 
 

@@ -158,9 +158,11 @@ class TeacherCache:
         """
         if view is None:
             return idx
-        if len(view) and (int(view.min()) < 0 or int(view.max()) >= self.n_views):
-            raise IndexError(f"view numbers must lie in [0, {self.n_views}) for this cache, found "
-                             f"[{int(view.min())}, {int(view.max())}]")
+        if len(view):
+            low, high = (int(v) for v in torch.aminmax(view))
+            if low < 0 or high >= self.n_views:
+                raise IndexError(f"view numbers must lie in [0, {self.n_views}) for this cache, "
+                                 f"found [{low}, {high}]")
         return view * (self.n_examples // self.n_views) + idx
 
     def all(self) -> torch.Tensor:

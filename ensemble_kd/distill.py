@@ -153,19 +153,20 @@ def cached_objective(
 
         return streaming
 
-    probs, neg_entropy = torch.empty(n, c), torch.empty(n)
+    # one table (N, C + 1): the targets and, in the last column, the constant of each row, so a
+    # step reads both with one row copy
+    table = torch.empty(n, c + 1)
     for i in range(0, n, 8192):
         part = targets_of(cache.batch(np.arange(i, min(n, i + 8192))))
-        probs[i : i + 8192], neg_entropy[i : i + 8192] = part.probs, part.neg_entropy
-    on_device: dict[torch.device, SoftTargets] = {}
+        table[i : i + 8192, :c], table[i : i + 8192, c] = part.probs, part.neg_entropy
+    on_device: dict[torch.device, torch.Tensor] = {}
 
     def resident(logits: torch.Tensor, batch: Batch) -> LossParts:
         dev = logits.device
         if dev not in on_device:
-            on_device[dev] = SoftTargets(probs.to(dev), neg_entropy.to(dev))
-        full = on_device[dev]
-        i = rows(batch).to(dev)
-        return loss(logits, SoftTargets(full.probs[i], full.neg_entropy[i]), batch)
+            on_device[dev] = table.to(dev)
+        got = on_device[dev].index_select(0, rows(batch).to(dev))  # (B, C + 1)
+        return loss(logits, SoftTargets(got[:, :c], got[:, c]), batch)
 
     return resident
 

@@ -213,13 +213,41 @@ def loss_from_soft_targets(
     This is the one place the soft term is computed and scaled by ``T^2``. ``mix``: the batch's
     mixup/cutmix weights, which mix the hard targets as they mixed the inputs.
     """
-    t = float(temperature)
-    log_q = F.log_softmax(student_logits.T / t, 0)  # (C, B), see combined_soft_targets
-    soft = (targets.neg_entropy - (targets.probs.T * log_q).sum(0)).mean() * (t * t)
+    t, a = float(temperature), float(alpha)
+    b = student_logits.shape[0]
+    dt = torch.promote_types(student_logits.dtype, torch.float32)
+    zt = student_logits.T  # (C, B): CPU log_softmax is far faster over a leading dim for small C
+    if zt.dtype != dt:
+        zt = zt.to(dt)
+    pt = targets.probs.T.to(dt)
+    # sum_b negH_b and sum_{c,b} p log q in float64: the soft term is their small difference
+    neg_h = targets.neg_entropy.sum(dtype=torch.float64)
+    tt = t * t / b
     if labels is None:
+        cross = torch.mul(pt, F.log_softmax(zt / t, 0)).sum(dtype=torch.float64)
+        soft = ((neg_h - cross) * tt).to(dt)
         return LossParts(soft, soft, None)
-    hard = hard_term(student_logits, labels, mix)
-    return LossParts(alpha * soft + (1.0 - alpha) * hard, soft, hard)
+    # one log-softmax for both terms: rows 0 (z / T, soft targets) and 1 (z, the labels, mixed
+    # as the inputs were)
+    log_qh = F.log_softmax(torch.stack([zt / t, zt]), 1)  # (2, C, B)
+    both = torch.stack([pt, _label_targets(labels, mix, zt)])  # (2, C, B)
+    cross = torch.mul(both, log_qh).sum((1, 2), dtype=torch.float64)  # (2,)
+    parts = (torch.mv(cross.new_tensor([[-a * tt, -(1.0 - a) / b], [-tt, 0.0], [0.0, -1.0 / b]]),
+                      cross) + cross.new_tensor([a * tt, tt, 0.0]) * neg_h).to(dt)  # (3,)
+    loss, soft, hard = parts.unbind()
+    return LossParts(loss, soft, hard)
+
+
+def _label_targets(labels: torch.Tensor, mix: Mix | None, like: torch.Tensor) -> torch.Tensor:
+    """One-hot (or mixed, :func:`mixed_targets`) targets (C, B) of ``labels`` (B,), as ``like``."""
+    y = labels.long()[None].to(like.device)  # (1, B)
+    if mix is None:
+        return torch.zeros_like(like).scatter_(0, y, 1.0)
+    if mix.partner_y is None:
+        raise ValueError("mixed views need their partners' labels (Mix.partner_y) for a hard term")
+    lam = mix.lam.to(device=like.device, dtype=like.dtype)[None]
+    out = torch.zeros_like(like).scatter_(0, y, lam)
+    return out.scatter_add_(0, mix.partner_y.long()[None].to(like.device), 1.0 - lam)
 
 
 def check_loss_options(temperature: float, alpha: float, combine: str) -> tuple[float, float]:

@@ -247,18 +247,77 @@ def pad_images(x: torch.Tensor, cfg: ViewConfig) -> torch.Tensor | None:
     return F.pad(x, (p, p, p, p), mode=mode)
 
 
+def _window_table(padded: torch.Tensor, pad: int) -> torch.Tensor:
+    """Every (C, H, W) window of the padded images (M, C, H + 2p, W + 2p), as rows of one view.
+
+    A window may start at any element of the padded images: as a view (no copy), windows are rows
+    of one (L, C, H, W) tensor, and one index_select (a fast row copy) picks each image's own.
+    """
+    _, c, hp, wp = padded.shape
+    h, w = hp - 2 * pad, wp - 2 * pad
+    span = (c - 1) * hp * wp + (h - 1) * wp + w  # elements from a window's first to its last
+    return padded.contiguous().as_strided((padded.numel() - span + 1, c, h, w), (1, hp * wp, wp, 1))
+
+
+def _window_starts(padded: torch.Tensor, which: torch.Tensor, off: torch.Tensor, pad: int
+                   ) -> torch.Tensor:
+    """Rows (B,) of :func:`_window_table` holding images ``which`` (B,) translated by ``off``
+    (2, B) in [-p, p]."""
+    _, c, hp, wp = padded.shape
+    off = off.to(padded.device) + pad  # (2, B) in [0, 2p]
+    return which.to(padded.device) * (c * hp * wp) + off[0] * wp + off[1]
+
+
 def _windows(padded: torch.Tensor, which: torch.Tensor, off: torch.Tensor, pad: int) -> torch.Tensor:
     """Images ``which`` (B,) of ``padded`` (M, C, H + 2p, W + 2p), each cut to (C, H, W) at its
     offset ``off`` (2, B) in [-p, p]: the image translated by ``off``, filled as padded."""
-    _, c, hp, wp = padded.shape
-    h, w = hp - 2 * pad, wp - 2 * pad
-    # A (C, H, W) window may start at any element of the padded images: as a view, windows are
-    # rows of one (L, C, H, W) tensor, and one index_select (a fast row copy) picks each one's own.
-    span = (c - 1) * hp * wp + (h - 1) * wp + w  # elements from a window's first to its last
-    windows = padded.contiguous().as_strided((padded.numel() - span + 1, c, h, w), (1, hp * wp, wp, 1))
-    off = off.to(padded.device) + pad  # (2, B) in [0, 2p]
-    starts = which.to(padded.device) * (c * hp * wp) + off[0] * wp + off[1]  # (B,)
-    return windows.index_select(0, starts)  # (B, C, H, W)
+    return _window_table(padded, pad).index_select(0, _window_starts(padded, which, off, pad))
+
+
+class EpochViews:
+    """The views of a whole epoch's draws, cut batch by batch with the fewest operations.
+
+    For the common views (one translation, crop or shift, optionally mixed up; no flips, cutmix
+    or noise) every image's window in the padded inputs is located once per epoch, so a batch is
+    one or two row copies and a blend: the same values as :func:`apply_views` (same operations on
+    the same numbers). Other views fall back to :func:`apply_views` batch by batch.
+
+    Args:
+        x_all: (N, *input_shape) the set; ``padded``: :func:`pad_images` of it (or None).
+        idx, view: (M,) the epoch's examples and view numbers, in batch order.
+        draws: ``draw_views(idx, view, ...)``; cfg: the view settings.
+    """
+
+    def __init__(self, x_all: torch.Tensor, idx: torch.Tensor, view: torch.Tensor,
+                 draws: ViewDraws, cfg: ViewConfig, padded: torch.Tensor | None):
+        self.x_all, self.idx, self.view, self.draws, self.cfg = x_all, idx, view, draws, cfg
+        self.padded = padded
+        g = draws.geometry
+        self.fast = (padded is not None and not cfg.flip and not cfg.cutmix and not cfg.noise
+                     and (g.crop is None) != (g.shift is None))
+        if self.fast:
+            pad = _first_padding(cfg)[0]
+            first = g.crop if g.crop is not None else g.shift
+            self.table = _window_table(padded, pad)
+            self.starts = _window_starts(padded, idx, first, pad)  # (M,)
+            if draws.partner is not None:
+                pg = draws.partner_geometry
+                self.partner_starts = _window_starts(
+                    padded, draws.partner, pg.crop if pg.crop is not None else pg.shift, pad)
+                self.lam = draws.lam.to(padded.device)
+
+    def batch(self, sl: slice) -> tuple[torch.Tensor, Mix | None]:
+        """The views of positions ``sl`` of the epoch: (B, *input_shape), :class:`Mix` or None."""
+        if not self.fast:
+            return apply_views(self.x_all, self.idx[sl], self.view[sl], self.draws.take(sl),
+                               self.cfg, self.padded)
+        x = self.table.index_select(0, self.starts[sl])
+        if self.draws.partner is None:
+            return x, None
+        xp = self.table.index_select(0, self.partner_starts[sl])
+        lam = self.lam[sl]
+        mixed = torch.lerp(xp, x, lam.view(-1, *[1] * (x.dim() - 1)))  # lam x + (1 - lam) xp
+        return mixed, Mix(self.draws.partner[sl], lam)
 
 
 def _translate(x: torch.Tensor, off: torch.Tensor, pad: int, mode: str) -> torch.Tensor:

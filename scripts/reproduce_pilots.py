@@ -289,6 +289,9 @@ def e3student(args, splits) -> dict:
             "init_member_acc": None if args.init_member is None else accs[args.init_member],
             "mean_member": sum(accs) / len(accs), "ensemble": ens,
             "student": accuracy(predict_probs(res.model, splits.x_test), splits.y_test),
+            "student_val": accuracy(predict_probs(res.model, splits.x_val), splits.y_val),
+            "mean_member_val": sum(accuracy(predict_probs(m, splits.x_val), splits.y_val)
+                                   for m in members) / len(members),
             "cpu_seconds_per_epoch": (time.process_time() - t) / args.epochs}
 
 

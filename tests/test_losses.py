@@ -264,6 +264,34 @@ def test_gradient_matches_autograd_of_the_written_out_loss(t, a, target):
     torch.testing.assert_close(g, _grad(written_out, z), rtol=1e-10, atol=1e-12)
 
 
+def test_parts_have_their_own_gradients():
+    # soft and hard backpropagate on their own too (a user may weight them outside the loss)
+    z, v = _randn(6, 4, seed=50), _randn(6, 4, seed=51)
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    t = 3.0
+    g_soft = _grad(lambda s: distillation_loss_parts(s, v, y, temperature=t, alpha=0.2).soft, z)
+    q, p = torch.softmax(z / t, -1), torch.softmax(v / t, -1)
+    torch.testing.assert_close(g_soft, t * (q - p) / 6, rtol=1e-10, atol=1e-12)
+    g_hard = _grad(lambda s: distillation_loss_parts(s, v, y, temperature=t, alpha=0.2).hard, z)
+    torch.testing.assert_close(g_hard, _grad(lambda s: F.cross_entropy(s, y), z), rtol=1e-10,
+                               atol=1e-12)
+
+
+def test_float32_soft_term_is_accurate_for_a_close_student():
+    # the soft term is a small difference (KL) of large sums: in float32 it must still match the
+    # float64 answer to a few parts in a million of the entropies, not lose it to cancellation
+    b, c, t = 4096, 10, 4.0
+    v = _randn(b, c, seed=60) * 5
+    z = v + 0.01 * _randn(b, c, seed=61)  # a student close to its teacher: KL ~ 1e-5
+    y = torch.randint(0, c, (b,), generator=torch.Generator().manual_seed(62))
+    exact = distillation_loss_parts(z, v, y, temperature=t, alpha=0.5)
+    got = distillation_loss_parts(z.float(), v.float(), y, temperature=t, alpha=0.5)
+    assert got.soft.dtype == torch.float32
+    assert 0 < float(exact.soft) < 1e-3
+    assert abs(float(got.soft) - float(exact.soft)) < 2e-3 * float(exact.soft)
+    torch.testing.assert_close(got.hard.double(), exact.hard, rtol=1e-6, atol=0)
+
+
 def test_int32_labels_are_class_indices_too():
     # the validator accepts any integer dtype ("labels must be integer class indices"), so an int32
     # label vector (numpy's default on some platforms) must give the int64 answer, not crash

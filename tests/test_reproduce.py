@@ -435,9 +435,31 @@ def test_a_helper_trains_e1s_other_rows_and_the_main_invocation_loads_them(tiny_
         tiny_run[1]["experiments"]["E1"]["rows"])
 
 
+def test_a_helper_trains_e3s_members_and_the_main_invocation_loads_them(tiny_run, tmp_path):
+    """``--helper --only E3`` trains the members from the last one down (alone here: all of
+    them); the main invocation then loads every member and comes out exactly as a run without
+    a helper (seeded, CPU)."""
+    base = ["--preset", "tiny", "--out", str(tmp_path), "--device", "cpu", "--only", "E3"]
+    log = io.StringIO()
+    assert main([*base, "--helper"], log=log) == {}
+    trained = [ln for ln in log.getvalue().splitlines() if "training on" in ln]
+    assert [ln.split("member ")[1].split()[0] for ln in trained] == ["3/3", "2/3", "1/3"]
+    assert "E3: helper done" in log.getvalue()
+    assert not (tmp_path / "e3" / "result.json").exists()  # a helper saves no result
+    assert list(tmp_path.rglob("owner.pid")) == []  # every unit released
+    log = io.StringIO()
+    data = main(base, log=log)
+    lines = log.getvalue().splitlines()
+    assert not any("member" in ln and "training on" in ln for ln in lines)
+    assert sum("member" in ln and "already trained, loaded" in ln for ln in lines) == 3
+    mine, theirs = data["experiments"]["E3"], tiny_run[1]["experiments"]["E3"]
+    for key in ("members", "ensemble", "distilled", "headline_gain_kept", "kept_ci"):
+        assert mine[key] == theirs[key], key
+
+
 def test_helper_arguments():
     assert parse_args(["--out", "x", "--only", "E1", "--helper"]).helper
-    for bad in (["--helper"], ["--only", "E1,E3", "--helper"],
+    for bad in (["--helper"], ["--only", "E1,E2", "--helper"],
                 ["--only", "E1", "--helper", "--restore", "r.json"]):
         with pytest.raises(SystemExit):
             parse_args(["--out", "x", *bad])

@@ -60,14 +60,28 @@ def model_name(p: presets.Preset) -> str:
     return f"{p.e3_arch} {widths_name(p.e3_widths)}"
 
 
-def e3_teachers(ctx: Context) -> list[nn.Module]:
-    """The ensemble's members. Member k: seed k, views drawn with view seed k."""
+def e3_teachers(ctx: Context, order: range | None = None) -> list[nn.Module]:
+    """The ensemble's members, in the order of k (``order``: train them in that order).
+    Member k: seed k, views drawn with view seed k."""
     ctx.claim("e3", ("e3_",))
     p = ctx.preset
-    return [ctx.hard_model(member_folder(ctx, k), spec(ctx), k, p.e3_epochs, lr=p.e3_lr,
-                           views=presets.views(p.e3_member_views, None, seed=k),
-                           label=f"member {k + 1}/{p.e3_teachers} {model_name(p)}")
-            for k in range(p.e3_teachers)]
+    ks = range(p.e3_teachers) if order is None else order
+    got = {k: ctx.hard_model(member_folder(ctx, k), spec(ctx), k, p.e3_epochs, lr=p.e3_lr,
+                             views=presets.views(p.e3_member_views, None, seed=k),
+                             label=f"member {k + 1}/{p.e3_teachers} {model_name(p)}")
+           for k in ks}
+    return [got[k] for k in sorted(got)]
+
+
+def prefetch(ctx: Context) -> None:
+    """Train E3's members from the last one down beside the main invocation (``--helper``),
+    which trains them from the first one up and loads, or waits for, the helper's. Saves no
+    result."""
+    p = ctx.preset
+    ctx.claim("e3", ("e3_",))  # a helper holds single units, not the folder
+    ctx.begin(EXP, planned(ctx))
+    e3_teachers(ctx, order=range(p.e3_teachers - 1, -1, -1))
+    ctx.say(f"{EXP}: helper done")
 
 
 def planned(ctx: Context) -> int:

@@ -26,6 +26,7 @@ The same code path applies ``T^2`` in every mode; there is no other place that s
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -214,40 +215,45 @@ def loss_from_soft_targets(
     mixup/cutmix weights, which mix the hard targets as they mixed the inputs.
     """
     t, a = float(temperature), float(alpha)
-    b = student_logits.shape[0]
-    dt = torch.promote_types(student_logits.dtype, torch.float32)
     zt = student_logits.T  # (C, B): CPU log_softmax is far faster over a leading dim for small C
-    if zt.dtype != dt:
-        zt = zt.to(dt)
-    pt = targets.probs.T.to(dt)
-    # sum_b negH_b and sum_{c,b} p log q in float64: the soft term is their small difference
-    neg_h = targets.neg_entropy.sum(dtype=torch.float64)
-    tt = t * t / b
-    if labels is None:
-        cross = torch.mul(pt, F.log_softmax(zt / t, 0)).sum(dtype=torch.float64)
-        soft = ((neg_h - cross) * tt).to(dt)
-        return LossParts(soft, soft, None)
-    # one log-softmax for both terms: rows 0 (z / T, soft targets) and 1 (z, the labels, mixed
-    # as the inputs were)
+    if mix is None or labels is None:  # one-hot labels, or none: the fused cross-entropy
+        log_q = F.log_softmax(zt / t, 0)
+        soft = (targets.neg_entropy - (targets.probs.T * log_q).sum(0)).mean() * (t * t)
+        if labels is None:
+            return LossParts(soft, soft, None)
+        hard = F.cross_entropy(student_logits, labels.long())
+        return LossParts(a * soft + (1.0 - a) * hard, soft, hard)
+    # mixed views: one log-softmax for both terms, rows 0 (z / T, against the soft targets) and
+    # 1 (z, against the labels mixed as the inputs were), and one product with both targets
     log_qh = F.log_softmax(torch.stack([zt / t, zt]), 1)  # (2, C, B)
-    both = torch.stack([pt, _label_targets(labels, mix, zt)])  # (2, C, B)
+    both = torch.stack([targets.probs.T.to(log_qh.dtype), _label_targets(labels, mix, zt)])
+    # sum p log q_T and sum y log q_1 over the batch, in float64 (the soft term is a small
+    # difference of large sums), then (loss, soft, hard) from one matrix product
     cross = torch.mul(both, log_qh).sum((1, 2), dtype=torch.float64)  # (2,)
-    parts = (torch.mv(cross.new_tensor([[-a * tt, -(1.0 - a) / b], [-tt, 0.0], [0.0, -1.0 / b]]),
-                      cross) + cross.new_tensor([a * tt, tt, 0.0]) * neg_h).to(dt)  # (3,)
-    loss, soft, hard = parts.unbind()
+    weights, constants = _part_coefficients(t, a, len(student_logits), cross.device)
+    neg_h = targets.neg_entropy.sum(dtype=torch.float64)
+    loss, soft, hard = (torch.mv(weights, cross) + constants * neg_h).to(log_qh.dtype).unbind()
     return LossParts(loss, soft, hard)
 
 
-def _label_targets(labels: torch.Tensor, mix: Mix | None, like: torch.Tensor) -> torch.Tensor:
-    """One-hot (or mixed, :func:`mixed_targets`) targets (C, B) of ``labels`` (B,), as ``like``."""
-    y = labels.long()[None].to(like.device)  # (1, B)
-    if mix is None:
-        return torch.zeros_like(like).scatter_(0, y, 1.0)
+@functools.lru_cache(maxsize=64)
+def _part_coefficients(t: float, a: float, b: int, device: torch.device
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, soft, hard) = W @ (sum p log q_T, sum y log q_1) + k * sum_b negH_b: W (3, 2), k (3,)
+    in float64 on ``device``, made once per setting (no host-to-device copy per step)."""
+    tt = t * t / b
+    w = torch.tensor([[-a * tt, -(1.0 - a) / b], [-tt, 0.0], [0.0, -1.0 / b]], dtype=torch.float64)
+    k = torch.tensor([a * tt, tt, 0.0], dtype=torch.float64)
+    return w.to(device), k.to(device)
+
+
+def _label_targets(labels: torch.Tensor, mix: Mix, like: torch.Tensor) -> torch.Tensor:
+    """Mixed (:func:`mixed_targets`) targets (C, B) of ``labels`` (B,), as ``like``."""
     if mix.partner_y is None:
         raise ValueError("mixed views need their partners' labels (Mix.partner_y) for a hard term")
-    lam = mix.lam.to(device=like.device, dtype=like.dtype)[None]
-    out = torch.zeros_like(like).scatter_(0, y, lam)
-    return out.scatter_add_(0, mix.partner_y.long()[None].to(like.device), 1.0 - lam)
+    lam = mix.lam.to(device=like.device, dtype=like.dtype)
+    return mixed_targets(labels.to(like.device), mix.partner_y.to(like.device), lam,
+                         like.shape[0]).T
 
 
 def check_loss_options(temperature: float, alpha: float, combine: str) -> tuple[float, float]:

@@ -278,18 +278,23 @@ def test_parts_have_their_own_gradients():
 
 
 def test_float32_soft_term_is_accurate_for_a_close_student():
+    from ensemble_kd.views import Mix
+
     # the soft term is a small difference (KL) of large sums: in float32 it must still match the
     # float64 answer to a few parts in a million of the entropies, not lose it to cancellation
     b, c, t = 4096, 10, 4.0
     v = _randn(b, c, seed=60) * 5
     z = v + 0.01 * _randn(b, c, seed=61)  # a student close to its teacher: KL ~ 1e-5
     y = torch.randint(0, c, (b,), generator=torch.Generator().manual_seed(62))
-    exact = distillation_loss_parts(z, v, y, temperature=t, alpha=0.5)
-    got = distillation_loss_parts(z.float(), v.float(), y, temperature=t, alpha=0.5)
-    assert got.soft.dtype == torch.float32
-    assert 0 < float(exact.soft) < 1e-3
-    assert abs(float(got.soft) - float(exact.soft)) < 2e-3 * float(exact.soft)
-    torch.testing.assert_close(got.hard.double(), exact.hard, rtol=1e-6, atol=0)
+    g = torch.Generator().manual_seed(63)
+    mixed = Mix(torch.arange(b), torch.rand(b, generator=g), torch.randint(0, c, (b,), generator=g))
+    for mix in (None, mixed):  # the one-hot and the mixed-label paths
+        exact = distillation_loss_parts(z, v, y, temperature=t, alpha=0.5, mix=mix)
+        got = distillation_loss_parts(z.float(), v.float(), y, temperature=t, alpha=0.5, mix=mix)
+        assert got.soft.dtype == torch.float32
+        assert 0 < float(exact.soft) < 1e-3
+        assert abs(float(got.soft) - float(exact.soft)) < 2e-3 * float(exact.soft)
+        torch.testing.assert_close(got.hard.double(), exact.hard, rtol=1e-6, atol=0)
 
 
 def test_int32_labels_are_class_indices_too():

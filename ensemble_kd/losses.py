@@ -152,11 +152,16 @@ def hard_term(student_logits: torch.Tensor, labels: torch.Tensor, mix: Mix | Non
     """Cross-entropy (T = 1, batch mean) of logits (B, C) against labels (B,), mixed by ``mix``."""
     if mix is None:
         return F.cross_entropy(student_logits, labels.long())
+    return F.cross_entropy(student_logits, _mixed_label_targets(labels, mix, student_logits))
+
+
+def _mixed_label_targets(labels: torch.Tensor, mix: Mix, like: torch.Tensor) -> torch.Tensor:
+    """:func:`mixed_targets` (B, C) of ``labels`` (B,) and ``mix``, in ``like``'s (B, C) dtype
+    and device."""
     if mix.partner_y is None:
         raise ValueError("mixed views need their partners' labels (Mix.partner_y) for a hard term")
-    target = mixed_targets(labels, mix.partner_y, mix.lam.to(student_logits.dtype),
-                           student_logits.shape[-1])
-    return F.cross_entropy(student_logits, target)
+    lam = mix.lam.to(device=like.device, dtype=like.dtype)
+    return mixed_targets(labels.to(like.device), mix.partner_y.to(like.device), lam, like.shape[-1])
 
 
 class SoftTargets(NamedTuple):
@@ -221,12 +226,13 @@ def loss_from_soft_targets(
         soft = (targets.neg_entropy - (targets.probs.T * log_q).sum(0)).mean() * (t * t)
         if labels is None:
             return LossParts(soft, soft, None)
-        hard = F.cross_entropy(student_logits, labels.long())
+        hard = hard_term(student_logits, labels)
         return LossParts(a * soft + (1.0 - a) * hard, soft, hard)
     # mixed views: one log-softmax for both terms, rows 0 (z / T, against the soft targets) and
     # 1 (z, against the labels mixed as the inputs were), and one product with both targets
     log_qh = F.log_softmax(torch.stack([zt / t, zt]), 1)  # (2, C, B)
-    both = torch.stack([targets.probs.T.to(log_qh.dtype), _label_targets(labels, mix, zt)])
+    both = torch.stack([targets.probs.T.to(log_qh.dtype),
+                        _mixed_label_targets(labels, mix, student_logits).T])
     # sum p log q_T and sum y log q_1 over the batch, in float64 (the soft term is a small
     # difference of large sums), then (loss, soft, hard) from one matrix product
     cross = torch.mul(both, log_qh).sum((1, 2), dtype=torch.float64)  # (2,)
@@ -245,15 +251,6 @@ def _part_coefficients(t: float, a: float, b: int, device: torch.device
     w = torch.tensor([[-a * tt, -(1.0 - a) / b], [-tt, 0.0], [0.0, -1.0 / b]], dtype=torch.float64)
     k = torch.tensor([a * tt, tt, 0.0], dtype=torch.float64)
     return w.to(device), k.to(device)
-
-
-def _label_targets(labels: torch.Tensor, mix: Mix, like: torch.Tensor) -> torch.Tensor:
-    """Mixed (:func:`mixed_targets`) targets (C, B) of ``labels`` (B,), as ``like``."""
-    if mix.partner_y is None:
-        raise ValueError("mixed views need their partners' labels (Mix.partner_y) for a hard term")
-    lam = mix.lam.to(device=like.device, dtype=like.dtype)
-    return mixed_targets(labels.to(like.device), mix.partner_y.to(like.device), lam,
-                         like.shape[0]).T
 
 
 def check_loss_options(temperature: float, alpha: float, combine: str) -> tuple[float, float]:

@@ -228,6 +228,11 @@ def draw_views(
 # --------------------------------------------------------------------------- applying the draws
 
 
+def _first_offsets(g: _Geometry) -> torch.Tensor | None:
+    """The offsets (2, B) of the first translation (crop, else shift), or None without one."""
+    return g.crop if g.crop is not None else g.shift
+
+
 def _first_padding(cfg: ViewConfig) -> tuple[int, str] | None:
     """(pixels, mode) of the first translation (crop, else shift), or None without one."""
     if cfg.crop_padding:
@@ -297,13 +302,11 @@ class EpochViews:
                      and (g.crop is None) != (g.shift is None))
         if self.fast:
             pad = _first_padding(cfg)[0]
-            first = g.crop if g.crop is not None else g.shift
             self.table = _window_table(padded, pad)
-            self.starts = _window_starts(padded, idx, first, pad)  # (M,)
+            self.starts = _window_starts(padded, idx, _first_offsets(g), pad)  # (M,)
             if draws.partner is not None:
-                pg = draws.partner_geometry
                 self.partner_starts = _window_starts(
-                    padded, draws.partner, pg.crop if pg.crop is not None else pg.shift, pad)
+                    padded, draws.partner, _first_offsets(draws.partner_geometry), pad)
                 self.lam = draws.lam.to(padded.device)
 
     def batch(self, sl: slice) -> tuple[torch.Tensor, Mix | None]:
@@ -335,7 +338,7 @@ def _geometric(
     ``padded``: :func:`pad_images` of ``x_all``, or None (each batch is padded).
     """
     crop, shift = g.crop, g.shift
-    first = crop if crop is not None else shift
+    first = _first_offsets(g)
     if padded is not None and first is not None:  # the first translation straight from padded
         x = _windows(padded, which, first, _first_padding(cfg)[0])
         crop, shift = None, (shift if crop is not None else None)

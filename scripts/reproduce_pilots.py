@@ -14,6 +14,7 @@
         --shift 1 --alpha 0 --save runs/pilots/e5_shift1
     python scripts/reproduce_pilots.py e6views --run runs/paper_v2 --members 3 --view shift=1 \\
         mixup=0.2 --views 10 --epochs 10 --lr 3e-4 --temperature 2 --alpha 0.9
+    python scripts/reproduce_pilots.py e6q --run runs/paper_v5 --members 3
     python scripts/reproduce_pilots.py disagreement --members-dir runs/paper_v2/e3/members
     python scripts/reproduce_pilots.py e4 --teacher runs/paper_v2/members/member_0 \
         --view shift=1 mixup=0.2 --temperature 4 --alpha 0.9 --views 64
@@ -412,10 +413,11 @@ def e6views(args, splits) -> dict:
     run = Path(args.run)
     generalists = _saved_members(str(run / "members"))
     folders = sorted((run / "e5").glob("generalist_*"), key=lambda f: int(f.name.split("_")[1]))
-    folders = folders[:args.members]
+    folders = _chosen(folders, args)
     if not folders:
         raise SystemExit(f"{run / 'e5'}: no generalist_g folders there")
-    views = ViewConfig(**_view_settings(args.view), views=args.views, seed=0)
+    views = (ViewConfig(**_view_settings(args.view), views=args.views, seed=0) if args.views
+             else None)  # --views 0: q on the training images themselves, as E6
     cfg = MergeConfig(temperature=args.temperature, alpha=args.alpha, top_n=1, control="labels",
                       views=views)
     ts = make_transfer_set(splits)
@@ -438,14 +440,58 @@ def e6views(args, splits) -> dict:
                     with torch.no_grad():
                         ok = int((model(x).argmax(1) == y).sum())
                     correct[name][key] = correct[name].get(key, 0) + ok
-    out = {"pilot": "e6views", "view": args.view, "views": args.views, "epochs": args.epochs,
-           "lr": args.lr, "temperature": args.temperature, "alpha": args.alpha,
+    out = {"pilot": "e6views", "view": args.view if args.views else "plain", "views": args.views,
+           "epochs": args.epochs, "lr": args.lr, "temperature": args.temperature, "alpha": args.alpha,
            "generalists": len(folders), "cpu_seconds": round(time.process_time() - t, 1)}
     for name, c in correct.items():
         gain = c["combined"] - c["control"]
         out[name] = {**c, "gain_kept": round((c["merged"] - c["control"]) / gain, 4)
                      if gain else None}
     return out
+
+
+def _chosen(folders: list[Path], args) -> list[Path]:
+    """E5's ``generalist_g`` folders of ``--generalists`` (g values), else the first ``--members``."""
+    if args.generalists is None:
+        return folders[:args.members]
+    return [f for f in folders if int(f.name.split("_")[1]) in set(args.generalists)]
+
+
+def e6q(args, splits) -> dict:
+    """What q says beyond the generalist, per split: for the first ``--members`` of E5's
+    generalists (``--run``), the generalist's and the combination's (top-n = 1, as E6) accuracy,
+    mean KL(q || p_g) (nats) and the share of examples whose arg-max differs, on the training
+    images (E6's transfer set), the validation and the test images. If q says little beyond p_g
+    where the merged model learns from it, the merge has nothing to learn there."""
+    from specialists import CombinedModel, load_specialists
+
+    run = Path(args.run)
+    generalists = _saved_members(str(run / "members"))
+    folders = sorted((run / "e5").glob("generalist_*"), key=lambda f: int(f.name.split("_")[1]))
+    folders = _chosen(folders, args)
+    if not folders:
+        raise SystemExit(f"{run / 'e5'}: no generalist_g folders there")
+    rows = []
+    for f in folders:
+        g = int(f.name.split("_")[1])
+        sps = load_specialists(f)
+        combined = CombinedModel(generalists[g].eval(), [s.model for s in sps],
+                                 [s.subset for s in sps], top_n=1)
+        for name, x, y in (("train", splits.x_train, splits.y_train),
+                           ("val", splits.x_val, splits.y_val),
+                           ("test", splits.x_test, splits.y_test)):
+            with torch.no_grad():
+                log_pg = torch.cat([torch.log_softmax(generalists[g](x[i:i + 4096]), -1)
+                                    for i in range(0, len(x), 4096)])
+                log_q = torch.cat([combined(x[i:i + 4096]) for i in range(0, len(x), 4096)])
+            kl = (log_q.exp() * (log_q - log_pg)).sum(1)
+            rows.append({"generalist": g, "split": name,
+                         "generalist_acc": float((log_pg.argmax(1) == y).float().mean()),
+                         "combined_acc": float((log_q.argmax(1) == y).float().mean()),
+                         "kl_q_pg": float(kl.mean()),
+                         "argmax_differs": float((log_q.argmax(1) != log_pg.argmax(1)).float().mean()),
+                         "generalist_top_p": float(log_pg.max(1).values.exp().mean())})
+    return {"pilot": "e6q", "generalists": len(folders), "rows": rows}
 
 
 def _fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
@@ -561,9 +607,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("pilot", choices=["timing", "members", "teacher", "e4", "e1student", "e3student",
                                           "disagreement", "e5topn", "e5weight", "e5recipe", "e6views",
-                                          "e5coverage"])
+                                          "e6q", "e5coverage"])
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="dropout")
     ap.add_argument("--members", type=int, default=4)
+    ap.add_argument("--generalists", type=int, nargs="+", default=None,
+                    help="e6views, e6q: these of E5's generalists (default: the first --members)")
     ap.add_argument("--widths", type=int, nargs="+", default=[512, 512])
     ap.add_argument("--arch", default="mlp")
     ap.add_argument("--dropout", type=float, default=None,
@@ -584,7 +632,8 @@ def main() -> None:
     ap.add_argument("--view", nargs="*", default=["shift=1", "mixup=0.2"],
                     help="e4, e1student: ViewConfig settings as name=value")
     ap.add_argument("--views", type=int, default=64,
-                    help="e4, e1student: V cached views per image (e1student: 0 = plain images)")
+                    help="e4, e1student, e6views: V cached views per image (e1student, e6views: 0 = "
+                         "the plain images)")
     ap.add_argument("--hard", action="store_true",
                     help="e4, e1student: hard labels on the same views and budget, no early stopping "
                          "(the best epoch's validation accuracy)")
@@ -619,7 +668,7 @@ def main() -> None:
         args.epochs = FULL.e4_epochs if args.pilot == "e4" else 8
     pilots = {"timing": timing, "members": members, "teacher": teacher, "e4": e4,
               "e1student": e1student, "e3student": e3student, "disagreement": disagreement, "e5topn": e5topn,
-              "e5weight": e5weight, "e5recipe": e5recipe, "e6views": e6views,
+              "e5weight": e5weight, "e5recipe": e5recipe, "e6views": e6views, "e6q": e6q,
               "e5coverage": e5coverage}
     out = pilots[args.pilot](args, splits)
     out["wall_seconds"] = round(time.perf_counter() - t, 1)

@@ -76,7 +76,10 @@ class MergeConfig:
     """How q is distilled into the merged model, and what the control trains on."""
 
     temperature: float = 2.0  # T of the soft term on q (log q as logits); predicts at T = 1 after
-    alpha: float = 0.9  # weight of the soft term; 1 - alpha weighs the labels, where there are any
+    # weight of the soft term; 1 - alpha weighs the labels, where there are any. On the images a
+    # generalist was trained on, q is less accurate than the labels; 0.5 kept the most of the
+    # specialists' gain in E6's pilots (0.9 until 2026-12-07; scripts/paper/presets.py)
+    alpha: float = 0.5
     top_n: int | None = 1  # specialists whose subset holds one of the generalist's top n are active
     control: str = "self"  # the control's objective: "teachers", "self" or "labels" (module doc)
     cache_dtype: str = "float32"  # storage of log q in the q-cache: "float32" or "float16"

@@ -204,7 +204,7 @@ class RunConfig:
         "distillation temperature when it is a distilled student, else 2)", "merge")
     merge_alpha: float | None = _f(
         None, "weight of the soft term on q; 1 - alpha weighs the transfer set's labels (default "
-        "the generalist's own alpha when it is a distilled student, else 0.9)", "merge")
+        "the generalist's own alpha when it is a distilled student, else 0.5)", "merge")
     merge_control: str | None = _f(
         None, "what the control trains on without specialists: teachers (the run's teachers at "
         "the student's T and alpha: the generalist continues its own distillation), labels, or "

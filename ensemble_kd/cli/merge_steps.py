@@ -33,7 +33,8 @@ from .run_record import prepare_out, read_run_record
 from .specialist_steps import generalist_path, load_run_specialists
 
 DEFAULT_EPOCHS = 10  # --merge-epochs: the generalist is trained already; this is a continuation
-DEFAULT_TEMPERATURE, DEFAULT_ALPHA = 2.0, 0.9  # a generalist that was not distilled
+# a generalist that was not distilled: T 2 and alpha 0.5, as MergeConfig (E6's pilots)
+DEFAULT_TEMPERATURE, DEFAULT_ALPHA = 2.0, 0.5
 
 
 def run_folder(run: Path) -> str:

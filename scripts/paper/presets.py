@@ -335,7 +335,7 @@ E3_PILOT_NOTE = (
     "views of 1-px shifts and mixup 0.2, T 4, alpha 0.9, no dropout, 48 epochs at lr 2e-3 "
     "(`e3student --members-dir runs/paper_v4/e3/members --arch cnn --widths 16 32 --dropout 0 "
     "--epochs 48 --lr 2e-3 --temperature 4 --alpha 0.9 --student-views 16 --view shift=1 "
-    "mixup=0.2 --save runs/pilots/e3_long48`; 30 min to cache the views, 77 CPU seconds an "
+    "mixup=0.2 --save runs/pilots/e3_long48`; 30 min to cache the views, then about 34 s an "
     "epoch on a shared core): 92.41% test / 92.50% validation against the members' 91.99% / "
     "92.26% and the ensemble's 93.27% test: 33% of the gain on test, one seed, no fair "
     "baseline on the same views yet. Longer helps; far longer (E4 needed 1,000 epochs) is a "

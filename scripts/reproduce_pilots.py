@@ -412,10 +412,7 @@ def e6views(args, splits) -> dict:
 
     run = Path(args.run)
     generalists = _saved_members(str(run / "members"))
-    folders = sorted((run / "e5").glob("generalist_*"), key=lambda f: int(f.name.split("_")[1]))
-    folders = _chosen(folders, args)
-    if not folders:
-        raise SystemExit(f"{run / 'e5'}: no generalist_g folders there")
+    folders = _e5_folders(run, args)
     views = (ViewConfig(**_view_settings(args.view), views=args.views, seed=0) if args.views
              else None)  # --views 0: q on the training images themselves, as E6
     cfg = MergeConfig(temperature=args.temperature, alpha=args.alpha, top_n=1, control="labels",
@@ -450,27 +447,31 @@ def e6views(args, splits) -> dict:
     return out
 
 
-def _chosen(folders: list[Path], args) -> list[Path]:
-    """E5's ``generalist_g`` folders of ``--generalists`` (g values), else the first ``--members``."""
+def _e5_folders(run: Path, args) -> list[Path]:
+    """E5's ``generalist_g`` folders in ``run``: those of ``--generalists`` (g values), else the
+    first ``--members``."""
+    folders = sorted((run / "e5").glob("generalist_*"), key=lambda f: int(f.name.split("_")[1]))
     if args.generalists is None:
-        return folders[:args.members]
-    return [f for f in folders if int(f.name.split("_")[1]) in set(args.generalists)]
+        folders = folders[:args.members]
+    else:
+        folders = [f for f in folders if int(f.name.split("_")[1]) in set(args.generalists)]
+    if not folders:
+        raise SystemExit(f"{run / 'e5'}: no generalist_g folders there")
+    return folders
 
 
 def e6q(args, splits) -> dict:
-    """What q says beyond the generalist, per split: for the first ``--members`` of E5's
-    generalists (``--run``), the generalist's and the combination's (top-n = 1, as E6) accuracy,
-    mean KL(q || p_g) (nats) and the share of examples whose arg-max differs, on the training
+    """What q says beyond the generalist, per split: for E5's generalists in ``--run``
+    (``--generalists``, else the first ``--members``), the generalist's and the combination's
+    (top-n = 1, as E6) accuracy, mean KL(q || p_g) (nats) and the share of examples whose arg-max
+    differs, on the training
     images (E6's transfer set), the validation and the test images. If q says little beyond p_g
     where the merged model learns from it, the merge has nothing to learn there."""
     from specialists import CombinedModel, load_specialists
 
     run = Path(args.run)
     generalists = _saved_members(str(run / "members"))
-    folders = sorted((run / "e5").glob("generalist_*"), key=lambda f: int(f.name.split("_")[1]))
-    folders = _chosen(folders, args)
-    if not folders:
-        raise SystemExit(f"{run / 'e5'}: no generalist_g folders there")
+    folders = _e5_folders(run, args)
     rows = []
     for f in folders:
         g = int(f.name.split("_")[1])

@@ -43,6 +43,7 @@ from ensemble_kd import (
     distill,
     load_dataset,
     make_transfer_set,
+    predict_logits,
     predict_probs,
     train_baseline,
 )
@@ -464,9 +465,9 @@ def e6q(args, splits) -> dict:
     """What q says beyond the generalist, per split: for E5's generalists in ``--run``
     (``--generalists``, else the first ``--members``), the generalist's and the combination's
     (top-n = 1, as E6) accuracy, mean KL(q || p_g) (nats) and the share of examples whose arg-max
-    differs, on the training
-    images (E6's transfer set), the validation and the test images. If q says little beyond p_g
-    where the merged model learns from it, the merge has nothing to learn there."""
+    differs, on the training images (E6's transfer set), the validation and the test images. If q
+    says little beyond p_g where the merged model learns from it, the merge has nothing to learn
+    there."""
     from specialists import CombinedModel, load_specialists
 
     run = Path(args.run)
@@ -476,20 +477,17 @@ def e6q(args, splits) -> dict:
     for f in folders:
         g = int(f.name.split("_")[1])
         sps = load_specialists(f)
-        combined = CombinedModel(generalists[g].eval(), [s.model for s in sps],
-                                 [s.subset for s in sps], top_n=1)
+        combined = CombinedModel(generalists[g], [s.model for s in sps], [s.subset for s in sps],
+                                 top_n=1)  # its "logits" are log q
         for name, x, y in (("train", splits.x_train, splits.y_train),
                            ("val", splits.x_val, splits.y_val),
                            ("test", splits.x_test, splits.y_test)):
-            with torch.no_grad():
-                log_pg = torch.cat([torch.log_softmax(generalists[g](x[i:i + 4096]), -1)
-                                    for i in range(0, len(x), 4096)])
-                log_q = torch.cat([combined(x[i:i + 4096]) for i in range(0, len(x), 4096)])
-            kl = (log_q.exp() * (log_q - log_pg)).sum(1)
+            log_pg = torch.log_softmax(predict_logits(generalists[g], x), -1)  # (N, C)
+            log_q = predict_logits(combined, x)
             rows.append({"generalist": g, "split": name,
-                         "generalist_acc": float((log_pg.argmax(1) == y).float().mean()),
-                         "combined_acc": float((log_q.argmax(1) == y).float().mean()),
-                         "kl_q_pg": float(kl.mean()),
+                         "generalist_acc": accuracy(log_pg, y),
+                         "combined_acc": accuracy(log_q, y),
+                         "kl_q_pg": float((log_q.exp() * (log_q - log_pg)).sum(1).mean()),
                          "argmax_differs": float((log_q.argmax(1) != log_pg.argmax(1)).float().mean()),
                          "generalist_top_p": float(log_pg.max(1).values.exp().mean())})
     return {"pilot": "e6q", "generalists": len(folders), "rows": rows}

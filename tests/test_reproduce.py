@@ -403,11 +403,46 @@ def test_a_unit_trained_by_another_invocation_is_waited_for_and_loaded(tmp_path,
         got = ctx.hard_model(unit, spec, 0, 1, label="unit")
     finally:
         finisher.join()
-    assert "being trained by another invocation" in log.getvalue()
+    assert "being made by another invocation" in log.getvalue()
     assert "already trained, loaded" in log.getvalue()
     for a, b in zip(got.state_dict().values(), theirs.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert not (unit / "owner.pid").exists()  # released
+
+
+def test_a_sweep_of_units_trains_what_distill_sweep_trains(tmp_path, digits):
+    """The runner trains a sweep's candidates as units of their own (so a helper can take
+    some); each comes out bit-identical to the library's ``distill_sweep`` on the same settings,
+    and the same candidate is kept."""
+    from paper import common
+
+    from ensemble_kd import DistillConfig, ModelSpec, ViewConfig, make_transfer_set
+    from ensemble_kd.sweep import distill_sweep
+
+    ctx = Context(tmp_path / "run", TINY, digits, device="cpu", log=io.StringIO())
+    spec = ModelSpec("mlp", (16,), 0.0)
+    torch.manual_seed(0)
+    teachers = [ModelSpec("mlp", (24,), 0.0).build(digits.input_shape, digits.n_classes)
+                for _ in range(2)]
+    views = ViewConfig(shift=1, views=2, seed=0)
+    configs = [DistillConfig(temperature=t, alpha=a, views=views) for t, a in ((2, 0.5), (4, 0.9))]
+    transfer = make_transfer_set(digits)
+    mine = ctx.sweep(tmp_path / "run" / "sweep", spec, 3, 2, teachers, transfer, configs,
+                     label="student")
+
+    def make():
+        common.seed_everything(3)
+        return spec.build(digits.input_shape, digits.n_classes)
+
+    ref = distill_sweep(make, teachers, transfer, ctx.train_config(2, 3), configs,
+                        val=(digits.x_val, digits.y_val), run_dir=tmp_path / "ref")
+    assert [c[:4] for c in mine.candidates] == [c[:4] for c in ref.candidates]
+    assert mine.best == ref.best
+    for a, b in zip(mine.model.state_dict().values(), ref.model.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
+    assert mine.candidates[0].val_acc != mine.candidates[1].val_acc  # two different students
+    assert list((tmp_path / "run").rglob("owner.pid")) == []  # cache and units released
 
 
 def test_a_helper_trains_e1s_other_rows_and_the_main_invocation_loads_them(tiny_run, tmp_path):
@@ -435,23 +470,33 @@ def test_a_helper_trains_e1s_other_rows_and_the_main_invocation_loads_them(tiny_
         tiny_run[1]["experiments"]["E1"]["rows"])
 
 
-def test_a_helper_trains_e3s_members_and_the_main_invocation_loads_them(tiny_run, tmp_path):
-    """``--helper --only E3`` trains the members from the last one down (alone here: all of
-    them); the main invocation then loads every member and comes out exactly as a run without
-    a helper (seeded, CPU)."""
+def test_a_helper_trains_e3s_models_and_the_main_invocation_loads_them(tiny_run, tmp_path):
+    """``--helper --only E3`` trains the members, the students' candidates and their other
+    seeds, each from the last one down (alone here: all of them); the main invocation then
+    trains nothing and comes out exactly as a run without a helper (seeded, CPU)."""
+    # two student dropouts, two candidates each, one more seed
+    assert (TINY.e3_dropout, *TINY.e3_student_dropouts) == (0.1, 0.0)
+    assert TINY.e3_temperatures == (2,) and TINY.e3_alphas == (0.5, 0.9) and TINY.e3_seeds == 2
     base = ["--preset", "tiny", "--out", str(tmp_path), "--device", "cpu", "--only", "E3"]
     log = io.StringIO()
     assert main([*base, "--helper"], log=log) == {}
-    trained = [ln for ln in log.getvalue().splitlines() if "training on" in ln]
+    lines = log.getvalue().splitlines()
+    trained = [ln for ln in lines if "training on" in ln]
     assert [ln.split("member ")[1].split()[0] for ln in trained] == ["3/3", "2/3", "1/3"]
+    distilled = [re.search(r"\(dropout ([\d.]+)\).*?(T2-a0\.\d|seed \d)", ln).groups()
+                 for ln in lines if ": distilling" in ln]
+    assert distilled == [("0", "T2-a0.9"), ("0", "T2-a0.5"), ("0.1", "T2-a0.9"),
+                         ("0.1", "T2-a0.5"), (distilled[-1][0], "seed 4")], distilled
     assert "E3: helper done" in log.getvalue()
     assert not (tmp_path / "e3" / "result.json").exists()  # a helper saves no result
     assert list(tmp_path.rglob("owner.pid")) == []  # every unit released
     log = io.StringIO()
     data = main(base, log=log)
     lines = log.getvalue().splitlines()
-    assert not any("member" in ln and "training on" in ln for ln in lines)
-    assert sum("member" in ln and "already trained, loaded" in ln for ln in lines) == 3
+    assert not any("training on" in ln or "distilling" in ln for ln in lines)
+    assert sum(bool(re.search(r"member \d/3 .*already trained, loaded", ln))
+               for ln in lines) == 3
+    assert sum("candidate" in ln and "already trained, loaded" in ln for ln in lines) == 4
     mine, theirs = data["experiments"]["E3"], tiny_run[1]["experiments"]["E3"]
     for key in ("members", "ensemble", "distilled", "headline_gain_kept", "kept_ci"):
         assert mine[key] == theirs[key], key

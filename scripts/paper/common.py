@@ -34,6 +34,7 @@ from ensemble_kd import (
     TransferSet,
     ViewConfig,
     distill,
+    ensure_cache,
     make_transfer_set,
     metrics,
     predict_logits,
@@ -45,7 +46,7 @@ from ensemble_kd.io import atomic_write_json, atomic_write_text, read_json
 from ensemble_kd.machine import describe_machine
 from ensemble_kd.predict import resolve_device
 from ensemble_kd.run import Run
-from ensemble_kd.sweep import Candidate, SweepResult, distill_sweep
+from ensemble_kd.sweep import Candidate, SweepResult, candidate_name, distill_sweep
 from ensemble_kd.train import evaluate_logits
 
 from .paper_numbers import share_of_gap
@@ -274,22 +275,42 @@ class Context:
                 mine.unlink(missing_ok=True)
 
     @contextlib.contextmanager
-    def _unit(self, folder: Path, tag: str, label: str) -> Iterator[nn.Module | None]:
-        """Hold the unit ``folder`` while the block trains it, waiting while another invocation
-        (a ``--helper`` beside the main one) trains it. Yields the finished model found once the
-        unit is held (e.g. the one that invocation trained), or None: this process trains the
-        unit (resuming what a dead holder left)."""
+    def _held(self, folder: Path, tag: str, label: str) -> Iterator[None]:
+        """Hold ``folder`` while the block runs, waiting while another invocation (a
+        ``--helper`` beside the main one) holds it."""
         waited = False
         while (pid := self._hold_unit(folder)) is not None:
             if not waited:
-                self.say(f"{tag} {label}: being trained by another invocation (pid {pid}); "
+                self.say(f"{tag} {label}: being made by another invocation (pid {pid}); "
                          f"waiting for it")
             waited = True
             time.sleep(UNIT_POLL_S)
-        try:  # loaded again once held: another invocation may have finished it meanwhile
-            yield self._loaded(folder, tag, label)
+        try:
+            yield
         finally:
             (folder / LOCK_FILE).unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _unit(self, folder: Path, tag: str, label: str) -> Iterator[nn.Module | None]:
+        """Hold the unit ``folder`` while the block trains it (:meth:`_held`). Yields the
+        finished model found once the unit is held (e.g. the one another invocation trained),
+        or None: this process trains the unit (resuming what a dead holder left)."""
+        with self._held(folder, tag, label):
+            # loaded again once held: another invocation may have finished it meanwhile
+            yield self._loaded(folder, tag, label)
+
+    def teacher_cache(self, folder: Path, teachers: Sequence[nn.Module], transfer: TransferSet,
+                      dcfg: DistillConfig, *, label: str = "") -> None:
+        """Make (or check) the teachers' cache of ``transfer`` for ``dcfg``'s views and storage in
+        ``folder``, held like a unit, so that an invocation beside this one waits for it instead
+        of writing it too. ``distill`` then opens it (same fingerprint)."""
+        with self._held(folder, "", label):
+            self.say(f"{label}: teachers' cache ({len(teachers)} teacher(s), {len(transfer)} "
+                     f"examples{'' if dcfg.views is None else ', ' + _views_text(dcfg.views)})")
+            t = time.perf_counter()
+            ensure_cache(list(teachers), transfer.x, folder, dtype=dcfg.cache_dtype,
+                         topk=dcfg.cache_topk, device=self.device, views=dcfg.views)
+            self.say(f"{label}: teachers' cache ready ({_fmt_s(time.perf_counter() - t)})")
 
     def hard_model(self, folder: Path, spec: ModelSpec, seed: int, epochs: int, *,
                    transfer: TransferSet | None = None, views: ViewConfig | None = None,
@@ -375,6 +396,9 @@ class Context:
         self.say(f"{tag} {label}: {len(configs)} candidate(s) ({names}), {epochs} epochs, "
                  f"{len(transfer)} examples")
         t = time.perf_counter()
+        if len(configs) > 1:  # each candidate a unit, so a helper can train some of them
+            self.sweep_candidates(folder, spec, seed, epochs, teachers, transfer, configs,
+                                  label=label, cache_dir=cache_dir, lr=lr)
 
         def make() -> nn.Module:
             seed_everything(seed)
@@ -395,6 +419,23 @@ class Context:
                  f"accuracy {100 * best.val_acc:.2f}% ({_fmt_s(time.perf_counter() - t)})")
         self.save_run()
         return res
+
+
+    def sweep_candidates(self, folder: Path, spec: ModelSpec, seed: int, epochs: int,
+                         teachers: Sequence[nn.Module], transfer: TransferSet,
+                         configs: Sequence[DistillConfig], *, label: str = "",
+                         cache_dir: Path | None = None, lr: float | None = None) -> None:
+        """Train the candidates of a sweep of several ``configs`` (in their order), each a unit
+        in ``folder/candidates/<name>``, trained like ``distill_sweep`` trains it (same seed,
+        start and cache), which then loads them. A ``--helper`` calls this with the configs
+        reversed, beside the main invocation's :meth:`sweep`, which holds only ``folder``."""
+        cache_dir = folder / "cache" if cache_dir is None else cache_dir
+        self.teacher_cache(cache_dir, teachers, transfer, configs[0], label=label)
+        for cfg in configs:
+            name = candidate_name(cfg)
+            self.distilled_model(folder / "candidates" / name, spec, seed, epochs, teachers,
+                                 transfer, cfg, cache_dir, lr=lr,
+                                 label=f"{label}, candidate {name}")
 
 
 def _views_text(v: ViewConfig) -> str:

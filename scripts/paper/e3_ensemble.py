@@ -23,6 +23,7 @@ import numpy as np
 from torch import nn
 
 from ensemble_kd import DistillConfig, ModelSpec, ensemble_probs, make_transfer_set
+from ensemble_kd.sweep import SweepResult
 
 from . import presets
 from .common import (
@@ -74,13 +75,16 @@ def e3_teachers(ctx: Context, order: range | None = None) -> list[nn.Module]:
 
 
 def prefetch(ctx: Context) -> None:
-    """Train E3's members from the last one down beside the main invocation (``--helper``),
-    which trains them from the first one up and loads, or waits for, the helper's. Saves no
+    """Train E3's models beside the main invocation (``--helper``), each from the last one down
+    while the main invocation goes from the first one up: the members, then the students'
+    candidates, then (once the main invocation has chosen on validation) the students' other
+    seeds. Units held by one invocation are waited for, and loaded, by the other. Saves no
     result."""
     p = ctx.preset
     ctx.claim("e3", ("e3_",))  # a helper holds single units, not the folder
     ctx.begin(EXP, planned(ctx))
-    e3_teachers(ctx, order=range(p.e3_teachers - 1, -1, -1))
+    members = e3_teachers(ctx, order=range(p.e3_teachers - 1, -1, -1))
+    _students(ctx, members, helper=True)
     ctx.say(f"{EXP}: helper done")
 
 
@@ -110,31 +114,9 @@ def run(ctx: Context) -> dict:
     single = {k: summary([m[k] for m in member_scores])
               for k in ("test_acc", "test_errors", "val_acc")}
 
-    # seeds of the students start past the members': no shared initial weights
-    seed0 = p.e3_teachers
-    views = presets.views(p.e3_member_views, p.e3_views)
-    transfer = make_transfer_set(s)
-    name = model_name(p)
-    folder = ctx.out / "e3" / "students"
-    configs = [DistillConfig(temperature=float(t), alpha=float(a), views=views)
-               for t in p.e3_temperatures for a in p.e3_alphas]
-    # one sweep of T per student dropout (same seed, one teacher cache), the best on validation kept
-    cache = folder / "sweep" / "cache"
-    sweeps = {d: ctx.sweep(folder / f"sweep{_suffix(ctx, d)}", spec(ctx, d), seed0, p.e3_epochs,
-                           members, transfer, configs, cache_dir=cache, lr=p.e3_lr,
-                           label=f"student {name} (dropout {d:g}) from {len(members)} members")
-              for d in student_dropouts(p)}
-    dropout = max(sweeps, key=lambda d: sweeps[d].candidates[sweeps[d].best].val_acc)
+    sweeps, dropout, students, folders = _students(ctx, members)
     sw = sweeps[dropout]
     kept = sw.candidates[sw.best]
-    cfg = DistillConfig(temperature=kept.temperature, alpha=kept.alpha, views=views)
-    students, folders = [sw.model], [Path(kept.folder)]
-    for i in range(1, p.e3_seeds):
-        f = folder / f"seed_{seed0 + i}{_suffix(ctx, dropout)}"
-        students.append(ctx.distilled_model(
-            f, spec(ctx, dropout), seed0 + i, p.e3_epochs, members, transfer, cfg, cache,
-            lr=p.e3_lr, label=f"student {name} (dropout {dropout:g}), seed {seed0 + i}"))
-        folders.append(f)
     runs = [scores(m, ctx) for m in students]
     students_ok = np.stack([test_correct(m, ctx) for m in students])  # (S, N)
     acc = summary([r["test_acc"] for r in runs])
@@ -168,6 +150,54 @@ def run(ctx: Context) -> dict:
             f"{'n/a' if gk is None else f'{100 * gk:.0f}%'} of the gain kept, 95% interval "
             f"{_pcts(out['kept_ci'])}")
     return out
+
+
+def _students(ctx: Context, members: list[nn.Module], *, helper: bool = False
+              ) -> tuple[dict[float, SweepResult], float, list[nn.Module], list[Path]]:
+    """E3's students: a sweep of T (and alpha) per student dropout on seed ``e3_teachers`` (the
+    best on validation kept), then the kept setting on the other seeds. ``helper``: train the
+    candidates and the other seeds from the last one down (:func:`prefetch`).
+
+    Returns (sweep per dropout, the kept dropout, the students by seed, their folders)."""
+    p, s = ctx.preset, ctx.splits
+    # seeds of the students start past the members': no shared initial weights
+    seed0 = p.e3_teachers
+    views = presets.views(p.e3_member_views, p.e3_views)
+    transfer = make_transfer_set(s)
+    name = model_name(p)
+    folder = ctx.out / "e3" / "students"
+    configs = [DistillConfig(temperature=float(t), alpha=float(a), views=views)
+               for t in p.e3_temperatures for a in p.e3_alphas]
+    # one sweep of T per student dropout (same seed, one teacher cache), the best on validation kept
+    cache = folder / "sweep" / "cache"
+    dropouts = student_dropouts(p)
+
+    def label(d: float) -> str:
+        return f"student {name} (dropout {d:g}) from {len(members)} members"
+
+    if helper and len(configs) > 1:
+        for d in reversed(dropouts):
+            ctx.sweep_candidates(folder / f"sweep{_suffix(ctx, d)}", spec(ctx, d), seed0,
+                                 p.e3_epochs, members, transfer, configs[::-1], label=label(d),
+                                 cache_dir=cache, lr=p.e3_lr)
+    # a helper waits here for the main invocation's sweeps, then loads them
+    sweeps = {d: ctx.sweep(folder / f"sweep{_suffix(ctx, d)}", spec(ctx, d), seed0, p.e3_epochs,
+                           members, transfer, configs, cache_dir=cache, lr=p.e3_lr, label=label(d))
+              for d in dropouts}
+    dropout = max(sweeps, key=lambda d: sweeps[d].candidates[sweeps[d].best].val_acc)
+    sw = sweeps[dropout]
+    kept = sw.candidates[sw.best]
+    cfg = DistillConfig(temperature=kept.temperature, alpha=kept.alpha, views=views)
+    seeds = range(1, p.e3_seeds)
+    by_seed: dict[int, tuple[nn.Module, Path]] = {}
+    for i in reversed(seeds) if helper else seeds:
+        f = folder / f"seed_{seed0 + i}{_suffix(ctx, dropout)}"
+        by_seed[i] = (ctx.distilled_model(
+            f, spec(ctx, dropout), seed0 + i, p.e3_epochs, members, transfer, cfg, cache,
+            lr=p.e3_lr, label=f"student {name} (dropout {dropout:g}), seed {seed0 + i}"), f)
+    students = [sw.model, *(by_seed[i][0] for i in seeds)]
+    folders = [Path(kept.folder), *(by_seed[i][1] for i in seeds)]
+    return sweeps, dropout, students, folders
 
 
 def _pcts(ci: list[float]) -> str:

@@ -282,7 +282,7 @@ class Context:
         while (pid := self._hold_unit(folder)) is not None:
             if not waited:
                 self.say(f"{tag} {label}: being made by another invocation (pid {pid}); "
-                         f"waiting for it")
+                         f"waiting for it".lstrip())
             waited = True
             time.sleep(UNIT_POLL_S)
         try:

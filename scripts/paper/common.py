@@ -278,11 +278,10 @@ class Context:
     def _held(self, folder: Path, tag: str, label: str) -> Iterator[None]:
         """Hold ``folder`` while the block runs, waiting while another invocation (a
         ``--helper`` beside the main one) holds it."""
-        waited = False
+        waited, head = False, f"{tag} {label}".strip()  # a cache has no tag
         while (pid := self._hold_unit(folder)) is not None:
             if not waited:
-                self.say(f"{tag} {label}: being made by another invocation (pid {pid}); "
-                         f"waiting for it".lstrip())
+                self.say(f"{head}: being made by another invocation (pid {pid}); waiting for it")
             waited = True
             time.sleep(UNIT_POLL_S)
         try:
@@ -419,7 +418,6 @@ class Context:
                  f"accuracy {100 * best.val_acc:.2f}% ({_fmt_s(time.perf_counter() - t)})")
         self.save_run()
         return res
-
 
     def sweep_candidates(self, folder: Path, spec: ModelSpec, seed: int, epochs: int,
                          teachers: Sequence[nn.Module], transfer: TransferSet,

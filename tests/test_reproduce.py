@@ -91,6 +91,14 @@ def test_tiny_run_writes_the_report(tiny_run):
         f"member_{k}" for k in range(TINY.e3_teachers)]
     assert len(e4["full_data"]["test_acc"]["values"]) == TINY.members_count
     assert e3["distilled"]["test_acc"]["n"] == TINY.e3_seeds
+    # students longer than the members: the students' curves and a control of their budget
+    assert e3["student_epochs"] == TINY.e3_student_epochs > TINY.e3_epochs
+    assert [len(c) for c in e3["student_curves"]] == [TINY.e3_student_epochs] * TINY.e3_seeds
+    assert len(e3["control_curve"]) == TINY.e3_student_epochs
+    assert 0 < e3["control"]["test_acc"] <= 1
+    control = out / "e3" / f"students_e{TINY.e3_student_epochs}" / "control"
+    assert json.loads((control / "metrics.jsonl").read_text().splitlines()[-1])["epoch"] \
+        == TINY.e3_student_epochs
     assert set(e4["rows"]) == {"hard", "hard_views", "paper", "views"}
     # E6: every E5 generalist with specialists merged; the headline is a share or None with why
     e6 = saved["experiments"]["E6"]
@@ -482,11 +490,14 @@ def test_a_helper_trains_e3s_models_and_the_main_invocation_loads_them(tiny_run,
     assert main([*base, "--helper"], log=log) == {}
     lines = log.getvalue().splitlines()
     trained = [ln for ln in lines if "training on" in ln]
-    assert [ln.split("member ")[1].split()[0] for ln in trained] == ["3/3", "2/3", "1/3"]
+    assert [ln.split("member ")[1].split()[0] for ln in trained[:3]] == ["3/3", "2/3", "1/3"]
     distilled = [re.search(r"\(dropout ([\d.]+)\).*?(T2-a0\.\d|seed \d)", ln).groups()
                  for ln in lines if ": distilling" in ln]
     assert distilled == [("0", "T2-a0.9"), ("0", "T2-a0.5"), ("0.1", "T2-a0.9"),
                          ("0.1", "T2-a0.5"), (distilled[-1][0], "seed 4")], distilled
+    # last, the control: the kept dropout, the students' budget, on hard labels
+    assert len(trained) == 4 and f"control cnn 8x16 (dropout {distilled[-1][0]})" in trained[3]
+    assert f"{TINY.e3_student_epochs} epochs" in trained[3]
     assert "E3: helper done" in log.getvalue()
     assert not (tmp_path / "e3" / "result.json").exists()  # a helper saves no result
     assert list(tmp_path.rglob("owner.pid")) == []  # every unit released
@@ -498,8 +509,49 @@ def test_a_helper_trains_e3s_models_and_the_main_invocation_loads_them(tiny_run,
                for ln in lines) == 3
     assert sum("candidate" in ln and "already trained, loaded" in ln for ln in lines) == 4
     mine, theirs = data["experiments"]["E3"], tiny_run[1]["experiments"]["E3"]
-    for key in ("members", "ensemble", "distilled", "headline_gain_kept", "kept_ci"):
+    for key in ("members", "ensemble", "distilled", "headline_gain_kept", "kept_ci", "control"):
         assert mine[key] == theirs[key], key
+
+
+def test_a_helper_with_one_e3_candidate_trains_the_seeds_and_control_without_waiting(
+        tmp_path, digits, monkeypatch):
+    """With a single candidate and dropout there is nothing to choose on validation, so the
+    helper trains the students' other seeds and the control at once; only then does it wait for
+    the main invocation's sweep."""
+    from paper import common, e3_ensemble
+
+    preset = dataclasses.replace(TINY, e3_alphas=(0.5,), e3_student_dropouts=(),
+                                 e3_seeds=3, e3_teachers=2)
+    ctx = Context(tmp_path, preset, digits, device="cpu", log=io.StringIO(), helper=True)
+    members = e3_ensemble.e3_teachers(ctx)
+    sweep = e3_ensemble.students_folder(ctx) / "sweep"
+    sweep.mkdir(parents=True)
+
+    class Waited(Exception):
+        pass
+
+    def no_wait(_):
+        raise Waited
+
+    # the main invocation (another live Python process) is busy with the sweep (seed 2)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    _wait_for_program(other.pid, b"time.sleep(120)")
+    try:
+        (sweep / "owner.pid").write_text(f"{other.pid}\n")
+        monkeypatch.setattr(common, "time", SimpleNamespace(
+            sleep=no_wait, perf_counter=time.perf_counter, time=time.time))
+        with pytest.raises(Waited):
+            e3_ensemble._students(ctx, members, helper=True)
+    finally:
+        other.kill()
+        other.wait()
+    log = ctx.log.getvalue()
+    control = re.search(r"control cnn 8x16 \(dropout 0\.1\), seed 2, the students' budget: "
+                        rf"training on hard labels .*{preset.e3_student_epochs} epochs", log)
+    assert control and control.start() < log.index(": distilling")  # the control first
+    assert re.findall(r"seed (\d): distilling", log) == ["4", "3"]
+    assert log.rindex("being made by another invocation") > log.rindex("seed 3: distilling")
+    assert not list(sweep.parent.glob("seed_*/owner.pid"))  # its own units released
 
 
 def test_helper_arguments():

@@ -6,13 +6,15 @@ models of one architecture (``e3_arch``: small convnets in the full preset; ten 
 only 0.27 points) and recipe (dropout, and optionally augmented views drawn afresh every epoch with
 a view seed of their own), differing by seed: their diversity comes from seeds, dropout and
 augmentation, not from weaker members. Each member *is* a single model trained on hard labels, so
-the baseline is their mean. The distilled students have the same architecture, recipe and budget
-(their dropout a candidate: soft targets regularise already):
-they see V cached views of the same augmentation, labelled by the ensemble (one KL term per member,
-the paper's multi-task loss), T and the students' dropout chosen on validation (one
-``distill_sweep`` per dropout, seed 0), then ``e3_seeds`` seeds. The kept share (distilled - mean
-member) / (ensemble - mean member) comes with a 95% interval: bootstrap over test examples,
-student seeds and members.
+the baseline is their mean. The distilled students have the same architecture and recipe (their
+dropout a candidate: soft targets regularise already), and the members' budget or a longer one
+(``e3_student_epochs``): they see V cached views of the same augmentation, labelled by the
+ensemble (one KL term per member, the paper's multi-task loss), T and the students' dropout chosen
+on validation (one ``distill_sweep`` per dropout, seed 0), then ``e3_seeds`` seeds. The kept share
+(distilled - mean member) / (ensemble - mean member) comes with a 95% interval: bootstrap over test
+examples, student seeds and members. Students longer than the members get a control: one model of
+their architecture, budget, views and first seed trained on hard labels alone, so the report shows
+what the longer budget gives without the ensemble.
 """
 
 from __future__ import annotations
@@ -91,7 +93,25 @@ def prefetch(ctx: Context) -> None:
 def planned(ctx: Context) -> int:
     p = ctx.preset
     return (p.e3_teachers + len(student_dropouts(p)) * len(p.e3_temperatures) * len(p.e3_alphas)
-            + p.e3_seeds - 1)
+            + p.e3_seeds - 1 + has_control(p))
+
+
+def student_epochs(p: presets.Preset) -> int:
+    """The students' budget: ``e3_student_epochs``, or the members' ``e3_epochs``."""
+    return p.e3_epochs if p.e3_student_epochs is None else p.e3_student_epochs
+
+
+def has_control(p: presets.Preset) -> bool:
+    """Whether the students train longer than the members, so that a control is trained."""
+    return student_epochs(p) != p.e3_epochs
+
+
+def students_folder(ctx: Context) -> Path:
+    """``e3/students``, or ``e3/students_e<epochs>`` when the students train longer than the
+    members (a setting added later never changes the models of an existing folder)."""
+    p = ctx.preset
+    name = "students" if not has_control(p) else f"students_e{student_epochs(p)}"
+    return ctx.out / "e3" / name
 
 
 def student_dropouts(p: presets.Preset) -> list[float]:
@@ -114,7 +134,7 @@ def run(ctx: Context) -> dict:
     single = {k: summary([m[k] for m in member_scores])
               for k in ("test_acc", "test_errors", "val_acc")}
 
-    sweeps, dropout, students, folders = _students(ctx, members)
+    sweeps, dropout, students, folders, control = _students(ctx, members)
     sw = sweeps[dropout]
     kept = sw.candidates[sw.best]
     runs = [scores(m, ctx) for m in students]
@@ -126,7 +146,8 @@ def run(ctx: Context) -> dict:
     student_curves = [curve(f) for f in folders]
     out = {
         "arch": p.e3_arch, "widths": list(p.e3_widths), "dropout": p.e3_dropout,
-        "epochs": p.e3_epochs, "lr": p.lr if p.e3_lr is None else p.e3_lr,
+        "epochs": p.e3_epochs, "student_epochs": student_epochs(p),
+        "lr": p.lr if p.e3_lr is None else p.e3_lr,
         "member_views": p.e3_member_views, "views": p.e3_views, "n_teachers": p.e3_teachers,
         "seeds": p.e3_seeds, "single": single, "members": member_scores, "ensemble": ensemble,
         "ensemble_gain": ensemble["test_acc"] - single["test_acc"]["mean"],
@@ -134,6 +155,10 @@ def run(ctx: Context) -> dict:
         "temperature": kept.temperature, "alpha": kept.alpha, "student_dropout": dropout,
         "distilled": {"test_acc": acc, "test_errors": summary([r["test_errors"] for r in runs]),
                       "val_acc": summary([r["val_acc"] for r in runs])},
+        # hard labels at the students' budget, views and first seed (None: the members' budget)
+        "control": None if control is None else scores(control, ctx),
+        "control_curve": None if control is None else curve(
+            students_folder(ctx) / f"control{_suffix(ctx, dropout)}"),
         "agreement_with_ensemble": float(
             (student_probs.argmax(1) == ens_test.argmax(1)).double().mean()),
         "headline_gain_kept": gain_kept,
@@ -148,24 +173,33 @@ def run(ctx: Context) -> dict:
             f"{100 * ensemble['test_acc']:.2f}% (gain {100 * out['ensemble_gain']:.2f} points), "
             f"distilled {100 * acc['mean']:.2f}%: "
             f"{'n/a' if gk is None else f'{100 * gk:.0f}%'} of the gain kept, 95% interval "
-            f"{_pcts(out['kept_ci'])}")
+            f"{_pcts(out['kept_ci'])}"
+            + ("" if control is None else
+               f"; control (hard labels, {student_epochs(p)} epochs) "
+               f"{100 * out['control']['test_acc']:.2f}%"))
     return out
 
 
 def _students(ctx: Context, members: list[nn.Module], *, helper: bool = False
-              ) -> tuple[dict[float, SweepResult], float, list[nn.Module], list[Path]]:
+              ) -> tuple[dict[float, SweepResult], float, list[nn.Module], list[Path],
+                         nn.Module | None]:
     """E3's students: a sweep of T (and alpha) per student dropout on seed ``e3_teachers`` (the
-    best on validation kept), then the kept setting on the other seeds. ``helper``: train the
-    candidates and the other seeds from the last one down (:func:`prefetch`).
+    best on validation kept), then the kept setting on the other seeds, then the control (when
+    the students train longer than the members). ``helper``: train the candidates and the other
+    seeds from the last one down (:func:`prefetch`), and the control before the other seeds when
+    its dropout is known; with a single candidate there is nothing to choose, so the helper
+    trains the control and the other seeds without waiting for the sweep.
 
-    Returns (sweep per dropout, the kept dropout, the students by seed, their folders)."""
+    Returns (sweep per dropout, the kept dropout, the students by seed, their folders, the
+    control or None)."""
     p, s = ctx.preset, ctx.splits
     # seeds of the students start past the members': no shared initial weights
     seed0 = p.e3_teachers
+    epochs = student_epochs(p)
     views = presets.views(p.e3_member_views, p.e3_views)
     transfer = make_transfer_set(s)
     name = model_name(p)
-    folder = ctx.out / "e3" / "students"
+    folder = students_folder(ctx)
     configs = [DistillConfig(temperature=float(t), alpha=float(a), views=views)
                for t in p.e3_temperatures for a in p.e3_alphas]
     # one sweep of T per student dropout (same seed, one teacher cache), the best on validation kept
@@ -175,29 +209,49 @@ def _students(ctx: Context, members: list[nn.Module], *, helper: bool = False
     def label(d: float) -> str:
         return f"student {name} (dropout {d:g}) from {len(members)} members"
 
+    def others(dropout: float, cfg: DistillConfig) -> dict[int, tuple[nn.Module, Path]]:
+        seeds = range(1, p.e3_seeds)
+        by_seed = {}
+        for i in reversed(seeds) if helper else seeds:
+            f = folder / f"seed_{seed0 + i}{_suffix(ctx, dropout)}"
+            by_seed[i] = (ctx.distilled_model(
+                f, spec(ctx, dropout), seed0 + i, epochs, members, transfer, cfg, cache,
+                lr=p.e3_lr, label=f"student {name} (dropout {dropout:g}), seed {seed0 + i}"), f)
+        return by_seed
+
+    def control(dropout: float) -> nn.Module | None:
+        if not has_control(p):
+            return None
+        return ctx.hard_model(
+            folder / f"control{_suffix(ctx, dropout)}", spec(ctx, dropout), seed0, epochs,
+            views=views, lr=p.e3_lr,
+            label=f"control {name} (dropout {dropout:g}), seed {seed0}, the students' budget")
+
     if helper and len(configs) > 1:
         for d in reversed(dropouts):
             ctx.sweep_candidates(folder / f"sweep{_suffix(ctx, d)}", spec(ctx, d), seed0,
-                                 p.e3_epochs, members, transfer, configs[::-1], label=label(d),
+                                 epochs, members, transfer, configs[::-1], label=label(d),
                                  cache_dir=cache, lr=p.e3_lr)
+    if helper and len(dropouts) == 1:  # the control's dropout is known before the choice
+        # the control first: the main invocation ends with it, and starts the seeds after the
+        # sweep, from the first one up
+        control(dropouts[0])
+        if len(configs) == 1:  # nothing to choose: the other seeds need not wait either
+            ctx.teacher_cache(cache, members, transfer, configs[0], label=label(dropouts[0]))
+            others(dropouts[0], configs[0])
     # a helper waits here for the main invocation's sweeps, then loads them
-    sweeps = {d: ctx.sweep(folder / f"sweep{_suffix(ctx, d)}", spec(ctx, d), seed0, p.e3_epochs,
+    sweeps = {d: ctx.sweep(folder / f"sweep{_suffix(ctx, d)}", spec(ctx, d), seed0, epochs,
                            members, transfer, configs, cache_dir=cache, lr=p.e3_lr, label=label(d))
               for d in dropouts}
     dropout = max(sweeps, key=lambda d: sweeps[d].candidates[sweeps[d].best].val_acc)
     sw = sweeps[dropout]
     kept = sw.candidates[sw.best]
     cfg = DistillConfig(temperature=kept.temperature, alpha=kept.alpha, views=views)
+    by_seed = others(dropout, cfg)
     seeds = range(1, p.e3_seeds)
-    by_seed: dict[int, tuple[nn.Module, Path]] = {}
-    for i in reversed(seeds) if helper else seeds:
-        f = folder / f"seed_{seed0 + i}{_suffix(ctx, dropout)}"
-        by_seed[i] = (ctx.distilled_model(
-            f, spec(ctx, dropout), seed0 + i, p.e3_epochs, members, transfer, cfg, cache,
-            lr=p.e3_lr, label=f"student {name} (dropout {dropout:g}), seed {seed0 + i}"), f)
     students = [sw.model, *(by_seed[i][0] for i in seeds)]
     folders = [Path(kept.folder), *(by_seed[i][1] for i in seeds)]
-    return sweeps, dropout, students, folders
+    return sweeps, dropout, students, folders, control(dropout)
 
 
 def _pcts(ci: list[float]) -> str:

@@ -73,7 +73,8 @@ def training_curves(e1: dict | None, e3: dict | None, e4: dict | None,
         panels.append(("E1", curves))
     if e3 is not None:
         panels.append(("E3", [("members", c) for c in e3["curves"]]
-                       + [("students", c) for c in e3["student_curves"]]))
+                       + [("students", c) for c in e3["student_curves"]]
+                       + [("control (hard labels)", c) for c in [e3.get("control_curve")] if c]))
     if e4 is not None:
         panels.append(("E4 (3%)", [(key, c) for key, row in e4["rows"].items()
                                    for c in row["curves"]]))
@@ -124,12 +125,15 @@ def e2_bias(e2: dict, folder: Path) -> str:
 def e3_ensemble(e3: dict, folder: Path) -> str:
     """Members, the distilled students (each seed a dot) and the ensemble; the choice of T."""
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10.5, 3.8), gridspec_kw={"width_ratios": [3, 2]})
-    labels = ["members", "distilled students", "ensemble"]
+    control = e3.get("control")  # students longer than the members: hard labels as long
+    labels = ["members", "distilled students", "ensemble", *(["control"] if control else [])]
     ax.scatter([0] * len(e3["single"]["test_acc"]["values"]),
                _pct(e3["single"]["test_acc"]["values"]), color="tab:gray", alpha=0.7)
     ax.scatter([1] * len(e3["distilled"]["test_acc"]["values"]),
                _pct(e3["distilled"]["test_acc"]["values"]), color="tab:blue")
     ax.scatter([2], [100 * e3["ensemble"]["test_acc"]], color="tab:red", marker="*", s=160)
+    if control:
+        ax.scatter([3], [100 * control["test_acc"]], color="tab:green", marker="s")
     ax.axhline(100 * e3["single"]["test_acc"]["mean"], color="tab:gray", ls="--", lw=1)
     ax.axhline(100 * e3["ensemble"]["test_acc"], color="tab:red", ls="--", lw=1)
     ax.set_xticks(range(len(labels)), labels)

@@ -256,6 +256,11 @@ def _e3(r: dict) -> list:
              f"{r.get('student_dropout', r['dropout']):g}, "
              f"{d['test_acc']['n']} seed(s))", pct(p["distilled_acc"], 1), pm(d["test_acc"]),
              errs(d["test_errors"])]]
+    if r.get("control") is not None:  # students longer than the members: hard labels as long
+        rows.append([f"control: hard labels, the students' {r['student_epochs']} epochs and views "
+                     "(1 seed)", "-", pct(r["control"]["test_acc"]),
+                     str(r["control"]["test_errors"])])
+    student_epochs = r.get("student_epochs", r["epochs"])
     sweep = [[f"{c.get('dropout', r['dropout']):g}", f"{c['temperature']:g}", f"{c['alpha']:g}",
               pct(c["val_acc"])] for c in r["sweep"]]
     return [
@@ -265,12 +270,18 @@ def _e3(r: dict) -> list:
               + ("no augmentation" if r["member_views"] == "plain" else
                  f"views {r['member_views']} drawn afresh every epoch with a view seed of their "
                  "own") + ") differing by seed; the distilled students have the same "
-              "architecture, recipe and budget (their dropout chosen on validation with T) and "
-              "see "
+              "architecture and recipe, "
+              + ("the same budget" if student_epochs == r["epochs"] else
+                 f"{student_epochs} epochs")
+              + " (their dropout chosen on validation with T) and see "
               + ("the training images" if r["member_views"] == "plain" else
                  f"{r['views']} cached views per image of the same augmentation")
               + ", labelled by the ensemble (one KL term per member, the paper's multi-task "
-              "loss)."),
+              "loss)."
+              + ("" if student_epochs == r["epochs"] else
+                 " Beside them a control: one model of their budget and views trained on hard "
+                 "labels alone, so that what the longer budget gives without the ensemble "
+                 "shows.")),
         ("table", ["system", "paper: test frame accuracy (speech)", "ours: test accuracy",
                    "ours: test errors"], rows),
         ("p", f"Ensemble gain over the mean member: **{points(r['ensemble_gain'])}** (the design "

@@ -453,6 +453,33 @@ def test_a_sweep_of_units_trains_what_distill_sweep_trains(tmp_path, digits):
     assert list((tmp_path / "run").rglob("owner.pid")) == []  # cache and units released
 
 
+def test_every_cache_is_made_under_a_hold_which_removes_what_a_killed_build_left(tmp_path,
+                                                                                 digits):
+    """A single-config sweep and a distilled unit make their teachers' cache through
+    ``Context.teacher_cache`` (held, so a helper never writes it at the same time); a temporary
+    file that a killed build left there is removed, and the cache itself is kept."""
+    from ensemble_kd import DistillConfig, ModelSpec, make_transfer_set
+
+    log = io.StringIO()
+    ctx = Context(tmp_path, TINY, digits, device="cpu", log=log)
+    torch.manual_seed(0)
+    teachers = [ModelSpec("mlp", (24,), 0.0).build(digits.input_shape, digits.n_classes)]
+    spec, transfer = ModelSpec("mlp", (16,), 0.0), make_transfer_set(digits)
+    cfg = DistillConfig(temperature=2, alpha=0.5)
+    ctx.sweep(tmp_path / "sweep", spec, 0, 1, teachers, transfer, [cfg], label="lone")
+    assert "lone: teachers' cache ready" in log.getvalue()
+    cache = tmp_path / "sweep" / "cache"
+    made = (cache / "logits.npy").stat().st_mtime_ns
+    junk = cache / ".logits.npy.k1lled.tmp"
+    junk.write_bytes(b"half a cache")
+    ctx.distilled_model(tmp_path / "unit", spec, 1, 1, teachers, transfer, cfg, cache,
+                        label="unit")
+    assert not junk.exists()
+    assert "removing .logits.npy.k1lled.tmp, left by a build that was stopped" in log.getvalue()
+    assert (cache / "logits.npy").stat().st_mtime_ns == made  # the cache itself kept
+    assert list(tmp_path.rglob("owner.pid")) == []
+
+
 def test_a_helper_trains_e1s_other_rows_and_the_main_invocation_loads_them(tiny_run, tmp_path):
     """``--helper --only E1`` trains the second row (tiny: two view recipes, so no fair
     baselines ahead of the sweeps); the main invocation then trains only the first row's models

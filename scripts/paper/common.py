@@ -302,8 +302,13 @@ class Context:
                       dcfg: DistillConfig, *, label: str = "") -> None:
         """Make (or check) the teachers' cache of ``transfer`` for ``dcfg``'s views and storage in
         ``folder``, held like a unit, so that an invocation beside this one waits for it instead
-        of writing it too. ``distill`` then opens it (same fingerprint)."""
+        of writing it too. ``distill`` then opens it (same fingerprint). Every cache of the run is
+        made here, so what a killed build left in the held folder (its temporary files) is
+        removed first."""
         with self._held(folder, "", label):
+            for junk in folder.glob(".*.tmp"):
+                self.say(f"{label}: removing {junk.name}, left by a build that was stopped")
+                junk.unlink(missing_ok=True)
             self.say(f"{label}: teachers' cache ({len(teachers)} teacher(s), {len(transfer)} "
                      f"examples{'' if dcfg.views is None else ', ' + _views_text(dcfg.views)})")
             t = time.perf_counter()
@@ -354,6 +359,7 @@ class Context:
         s = self.splits
         self.say(f"{tag} {label}: distilling ({len(transfer)} examples, {epochs} epochs, "
                  f"T={dcfg.temperature:g}, alpha={dcfg.alpha:g}, {len(teachers)} teacher(s))")
+        self.teacher_cache(cache_dir, teachers, transfer, dcfg, label=label)
         t = time.perf_counter()
         seed_everything(seed)
         model = spec.build(s.input_shape, s.n_classes)
@@ -398,6 +404,9 @@ class Context:
         if len(configs) > 1:  # each candidate a unit, so a helper can train some of them
             self.sweep_candidates(folder, spec, seed, epochs, teachers, transfer, configs,
                                   label=label, cache_dir=cache_dir, lr=lr)
+        else:
+            self.teacher_cache(folder / "cache" if cache_dir is None else cache_dir, teachers,
+                               transfer, configs[0], label=label)
 
         def make() -> nn.Module:
             seed_everything(seed)

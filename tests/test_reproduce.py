@@ -96,6 +96,13 @@ def test_tiny_run_writes_the_report(tiny_run):
     assert [len(c) for c in e3["student_curves"]] == [TINY.e3_student_epochs] * TINY.e3_seeds
     assert len(e3["control_curve"]) == TINY.e3_student_epochs
     assert 0 < e3["control"]["test_acc"] <= 1
+    # the share measured from the control: larger than from the members' mean exactly when the
+    # control is the weaker baseline (with the student short of the ensemble)
+    ens, member, student = (e3["ensemble"]["test_acc"], e3["single"]["test_acc"]["mean"],
+                            e3["distilled"]["test_acc"]["mean"])
+    if e3["control_gain_kept"] is not None and member < student < ens:
+        assert (e3["control_gain_kept"] > e3["headline_gain_kept"]) == (
+            e3["control"]["test_acc"] < member)
     control = out / "e3" / f"students_e{TINY.e3_student_epochs}" / "control"
     assert json.loads((control / "metrics.jsonl").read_text().splitlines()[-1])["epoch"] \
         == TINY.e3_student_epochs

@@ -157,6 +157,9 @@ def run(ctx: Context) -> dict:
                       "val_acc": summary([r["val_acc"] for r in runs])},
         # hard labels at the students' budget, views and first seed (None: the members' budget)
         "control": None if control is None else scores(control, ctx),
+        # the same share measured from the control instead of the members' mean
+        "control_gain_kept": None if control is None else share_of_gap(
+            scores(control, ctx)["test_acc"], ensemble["test_acc"], acc["mean"]),
         "control_curve": None if control is None else curve(
             students_folder(ctx) / f"control{_suffix(ctx, dropout)}"),
         "agreement_with_ensemble": float(

@@ -291,11 +291,24 @@ def _e3(r: dict) -> list:
               f"and members); paper {pct(p['gain_kept'], 0)}, later anchor (Allen-Zhu & Li "
               f"2023, CIFAR-100) {pct(a['gain_kept'], 0)}. The first student agrees with the "
               f"ensemble's top class on {pct(r['agreement_with_ensemble'], 1)} of the test set."),
+        *([("p", _e3_control_text(r))] if r.get("control") is not None
+          and "control_gain_kept" in r else []),
         *([("p", "n/a: the ensemble is not more accurate than its members' mean, so there is no "
                  "gain to keep.")] if r["headline_gain_kept"] is None else []),
         ("p", "Choice of the students' dropout and T (seed 0, validation accuracy):"),
         ("table", ["dropout", "T", "alpha", "validation accuracy"], sweep),
     ]
+
+
+def _e3_control_text(r: dict) -> str:
+    """The kept share measured from E3's control instead of the members' mean."""
+    over = r["ensemble"]["test_acc"] - r["control"]["test_acc"]
+    if r["control_gain_kept"] is None:
+        return (f"The control (hard labels at the students' budget and views) is "
+                f"{points(-over)} from the ensemble: no gain over it to keep.")
+    return (f"Measured from the control (hard labels at the students' budget and views) instead "
+            f"of the members' mean, the students keep {pct(r['control_gain_kept'], 0)} of the "
+            f"ensemble's gain over it ({points(over)}).")
 
 
 def _e4(r: dict) -> list:

@@ -71,8 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="train, beside a main invocation on the same OUT, the models of the "
                          "--only experiments that need none of its results (E1: the fair "
                          "baselines and every row but the first; E3: the members, the "
-                         "students' candidates and their other seeds, each from the last one "
-                         "down), so that two cores work on one "
+                         "students' candidates, the control and the students' other seeds, "
+                         "each from the last one down), so that two cores work on one "
                          "experiment; the main invocation loads them, waiting for any still in "
                          "training. Writes no results or report")
     ap.add_argument("--threads", type=int, default=1,

@@ -141,6 +141,8 @@ def run(ctx: Context) -> dict:
     students_ok = np.stack([test_correct(m, ctx) for m in students])  # (S, N)
     acc = summary([r["test_acc"] for r in runs])
     gain_kept = share_of_gap(single["test_acc"]["mean"], ensemble["test_acc"], acc["mean"])
+    # hard labels at the students' budget, views and first seed (None: the members' budget)
+    control_scores = None if control is None else scores(control, ctx)
     student_probs = ensemble_probs(students[:1], s.x_test, device=ctx.device)
     member_curves = [curve(member_folder(ctx, k)) for k in range(p.e3_teachers)]
     student_curves = [curve(f) for f in folders]
@@ -155,11 +157,10 @@ def run(ctx: Context) -> dict:
         "temperature": kept.temperature, "alpha": kept.alpha, "student_dropout": dropout,
         "distilled": {"test_acc": acc, "test_errors": summary([r["test_errors"] for r in runs]),
                       "val_acc": summary([r["val_acc"] for r in runs])},
-        # hard labels at the students' budget, views and first seed (None: the members' budget)
-        "control": None if control is None else scores(control, ctx),
+        "control": control_scores,
         # the same share measured from the control instead of the members' mean
         "control_gain_kept": None if control is None else share_of_gap(
-            scores(control, ctx)["test_acc"], ensemble["test_acc"], acc["mean"]),
+            control_scores["test_acc"], ensemble["test_acc"], acc["mean"]),
         "control_curve": None if control is None else curve(
             students_folder(ctx) / f"control{_suffix(ctx, dropout)}"),
         "agreement_with_ensemble": float(
@@ -240,7 +241,6 @@ def _students(ctx: Context, members: list[nn.Module], *, helper: bool = False
         # sweep, from the first one up
         control(dropouts[0])
         if len(configs) == 1:  # nothing to choose: the other seeds need not wait either
-            ctx.teacher_cache(cache, members, transfer, configs[0], label=label(dropouts[0]))
             others(dropouts[0], configs[0])
     # a helper waits here for the main invocation's sweeps, then loads them
     sweeps = {d: ctx.sweep(folder / f"sweep{_suffix(ctx, d)}", spec(ctx, d), seed0, epochs,

@@ -48,7 +48,7 @@ from ensemble_kd import (
     train_baseline,
 )
 from ensemble_kd.io import atomic_write_text, load_tensors, save_tensors
-from ensemble_kd.metrics import accuracy
+from ensemble_kd.metrics import accuracy, agreement, kl_divergence
 from ensemble_kd.run import Run
 from ensemble_kd.sweep import distill_sweep
 from ensemble_kd.train import flush_denormals, seed_everything
@@ -300,8 +300,17 @@ def e3student(args, splits) -> dict:
 def disagreement(args, splits) -> dict:
     """How much the saved members of ``--members-dir`` know beyond the labels, on the training
     images (E3's transfer set) and on the test images: member and ensemble accuracy, the
-    ensemble's mean top probability, and the share of images on which the members disagree."""
+    ensemble's mean top probability, and the share of images on which the members disagree.
+    With ``--students RUN ...`` (finished run folders, e.g. E3's students), each one's fidelity
+    to the ensemble there too: accuracy, agreement with the ensemble's top class and
+    KL(ensemble || model) at T = 1 (nats)."""
     members = _saved_members(args.members_dir)
+    students = {}
+    for folder in args.students:
+        done = Run(Path(folder)).load_finished("cpu")
+        if done is None:
+            raise SystemExit(f"{folder}: no finished model there")
+        students[folder] = done[0]
     out = {"pilot": "disagreement", "members_dir": args.members_dir, "members": len(members)}
     for name, x, y in (("train", splits.x_train, splits.y_train),
                        ("test", splits.x_test, splits.y_test)):
@@ -312,6 +321,10 @@ def disagreement(args, splits) -> dict:
                      "ensemble": (ens.argmax(1) == y).double().mean().item(),
                      "ensemble_top_prob": ens.max(1).values.mean().item(),
                      "disagree": (top != top[:1]).any(0).double().mean().item()}
+        for folder, model in students.items():
+            q = predict_probs(model, x)  # (N, C)
+            out[name][folder] = {"acc": accuracy(q, y), "agreement": agreement(q, ens),
+                                 "kl_to_ensemble": kl_divergence(ens, q)}
     return out
 
 
@@ -626,6 +639,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--members-dir", default="runs/paper_v2/e3/members",
                     help="e3student, disagreement: the folder of the saved members")
+    ap.add_argument("--students", nargs="*", default=[],
+                    help="disagreement: run folders of finished models whose fidelity to the "
+                         "members' ensemble is measured too")
     ap.add_argument("--teacher", default="runs/paper_v2/members/member_0",
                     help="e4, e1student: the teacher's run folder")
     ap.add_argument("--view", nargs="*", default=["shift=1", "mixup=0.2"],

@@ -470,7 +470,20 @@ E3_STUDENT_NOTE = (
     "(96.97% / 96.88%, 0.0307 / 0.0308; member 0: 96.56%, 0.0487; the control 95.37%, 0.1130). "
     "The student matches the "
     "ensemble better where it was trained, not elsewhere: the fidelity gap Stanton et al. (2021) "
-    "describe, which more teacher-labelled inputs (more views) address, not more epochs."
+    "describe, which more teacher-labelled inputs (more views) address, not more epochs. "
+    "Capacity, one pilot each (2026-12-08, seed 10, 48 epochs, the same 16 cached views, T 4, "
+    "alpha 0.5; `reproduce_pilots.py e3student --members-dir runs/paper_v6/e3/members --arch cnn "
+    "--widths 32 64 --dropout 0 --epochs 48 --lr 2e-3 --temperature 4 --alpha 0.5 "
+    "--student-views 16 --view shift=1 mixup=0.2 --save runs/pilots/e3_wide48`, the teachers' "
+    "cache linked from runs/paper_v6; 51 s an epoch): a student with twice the members' channels "
+    "reached 94.11% test / 94.07% validation, 73% of the gain over the members' mean on test "
+    "(41% on validation); its control (`--control --save runs/pilots/e3_wide48_control`, hard "
+    "labels, same width, views and budget) 93.59% / 93.47%, so its soft targets add 0.52 points, "
+    "64% of the ensemble's lead over that control. The members' own size absorbs much less "
+    "(93.59% / 93.67%, 0.28 points over its members). So the student's capacity is what stands "
+    "in the way of E3 as the paper defines it (student = member architecture): the next E3 "
+    "would train wider members (channels 32 and 64, about twice the CPU time) and ask whether a "
+    "student of their size keeps more; on a lent GPU that is minutes."
 )
 
 E4_PILOT_NOTE = (

@@ -270,9 +270,8 @@ def _e3(r: dict) -> list:
               + ("no augmentation" if r["member_views"] == "plain" else
                  f"views {r['member_views']} drawn afresh every epoch with a view seed of their "
                  "own") + ") differing by seed; the distilled students have the same "
-              "architecture and recipe, "
-              + ("the same budget" if student_epochs == r["epochs"] else
-                 f"{student_epochs} epochs")
+              + ("architecture, recipe and budget" if student_epochs == r["epochs"] else
+                 f"architecture and recipe, {student_epochs} epochs")
               + " (their dropout chosen on validation with T) and see "
               + ("the training images" if r["member_views"] == "plain" else
                  f"{r['views']} cached views per image of the same augmentation")

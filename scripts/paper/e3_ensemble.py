@@ -106,6 +106,11 @@ def has_control(p: presets.Preset) -> bool:
     return student_epochs(p) != p.e3_epochs
 
 
+def control_folder(ctx: Context, dropout: float) -> Path:
+    """The control of the students of dropout ``dropout`` (:func:`has_control`)."""
+    return students_folder(ctx) / f"control{_suffix(ctx, dropout)}"
+
+
 def students_folder(ctx: Context) -> Path:
     """``e3/students``, or ``e3/students_e<epochs>`` when the students train longer than the
     members (a setting added later never changes the models of an existing folder)."""
@@ -161,8 +166,7 @@ def run(ctx: Context) -> dict:
         # the same share measured from the control instead of the members' mean
         "control_gain_kept": None if control is None else share_of_gap(
             control_scores["test_acc"], ensemble["test_acc"], acc["mean"]),
-        "control_curve": None if control is None else curve(
-            students_folder(ctx) / f"control{_suffix(ctx, dropout)}"),
+        "control_curve": None if control is None else curve(control_folder(ctx, dropout)),
         "agreement_with_ensemble": float(
             (student_probs.argmax(1) == ens_test.argmax(1)).double().mean()),
         "headline_gain_kept": gain_kept,
@@ -213,8 +217,9 @@ def _students(ctx: Context, members: list[nn.Module], *, helper: bool = False
     def label(d: float) -> str:
         return f"student {name} (dropout {d:g}) from {len(members)} members"
 
+    seeds = range(1, p.e3_seeds)  # the students' other seeds, past the first
+
     def others(dropout: float, cfg: DistillConfig) -> dict[int, tuple[nn.Module, Path]]:
-        seeds = range(1, p.e3_seeds)
         by_seed = {}
         for i in reversed(seeds) if helper else seeds:
             f = folder / f"seed_{seed0 + i}{_suffix(ctx, dropout)}"
@@ -227,7 +232,7 @@ def _students(ctx: Context, members: list[nn.Module], *, helper: bool = False
         if not has_control(p):
             return None
         return ctx.hard_model(
-            folder / f"control{_suffix(ctx, dropout)}", spec(ctx, dropout), seed0, epochs,
+            control_folder(ctx, dropout), spec(ctx, dropout), seed0, epochs,
             views=views, lr=p.e3_lr,
             label=f"control {name} (dropout {dropout:g}), seed {seed0}, the students' budget")
 
@@ -251,7 +256,6 @@ def _students(ctx: Context, members: list[nn.Module], *, helper: bool = False
     kept = sw.candidates[sw.best]
     cfg = DistillConfig(temperature=kept.temperature, alpha=kept.alpha, views=views)
     by_seed = others(dropout, cfg)
-    seeds = range(1, p.e3_seeds)
     students = [sw.model, *(by_seed[i][0] for i in seeds)]
     folders = [Path(kept.folder), *(by_seed[i][1] for i in seeds)]
     return sweeps, dropout, students, folders, control(dropout)

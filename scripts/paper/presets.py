@@ -1,4 +1,4 @@
-"""Budgets of the reproduction: ``full`` (about 11 h of CPU, 7 h on 2 cores), ``quick`` (minutes), ``tiny``
+"""Budgets of the reproduction: ``full`` (about 16 h of CPU, 8-9 h on 2 cores), ``quick`` (minutes), ``tiny``
 (the smoke test).
 
 Every experiment reads its settings from one :class:`Preset`. A run folder remembers its preset's
@@ -17,7 +17,9 @@ E1    3 hard students; per row: teachers, 3 + 1 candidates on seed 0, 2 more    
       (150-epoch view students since E1_VIEWS_NOTE, 2 mlp teachers since
       E1_TEACHER_NOTE; measured below)
 E2    6 students of 30 epochs (E1's teacher)                                        0.8 h
-E3    10 cnn members + 6 candidates + 2 seeds, 8 epochs each, plain images         1.3 h
+E3    10 cnn members of 48 epochs on fresh views (18 min each), the teachers'     5.1 h
+      cache of 16 views (23.5 min on 2 threads), 2 candidates + 2 seeds of 48
+      epochs (19 min each); measured 2026-12-07, Intel Xeon (E3_STUDENT_NOTE)
 M     the 10 MLP members of E4-E6, 30 epochs each                                   0.7 h
 E4    14 runs on 1,620 images (validation of 6,000 images dominates)                0.3 h
 E5    10 generalists x 3 specialists of 10 epochs (passes over the subset)        0.8 h
@@ -599,7 +601,7 @@ TINY = Preset(
     e3_member_views="shift1",
     e3_teachers=3,
     e3_epochs=6,
-    e3_student_epochs=8,  # longer than the members', as the full preset's: so a control too
+    e3_student_epochs=8,  # longer than the members', so the smoke run covers the control
     e3_lr=None,
     e3_views=2,
     e3_temperatures=(2,),
